@@ -1,0 +1,223 @@
+"""Settings: one frozen object read from the environment (and a `.env` file if present)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class CloudEndpoints:
+    login_authority: str
+    graph_url: str
+    botframework_openid_metadata: str
+    trusted_service_urls: tuple[str, ...]
+    # Scopes the bot asks msal for when calling the connector and Graph.
+    connector_scope: str
+    graph_scope: str
+    # Issuer of Bot Framework channel tokens in this cloud.
+    channel_issuer: str
+
+
+CLOUDS: dict[str, CloudEndpoints] = {
+    "public": CloudEndpoints(
+        login_authority="https://login.microsoftonline.com",
+        graph_url="https://graph.microsoft.com/v1.0",
+        botframework_openid_metadata="https://login.botframework.com/v1/.well-known/openidconfiguration",
+        trusted_service_urls=("https://smba.trafficmanager.net/",),
+        connector_scope="https://api.botframework.com/.default",
+        graph_scope="https://graph.microsoft.com/.default",
+        channel_issuer="https://api.botframework.com",
+    ),
+    "gcc": CloudEndpoints(
+        login_authority="https://login.microsoftonline.com",
+        graph_url="https://graph.microsoft.com/v1.0",
+        botframework_openid_metadata="https://login.botframework.com/v1/.well-known/openidconfiguration",
+        trusted_service_urls=("https://smba.infra.gcc.teams.microsoft.com/",),
+        connector_scope="https://api.botframework.com/.default",
+        graph_scope="https://graph.microsoft.com/.default",
+        channel_issuer="https://api.botframework.com",
+    ),
+    "gcch": CloudEndpoints(
+        login_authority="https://login.microsoftonline.us",
+        graph_url="https://graph.microsoft.us/v1.0",
+        botframework_openid_metadata="https://login.botframework.azure.us/v1/.well-known/openidconfiguration",
+        trusted_service_urls=("https://smba.infra.gov.teams.microsoft.us/",),
+        connector_scope="https://api.botframework.us/.default",
+        graph_scope="https://graph.microsoft.us/.default",
+        channel_issuer="https://api.botframework.us",
+    ),
+    "dod": CloudEndpoints(
+        login_authority="https://login.microsoftonline.us",
+        graph_url="https://dod-graph.microsoft.us/v1.0",
+        botframework_openid_metadata="https://login.botframework.azure.us/v1/.well-known/openidconfiguration",
+        trusted_service_urls=("https://smba.infra.dod.teams.microsoft.us/",),
+        connector_scope="https://api.botframework.us/.default",
+        graph_scope="https://dod-graph.microsoft.us/.default",
+        channel_issuer="https://api.botframework.us",
+    ),
+}
+
+DEFAULT_NAMING_RULE = r"[A-Z0-9]+(?:-[A-Z0-9]+)*"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if raw.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite://fusion.sqlite3"
+    host: str = "127.0.0.1"
+    port: int = 3978
+    app_id: str = ""
+    app_password: str = field(default="", repr=False)
+    app_tenant_id: str = ""
+    app_type: str = "MultiTenant"
+    admin_group_ids: tuple[str, ...] = ()
+    approver_group_ids: tuple[str, ...] = ()
+    allowed_tenants: tuple[str, ...] = ()
+    approval_threshold: int = 100
+    approval_ttl_hours: int = 72
+    approvals_channel: str = ""
+    dev_admins: tuple[str, ...] = ()
+    cloud: str = "public"
+    login_authority: str = CLOUDS["public"].login_authority
+    graph_url: str = CLOUDS["public"].graph_url
+    botframework_openid_metadata: str = CLOUDS["public"].botframework_openid_metadata
+    trusted_service_urls: tuple[str, ...] = CLOUDS["public"].trusted_service_urls
+    connector_scope: str = CLOUDS["public"].connector_scope
+    graph_scope: str = CLOUDS["public"].graph_scope
+    channel_issuer: str = CLOUDS["public"].channel_issuer
+    naming_rule: str = DEFAULT_NAMING_RULE
+    quarantine_days: int = 30
+    membership_cache_seconds: int = 300
+    graph_retry_seconds: float = 10.0
+    alert_threshold_percent: int = 90
+    digest_enabled: bool = True
+    scheduler_interval_seconds: int = 30
+    migrate_on_start: bool = True
+    page_size: int = 25
+
+    @property
+    def dev_mode(self) -> bool:
+        """Local development mode: no Bot Framework app id, so no inbound authentication."""
+        return not self.app_id
+
+    @property
+    def effective_approver_groups(self) -> tuple[str, ...]:
+        return self.approver_group_ids or self.admin_group_ids
+
+    @property
+    def effective_allowed_tenants(self) -> tuple[str, ...]:
+        if self.allowed_tenants:
+            return self.allowed_tenants
+        return (self.app_tenant_id,) if self.app_tenant_id else ()
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    ) -> Settings:
+        """Read settings; real environment variables win over the `.env` file."""
+        env: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            env.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        env.update(os.environ if environ is None else environ)
+
+        cloud_name = env.get("FUSION_CLOUD", "public").strip().lower() or "public"
+        if cloud_name not in CLOUDS:
+            raise ConfigError(f"FUSION_CLOUD must be one of {', '.join(CLOUDS)}, got {cloud_name!r}")
+        cloud = CLOUDS[cloud_name]
+
+        naming_rule = env.get("FUSION_NAMING_RULE") or DEFAULT_NAMING_RULE
+        try:
+            re.compile(naming_rule)
+        except re.error as exc:
+            raise ConfigError(f"FUSION_NAMING_RULE is not a valid regular expression: {exc}") from exc
+
+        trusted = _csv(env.get("FUSION_TRUSTED_SERVICE_URLS")) or cloud.trusted_service_urls
+        settings = cls(
+            database_url=env.get("DATABASE_URL") or "sqlite://fusion.sqlite3",
+            host=env.get("HOST") or "127.0.0.1",
+            port=_int(env, "PORT", 3978, minimum=0),
+            app_id=(env.get("MicrosoftAppId") or "").strip(),
+            app_password=env.get("MicrosoftAppPassword") or "",
+            app_tenant_id=(env.get("MicrosoftAppTenantId") or "").strip(),
+            app_type=env.get("MicrosoftAppType") or "MultiTenant",
+            admin_group_ids=_csv(env.get("FUSION_ADMIN_GROUP_IDS")),
+            approver_group_ids=_csv(env.get("FUSION_APPROVER_GROUP_IDS")),
+            allowed_tenants=_csv(env.get("FUSION_ALLOWED_TENANTS")),
+            approval_threshold=_int(env, "FUSION_APPROVAL_THRESHOLD", 100),
+            approval_ttl_hours=_int(env, "FUSION_APPROVAL_TTL_HOURS", 72, minimum=1),
+            approvals_channel=env.get("FUSION_APPROVALS_CHANNEL") or "",
+            dev_admins=_csv(env.get("FUSION_DEV_ADMINS")),
+            cloud=cloud_name,
+            login_authority=(env.get("FUSION_LOGIN_AUTHORITY") or cloud.login_authority).rstrip("/"),
+            graph_url=(env.get("FUSION_GRAPH_URL") or cloud.graph_url).rstrip("/"),
+            botframework_openid_metadata=env.get("FUSION_BOTFRAMEWORK_OPENID_METADATA")
+            or cloud.botframework_openid_metadata,
+            trusted_service_urls=trusted,
+            connector_scope=env.get("FUSION_CONNECTOR_SCOPE") or cloud.connector_scope,
+            graph_scope=env.get("FUSION_GRAPH_SCOPE") or cloud.graph_scope,
+            channel_issuer=env.get("FUSION_CHANNEL_ISSUER") or cloud.channel_issuer,
+            naming_rule=naming_rule,
+            quarantine_days=_int(env, "FUSION_QUARANTINE_DAYS", 30),
+            membership_cache_seconds=_int(env, "FUSION_MEMBERSHIP_CACHE_SECONDS", 300),
+            graph_retry_seconds=float(_int(env, "FUSION_GRAPH_RETRY_SECONDS", 10)),
+            alert_threshold_percent=_int(env, "FUSION_ALERT_THRESHOLD_PERCENT", 90, minimum=1),
+            digest_enabled=_bool(env, "FUSION_DIGESTS", True),
+            scheduler_interval_seconds=_int(env, "FUSION_SCHEDULER_INTERVAL_SECONDS", 30, 1),
+            migrate_on_start=_bool(env, "FUSION_MIGRATE_ON_START", True),
+            page_size=_int(env, "FUSION_PAGE_SIZE", 25, minimum=1),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse combinations that would open the bot to the world."""
+        if self.dev_mode and self.host not in LOOPBACK_HOSTS:
+            raise ConfigError(
+                "local development mode (no MicrosoftAppId) accepts unauthenticated requests, "
+                f"so it only listens on loopback; HOST={self.host!r} is refused. "
+                "Set MicrosoftAppId/MicrosoftAppPassword to serve other addresses."
+            )
+        if not self.dev_mode and not self.app_password:
+            raise ConfigError("MicrosoftAppPassword is required when MicrosoftAppId is set")
+        if self.dev_admins and not self.dev_mode:
+            raise ConfigError("FUSION_DEV_ADMINS is only allowed in local development mode")

@@ -1,0 +1,82 @@
+"""Opening the database, applying migrations, and the one place transactions are opened."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from tortoise import Tortoise
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.connection import get_connection
+from tortoise.migrations.api import migrate as run_migrations
+from tortoise.transactions import in_transaction
+
+MODELS = "bot.domain.models"
+MIGRATIONS = "bot.domain.migrations"
+
+
+def connection_name(database_url: str) -> str:
+    """A connection name per dialect: Tortoise caches INSERT SQL per connection name."""
+    scheme = database_url.split(":", 1)[0].lower()
+    if scheme in {"postgres", "postgresql", "asyncpg", "psycopg"}:
+        return "postgres"
+    if scheme == "sqlite":
+        return "sqlite"
+    raise ValueError(
+        f"DATABASE_URL must start with sqlite:// or postgres://, got {database_url.split(':', 1)[0]!r}"
+    )
+
+
+def tortoise_config(database_url: str) -> dict[str, Any]:
+    name = connection_name(database_url)
+    url = database_url
+    if name == "sqlite" and "journal_mode" not in url:
+        # WAL lets the CLI read while the bot writes; busy_timeout makes writers queue, not fail.
+        sep = "&" if "?" in url else "?"
+        url = f"{url}{sep}journal_mode=WAL&busy_timeout=10000"
+    return {
+        "connections": {name: url},
+        "apps": {
+            "models": {
+                "models": [MODELS],
+                "default_connection": name,
+                "migrations": MIGRATIONS,
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+_current_connection = "sqlite"
+
+
+def connection() -> BaseDBAsyncClient:
+    return get_connection(_current_connection)
+
+
+def dialect() -> str:
+    return _current_connection
+
+
+async def open_database(database_url: str, *, migrate: bool = True) -> None:
+    """Connect (and bring the schema up to date). Call `close_database` when done."""
+    global _current_connection
+    config = tortoise_config(database_url)
+    _current_connection = connection_name(database_url)
+    if migrate:
+        await run_migrations(config=config)
+        await Tortoise.close_connections()
+    await Tortoise.init(config=config, _enable_global_fallback=True)
+
+
+async def close_database() -> None:
+    await Tortoise.close_connections()
+
+
+@asynccontextmanager
+async def transaction() -> AsyncIterator[BaseDBAsyncClient]:
+    """The one place a transaction is opened; domain services run their writes inside it."""
+    async with in_transaction(_current_connection) as conn:
+        yield conn

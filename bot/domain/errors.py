@@ -1,0 +1,71 @@
+"""Domain errors: each carries a message fit to show an administrator."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class DomainError(Exception):
+    """A refused request. Nothing was changed."""
+
+    code = "refused"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(DomainError):
+    code = "invalid"
+
+
+class NotFound(DomainError):
+    code = "not-found"
+
+    def __init__(self, kind: str, name: str, candidates: Iterable[str] = ()) -> None:
+        self.kind = kind
+        self.name = name
+        self.suggestions = did_you_mean(name, candidates)
+        message = f"No {kind} named {name!r}."
+        if self.suggestions:
+            message += " Did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?"
+        super().__init__(message)
+
+
+class Conflict(DomainError):
+    """The change would break an invariant of the ledger."""
+
+    code = "conflict"
+
+
+class AlreadyExists(Conflict):
+    code = "exists"
+
+
+class Duplicate(DomainError):
+    """The same request (activity id or card submission) was already carried out."""
+
+    code = "duplicate"
+
+    def __init__(self, key: str, outcome: object) -> None:
+        super().__init__("This request was already carried out; nothing was changed again.")
+        self.key = key
+        self.outcome = outcome
+
+
+class Unavailable(DomainError):
+    """A dependency (database, Graph) is down; the user should try again."""
+
+    code = "unavailable"
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+
+
+def did_you_mean(name: str, candidates: Iterable[str], limit: int = 3) -> list[str]:
+    pool = list(candidates)
+    by_lower = {c.lower(): c for c in pool}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=limit, cutoff=0.6)
+    return [by_lower[c] for c in close]

@@ -1,0 +1,7 @@
+"""Configuration for Tortoise's own CLI: `tortoise -c bot.domain.migrations_config.TORTOISE_ORM makemigrations`."""
+
+import os
+
+from bot.domain.db import tortoise_config
+
+TORTOISE_ORM = tortoise_config(os.environ.get("DATABASE_URL", "sqlite://fusion.sqlite3"))

@@ -1,0 +1,379 @@
+"""The ledger's tables. Quantities in use are never stored: they are derived by queries."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+class Category(StrEnum):
+    TECHNICAL = "technical"
+    LICENSE = "license"
+
+
+class ProductKind(StrEnum):
+    NUMBERS = "numbers"
+    TEAMS_SEATS = "teams-seats"
+    SIP_CHANNELS = "sip-channels"
+    CUSTOM = "custom"
+    LICENSE = "license"
+
+
+class NumberType(StrEnum):
+    GEOGRAPHIC = "geographic"
+    NATIONAL = "national"
+    MOBILE = "mobile"
+    TOLL_FREE = "toll-free"
+
+
+class ProductStatus(StrEnum):
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+class SubscriptionMode(StrEnum):
+    DIRECT_ROUTING = "direct-routing"
+    OPERATOR_CONNECT = "operator-connect"
+
+
+class SubscriptionStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class NumberState(StrEnum):
+    AVAILABLE = "available"
+    RESERVED = "reserved"
+    ASSIGNED = "assigned"
+    QUARANTINED = "quarantined"
+
+
+class AccountKind(StrEnum):
+    USER = "user"
+    AUTO_ATTENDANT = "auto-attendant"
+    CALL_QUEUE = "call-queue"
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+class Customer(Model):
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=100, unique=True)
+    tenant_id = fields.CharField(max_length=64, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    subscriptions: fields.ReverseRelation[Subscription]
+
+    class Meta:
+        table = "customer"
+
+
+class Subscription(Model):
+    id = fields.IntField(primary_key=True)
+    code = fields.CharField(max_length=100, unique=True)
+    customer: fields.ForeignKeyRelation[Customer] = fields.ForeignKeyField(
+        "models.Customer", related_name="subscriptions", on_delete=fields.RESTRICT
+    )
+    mode = fields.CharEnumField(SubscriptionMode, max_length=20, default=SubscriptionMode.DIRECT_ROUTING)
+    status = fields.CharEnumField(SubscriptionStatus, max_length=20, default=SubscriptionStatus.ACTIVE)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    customer_id: int
+    allocations: fields.ReverseRelation[Allocation]
+
+    class Meta:
+        table = "subscription"
+
+
+class Product(Model):
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=100, unique=True)
+    category = fields.CharEnumField(Category, max_length=20)
+    kind = fields.CharEnumField(ProductKind, max_length=20)
+    unit = fields.CharField(max_length=40, default="unit")
+    capacity = fields.BigIntField()
+    country = fields.CharField(max_length=2, null=True)
+    number_type = fields.CharEnumField(NumberType, max_length=20, null=True)
+    sku = fields.CharField(max_length=100, null=True)
+    status = fields.CharEnumField(ProductStatus, max_length=20, default=ProductStatus.ACTIVE)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    allocations: fields.ReverseRelation[Allocation]
+
+    class Meta:
+        table = "product"
+
+
+class Allocation(Model):
+    id = fields.IntField(primary_key=True)
+    subscription: fields.ForeignKeyRelation[Subscription] = fields.ForeignKeyField(
+        "models.Subscription", related_name="allocations", on_delete=fields.RESTRICT
+    )
+    product: fields.ForeignKeyRelation[Product] = fields.ForeignKeyField(
+        "models.Product", related_name="allocations", on_delete=fields.RESTRICT
+    )
+    quantity = fields.BigIntField(default=0)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    subscription_id: int
+    product_id: int
+
+    class Meta:
+        table = "allocation"
+        unique_together = (("subscription", "product"),)
+
+
+class Account(Model):
+    """A Teams user or a resource account (auto attendant, call queue) of a subscription."""
+
+    id = fields.IntField(primary_key=True)
+    upn = fields.CharField(max_length=255, unique=True)
+    object_id = fields.CharField(max_length=64, null=True, unique=True)
+    display_name = fields.CharField(max_length=255, default="")
+    kind = fields.CharEnumField(AccountKind, max_length=20, default=AccountKind.USER)
+    subscription: fields.ForeignKeyRelation[Subscription] = fields.ForeignKeyField(
+        "models.Subscription", related_name="accounts", on_delete=fields.RESTRICT
+    )
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    subscription_id: int
+
+    class Meta:
+        table = "account"
+
+
+class PhoneNumber(Model):
+    id = fields.IntField(primary_key=True)
+    e164 = fields.CharField(max_length=20, unique=True)
+    country = fields.CharField(max_length=2, db_index=True)
+    number_type = fields.CharEnumField(NumberType, max_length=20)
+    state = fields.CharEnumField(NumberState, max_length=20, default=NumberState.AVAILABLE)
+    subscription: fields.ForeignKeyNullableRelation[Subscription] = fields.ForeignKeyField(
+        "models.Subscription", related_name="numbers", null=True, on_delete=fields.RESTRICT
+    )
+    # One number per account: a Teams user or resource account has one line URI.
+    holder: fields.ForeignKeyNullableRelation[Account] = fields.ForeignKeyField(
+        "models.Account", related_name="numbers", null=True, unique=True, on_delete=fields.RESTRICT
+    )
+    quarantined_until = fields.DatetimeField(null=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    subscription_id: int | None
+    holder_id: int | None
+
+    class Meta:
+        table = "phone_number"
+        indexes = (("country", "number_type", "state"),)
+
+
+class SipTrunk(Model):
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=100, unique=True)
+    subscription: fields.ForeignKeyRelation[Subscription] = fields.ForeignKeyField(
+        "models.Subscription", related_name="trunks", on_delete=fields.RESTRICT
+    )
+    channels = fields.IntField()
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    subscription_id: int
+
+    class Meta:
+        table = "sip_trunk"
+
+
+class LicenseAssignment(Model):
+    id = fields.IntField(primary_key=True)
+    product: fields.ForeignKeyRelation[Product] = fields.ForeignKeyField(
+        "models.Product", related_name="assignments", on_delete=fields.RESTRICT
+    )
+    account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
+        "models.Account", related_name="licenses", on_delete=fields.RESTRICT
+    )
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    product_id: int
+    account_id: int
+
+    class Meta:
+        table = "license_assignment"
+        unique_together = (("product", "account"),)
+
+
+class ServicePack(Model):
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=100, unique=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "service_pack"
+
+
+class ServicePackLicense(Model):
+    id = fields.IntField(primary_key=True)
+    pack: fields.ForeignKeyRelation[ServicePack] = fields.ForeignKeyField(
+        "models.ServicePack", related_name="licenses", on_delete=fields.CASCADE
+    )
+    product: fields.ForeignKeyRelation[Product] = fields.ForeignKeyField(
+        "models.Product", related_name="packs", on_delete=fields.RESTRICT
+    )
+
+    pack_id: int
+    product_id: int
+
+    class Meta:
+        table = "service_pack_license"
+        unique_together = (("pack", "product"),)
+
+
+class ApprovalRequest(Model):
+    """A change above the approval threshold, waiting for an approver."""
+
+    id = fields.CharField(max_length=16, primary_key=True)
+    action = fields.CharField(max_length=40)
+    payload = fields.JSONField()
+    summary = fields.CharField(max_length=500)
+    before = fields.JSONField(null=True)
+    after = fields.JSONField(null=True)
+    requester_id = fields.CharField(max_length=64)
+    requester_name = fields.CharField(max_length=255, default="")
+    status = fields.CharEnumField(ApprovalStatus, max_length=20, default=ApprovalStatus.PENDING)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    expires_at = fields.DatetimeField()
+    decided_by_id = fields.CharField(max_length=64, null=True)
+    decided_by_name = fields.CharField(max_length=255, null=True)
+    decided_at = fields.DatetimeField(null=True)
+    reason = fields.CharField(max_length=500, null=True)
+    conversation_id = fields.CharField(max_length=512, null=True)
+    card_activity_id = fields.CharField(max_length=255, null=True)
+
+    class Meta:
+        table = "approval_request"
+
+
+class AuditEvent(Model):
+    """Append-only, hash-chained record of every change."""
+
+    id = fields.BigIntField(primary_key=True)
+    at = fields.DatetimeField()
+    actor_id = fields.CharField(max_length=255)
+    actor_name = fields.CharField(max_length=255, default="")
+    source = fields.CharField(max_length=20)
+    action = fields.CharField(max_length=60)
+    target = fields.CharField(max_length=255)
+    before = fields.JSONField(null=True)
+    after = fields.JSONField(null=True)
+    correlation_id = fields.CharField(max_length=255, null=True, db_index=True)
+    prev_hash = fields.CharField(max_length=64)
+    hash = fields.CharField(max_length=64)
+
+    class Meta:
+        table = "audit_event"
+
+
+class AuditHead(Model):
+    """One row whose lock serialises appends to the audit chain."""
+
+    id = fields.IntField(primary_key=True)
+    last_id = fields.BigIntField(default=0)
+    last_hash = fields.CharField(max_length=64)
+
+    class Meta:
+        table = "audit_head"
+
+
+class RequestKey(Model):
+    """An activity id or card submission already carried out: the same one again has no effect."""
+
+    key = fields.CharField(max_length=255, primary_key=True)
+    outcome = fields.JSONField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "request_key"
+
+
+class ConversationRef(Model):
+    """A stored conversation reference, so proactive sends survive restarts."""
+
+    id = fields.IntField(primary_key=True)
+    conversation_id = fields.CharField(max_length=512, unique=True)
+    reference = fields.JSONField()
+    tenant_id = fields.CharField(max_length=64, null=True)
+    service_url = fields.CharField(max_length=512)
+    active = fields.BooleanField(default=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "conversation_ref"
+
+
+class DigestSubscription(Model):
+    id = fields.IntField(primary_key=True)
+    conversation: fields.ForeignKeyRelation[ConversationRef] = fields.ForeignKeyField(
+        "models.ConversationRef", related_name="digests", on_delete=fields.CASCADE
+    )
+    cron = fields.CharField(max_length=100)
+    timezone = fields.CharField(max_length=64, default="UTC")
+    description = fields.CharField(max_length=200, default="")
+    created_by = fields.CharField(max_length=255, default="")
+    active = fields.BooleanField(default=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    conversation_id: int
+
+    class Meta:
+        table = "digest_subscription"
+
+
+class DigestDelivery(Model):
+    id = fields.IntField(primary_key=True)
+    digest: fields.ForeignKeyRelation[DigestSubscription] = fields.ForeignKeyField(
+        "models.DigestSubscription", related_name="deliveries", on_delete=fields.CASCADE
+    )
+    slot = fields.DatetimeField()
+    status = fields.CharField(max_length=20, default="pending")
+    attempts = fields.IntField(default=0)
+    sent_at = fields.DatetimeField(null=True)
+    error = fields.CharField(max_length=500, null=True)
+
+    digest_id: int
+
+    class Meta:
+        table = "digest_delivery"
+        unique_together = (("digest", "slot"),)
+
+
+class UsageSnapshot(Model):
+    id = fields.IntField(primary_key=True)
+    day = fields.DateField()
+    product: fields.ForeignKeyRelation[Product] = fields.ForeignKeyField(
+        "models.Product", related_name="snapshots", on_delete=fields.CASCADE
+    )
+    capacity = fields.BigIntField()
+    allocated = fields.BigIntField()
+    in_use = fields.BigIntField()
+
+    product_id: int
+
+    class Meta:
+        table = "usage_snapshot"
+        unique_together = (("day", "product"),)
+
+
+class SchedulerLease(Model):
+    """Leadership among bot instances: whoever holds an unexpired lease runs the schedule."""
+
+    name = fields.CharField(max_length=50, primary_key=True)
+    holder = fields.CharField(max_length=100)
+    expires_at = fields.DatetimeField()
+
+    class Meta:
+        table = "scheduler_lease"
