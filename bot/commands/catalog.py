@@ -1,0 +1,3 @@
+"""Imports every command module so that each registers its commands."""
+
+from bot.commands import general, ledger  # noqa: F401
