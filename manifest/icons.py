@@ -34,6 +34,7 @@ LIGHT_CYAN = (124, 207, 242)
 AMBER = (255, 179, 71)
 
 Point = tuple[float, float]
+Fill = int | tuple[int, int, int]  # a grey level (mask) or an RGB colour
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,14 @@ class Glyph:
 
         def chevron(y0: float) -> list[Point]:
             t = self.thickness
-            return [(0.0, y0), (0.5, y0 + h), (1.0, y0), (1.0, y0 + t), (0.5, y0 + h + t), (0.0, y0 + t)]
+            return [
+                (0.0, y0),
+                (0.5, y0 + h),
+                (1.0, y0),
+                (1.0, y0 + t),
+                (0.5, y0 + h + t),
+                (0.0, y0 + t),
+            ]
 
         middle = chevron(h + self.gap)
         bottom = chevron(h + 2 * self.gap + self.thickness)
@@ -79,7 +87,7 @@ def draw_glyph(
     box: float,
     margin: float,
     glyph: Glyph,
-    fills: Sequence[object],
+    fills: Sequence[Fill],
 ) -> None:
     """Draw ``glyph`` centred in a ``box``-pixel square with ``margin`` pixels around it.
 
@@ -119,7 +127,9 @@ def make_color(size: int = 192, supersample: int = 4) -> Image.Image:
     big = size * supersample
     image = Image.new("RGB", (big, big), BACKGROUND)
     # A 36 px margin keeps the symbol inside Teams' rounded-corner mask.
-    draw_glyph(ImageDraw.Draw(image), big, 36 * supersample, Glyph(), [WHITE, LIGHT_CYAN, AMBER, WHITE])
+    draw_glyph(
+        ImageDraw.Draw(image), big, 36 * supersample, Glyph(), [WHITE, LIGHT_CYAN, AMBER, WHITE]
+    )
     return image.reduce(supersample)
 
 
@@ -135,7 +145,9 @@ def make_outline(size: int = 32, supersample: int = 8) -> Image.Image:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Draw manifest/color.png and manifest/outline.png.")
+    parser = argparse.ArgumentParser(
+        description="Draw manifest/color.png and manifest/outline.png."
+    )
     parser.add_argument("--out-dir", type=Path, default=HERE, help="where to write the PNGs")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
