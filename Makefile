@@ -1,0 +1,45 @@
+# The two commands a newcomer needs:   make run   and   make test
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test setup node-deps lint migrations clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Local development mode: SQLite file, no Azure, loopback only; everyone on this machine is admin.
+run: $(STAMP)
+	FUSION_DEV_ADMINS="$${FUSION_DEV_ADMINS:-*}" $(BIN)/python app.py
+
+# Node packages for the card renderer and the Teams manifest schema (offline after install).
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+	  for d in tests/cardcheck/render manifest/schema; do \
+	    if [ -f $$d/package-lock.json ] && [ ! -d $$d/node_modules ]; then \
+	      (cd $$d && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) || exit 1; \
+	    fi; \
+	  done; \
+	else echo "npm not found: card rendering and manifest schema tests will be skipped"; fi
+
+test: $(STAMP) node-deps
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check bot app.py tests
+	$(BIN)/mypy bot app.py
+
+# Create a migration after changing bot/domain/models.py.
+migrations: $(STAMP)
+	rm -f /tmp/fusion-makemigrations.sqlite3
+	DATABASE_URL=sqlite:///tmp/fusion-makemigrations.sqlite3 $(BIN)/tortoise \
+	  -c bot.domain.migrations_config.TORTOISE_ORM makemigrations
+
+clean:
+	rm -rf $(VENV) build test-artifacts .pytest_cache

@@ -1,0 +1,98 @@
+"""Shared fixtures: loopback-only network, test databases (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot.domain import db
+from bot.domain.naming import set_naming_rule
+from bot.config import DEFAULT_NAMING_RULE
+from tests import dbutil
+from tests.fakes.network_guard import install_loopback_guard
+
+install_loopback_guard()
+
+# Nothing a test runs may pick up a developer's .env or real Bot Framework settings.
+for _name in list(os.environ):
+    if _name.startswith(("Microsoft", "FUSION_")) and _name not in {
+        "FUSION_TEST_POSTGRES_URL",
+        "FUSION_REQUIRE_POSTGRES",
+    }:
+        del os.environ[_name]
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite://{tmp_path_factory.mktemp('db') / 'fusion-test.sqlite3'}"
+    dbutil.prepare(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    problem = dbutil.postgres_available()
+    if problem is not None:
+        if dbutil.REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL is required (FUSION_REQUIRE_POSTGRES=1) but: {problem}")
+        pytest.skip(f"PostgreSQL not available: {problem}")
+    dbutil.prepare(dbutil.POSTGRES_URL)
+    return dbutil.POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty, migrated database — SQLite and PostgreSQL in turn."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest_asyncio.fixture
+async def database(db_url: str) -> AsyncIterator[str]:
+    """An open, empty database on this test's event loop; yields its URL."""
+    set_naming_rule(DEFAULT_NAMING_RULE)
+    await db.open_database(db_url, migrate=False)
+    try:
+        await dbutil.empty(db_url)
+        yield db_url
+    finally:
+        await db.close_database()
+
+
+@pytest_asyncio.fixture
+async def pg_database(postgres_url: str) -> AsyncIterator[str]:
+    """PostgreSQL only (concurrency proofs): open, empty, on this test's loop."""
+    set_naming_rule(DEFAULT_NAMING_RULE)
+    await db.open_database(postgres_url, migrate=False)
+    try:
+        await dbutil.empty(postgres_url)
+        yield postgres_url
+    finally:
+        await db.close_database()
+
+
+@pytest.fixture
+def empty_db_url(db_url: str) -> Iterator[str]:
+    """An emptied database URL that the test opens itself (e.g. through the app or the CLI)."""
+    import asyncio
+
+    async def run() -> None:
+        await db.open_database(db_url, migrate=False)
+        try:
+            await dbutil.empty(db_url)
+        finally:
+            await db.close_database()
+
+    asyncio.run(run())
+    yield db_url
