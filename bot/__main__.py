@@ -112,7 +112,15 @@ async def main(argv: list[str]) -> int:
         source="cli",
         correlation_id=run_id,
     )
-    await db.open_database(settings.database_url, migrate=settings.migrate_on_start)
+    try:
+        await db.open_database(settings.database_url, migrate=settings.migrate_on_start)
+    except Exception as exc:
+        if not db.is_outage(exc):
+            raise
+        await db.close_database()
+        print(f"The database is not answering ({type(exc).__name__}: {exc}); nothing was changed. "
+              "Try again in a moment.", file=sys.stderr)
+        return 3
     try:
         ctx = Context(actor=actor, settings=settings, policy=OperatorPolicy())
         # The shell already split the words; quote them again so the one grammar reads them.

@@ -17,6 +17,8 @@ from bot.commands.args import describe_errors
 from bot.commands.grammar import Parsed, UsageError, match, tokenize
 from bot.commands.registry import REGISTRY, Access, CommandSpec, Context, find
 from bot.commands.reply import Error, Form, Message, Reply
+from bot.domain.change import OUTAGE
+from bot.domain.db import is_outage
 from bot.domain.errors import (
     DomainError,
     Duplicate,
@@ -132,7 +134,9 @@ async def _run(spec: CommandSpec, data: dict[str, Any], ctx: Context, *, from_fo
         return Error(title="Try again", text=exc.message, code=exc.code)
     except DomainError as exc:
         return Error(title="Refused", text=exc.message, code=exc.code)
-    except Exception:
+    except Exception as exc:
+        if is_outage(exc):
+            return Error(title="Try again", text=OUTAGE, code="unavailable")
         ref = ctx.actor.correlation_id or "-"
         log.exception("command %s failed", spec.name)
         return Error(

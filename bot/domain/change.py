@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
-from tortoise.exceptions import IntegrityError, OperationalError
+from tortoise.exceptions import IntegrityError
 
 from bot.domain import db
 from bot.domain.errors import Duplicate, Unavailable
@@ -150,18 +150,13 @@ async def change(origin: Origin, *, dry_run: bool = False) -> AsyncIterator[Chan
     except _Replayed:
         row = await RequestKey.get_or_none(key=key[:255] if key else "")
         raise Duplicate(key or "", row.outcome if row else None) from None
-    except (OperationalError, OSError, ConnectionError) as exc:
-        if _is_unavailable(exc):
-            raise Unavailable(
-                "The database is not answering right now; nothing was changed. Try again in a moment."
-            ) from exc
+    except Exception as exc:
+        if db.is_outage(exc):
+            raise Unavailable(OUTAGE) from exc
         raise
 
 
-def _is_unavailable(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}".lower()
-    markers = ("connect", "closed", "terminat", "shutdown", "refused", "timeout", "locked", "busy")
-    return isinstance(exc, (OSError, ConnectionError)) or any(m in text for m in markers)
+OUTAGE = "The database is not answering right now; nothing was changed. Try again in a moment."
 
 
 async def verify_chain() -> tuple[bool, int, str]:

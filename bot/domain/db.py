@@ -80,3 +80,19 @@ async def transaction() -> AsyncIterator[BaseDBAsyncClient]:
     """The one place a transaction is opened; domain services run their writes inside it."""
     async with in_transaction(_current_connection) as conn:
         yield conn
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether an exception means the database cannot be reached right now (try again later)."""
+    from tortoise.exceptions import DBConnectionError, OperationalError
+
+    if isinstance(exc, (DBConnectionError, ConnectionError, OSError, TimeoutError)):
+        return True
+    text = f"{type(exc).__module__}.{type(exc).__name__} {exc}".lower()
+    markers = (
+        "connect", "closed", "terminat", "shutdown", "refused", "timeout", "database is locked",
+        "cannotconnectnow", "connectiondoesnotexist", "admin_shutdown", "too many clients",
+    )
+    return isinstance(exc, OperationalError) and any(m in text for m in markers) or (
+        "asyncpg" in text and any(m in text for m in markers)
+    )
