@@ -1,0 +1,588 @@
+"""Reply → Adaptive Card 1.5: the one renderer of everything the bot says in Teams.
+
+The card layouts are JSON templates in `cards/` (data, not code). A template is a card with
+placeholders, bound from the Reply:
+
+- a string that is exactly `"${name}"` becomes the value `name` (any JSON: text, list, object);
+  inside a list, a placeholder bound to a list is spliced in, and one bound to nothing is dropped;
+  an object property bound to nothing (None or an empty list) is left out;
+- `"${name}"` inside a longer string is replaced by the value as text;
+- an object with `"$when": "${name}"` is left out when `name` is empty.
+
+Values are inserted, never read as templates again, so text typed by a user cannot reach the
+binder. Every button is an `Action.Execute` (verb + data) with an `Action.Submit` fallback
+carrying the same data, so Teams clients with and without Universal Actions both work. A card
+stays under MAX_CARD_BYTES of JSON: long lists are cut (with a note) rather than sent too big.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bot.commands.reply import (
+    Approval,
+    Changed,
+    Error,
+    Form,
+    FormField,
+    Message,
+    Progress,
+    Reply,
+    Table,
+)
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "cards"
+#: SPEC §4: a card stays well under the Teams message limit.
+MAX_CARD_BYTES = 36_864
+CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
+
+# Verbs of the bot's buttons; bot/teams/cards.py handles each. Data is untrusted on return.
+VERB_PAGE = "page"  # data: command (a listing command line, e.g. "products --page 2")
+VERB_FORM_SUBMIT = "form.submit"  # data: command, form_id, dry_run + the inputs
+VERB_APPROVE = "approval.approve"  # data: request_id + input `reason`
+VERB_REJECT = "approval.reject"  # data: request_id + input `reason`
+VERB_APPROVAL_REFRESH = "approval.refresh"  # data: request_id
+#: Keys of button data that are not command fields.
+CONTROL_KEYS = frozenset({"verb", "command", "form_id", "request_id"})
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NUMERIC = re.compile(r"[-+]?[\d,.]+%?")
+_DROP = object()
+
+MAX_TEXT = 4_000  # characters of one text block before it is cut
+MAX_CELL = 300
+MAX_LIST_ITEMS = 50  # per list in a progress card
+
+
+# ----- the template binder -------------------------------------------------------------
+
+
+@functools.cache
+def _template_text(name: str) -> str:
+    return (TEMPLATES / f"{name}.json").read_text(encoding="utf-8")
+
+
+def template(name: str) -> Any:
+    """A fresh copy of the template `cards/<name>.json`."""
+    return json.loads(_template_text(name))
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {} or value is False
+
+
+def bind(node: Any, data: Mapping[str, Any]) -> Any:
+    """Fill a template's placeholders from `data` (see the module docstring)."""
+    if isinstance(node, str):
+        whole = _PLACEHOLDER.fullmatch(node)
+        if whole:
+            return data.get(whole.group(1))
+        return _PLACEHOLDER.sub(lambda m: _as_text(data.get(m.group(1))), node)
+    if isinstance(node, list):
+        out: list[Any] = []
+        for item in node:
+            bound = bind(item, data)
+            if bound is _DROP or bound is None:
+                continue
+            if isinstance(item, str) and _PLACEHOLDER.fullmatch(item) and isinstance(bound, list):
+                out.extend(bound)
+            else:
+                out.append(bound)
+        return out
+    if isinstance(node, dict):
+        when = node.get("$when")
+        if when is not None and _empty(bind(when, data)):
+            return _DROP
+        result: dict[str, Any] = {}
+        for key, value in node.items():
+            if key == "$when":
+                continue
+            bound = bind(value, data)
+            if bound is _DROP:
+                continue
+            if (
+                isinstance(value, str)
+                and _PLACEHOLDER.fullmatch(value)
+                and (bound is None or bound == [])
+            ):
+                continue
+            result[key] = bound
+        return result
+    return node
+
+
+def _as_text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+# ----- building blocks -----------------------------------------------------------------
+
+
+def execute(title: str, verb: str, data: Mapping[str, Any], style: str | None = None) -> dict:
+    """A button: Action.Execute with the same data in an Action.Submit fallback."""
+    payload = {"verb": verb, **data}
+    action: dict[str, Any] = {
+        "type": "Action.Execute",
+        "title": title,
+        "verb": verb,
+        "data": payload,
+    }
+    fallback: dict[str, Any] = {"type": "Action.Submit", "title": title, "data": payload}
+    if style:
+        action["style"] = style
+        fallback["style"] = style
+    action["fallback"] = fallback
+    return action
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cell(text: str, *, bold: bool = False, mono: bool = False, right: bool = False) -> dict:
+    block: dict[str, Any] = {"type": "TextBlock", "text": _cut(text, MAX_CELL) or " ", "wrap": True}
+    if bold:
+        block["weight"] = "Bolder"
+    if mono:
+        block["fontType"] = "Monospace"
+    if right:
+        block["horizontalAlignment"] = "Right"
+    return {"type": "TableCell", "items": [block]}
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ").replace("-", " ").capitalize()
+
+
+def show(value: Any) -> str:
+    """A value as an administrator reads it."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {show(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(show(v) for v in value)
+    return str(value)
+
+
+def before_after_rows(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> list:
+    """Table rows: field | before | after (the after value bold where it changed)."""
+    old, new = before or {}, after or {}
+    keys = list(dict.fromkeys([*old, *new]))
+    if not keys:
+        return []
+    rows = [
+        {
+            "type": "TableRow",
+            "style": "emphasis",
+            "cells": [
+                _cell("Field", bold=True),
+                _cell("Before", bold=True),
+                _cell("After", bold=True),
+            ],
+        }
+    ]
+    for key in keys:
+        was, now = old.get(key), new.get(key)
+        rows.append(
+            {
+                "type": "TableRow",
+                "cells": [
+                    _cell(_label(key)),
+                    _cell(show(was) if key in old else "—"),
+                    _cell(show(now) if key in new else "—", bold=was != now),
+                ],
+            }
+        )
+    return rows
+
+
+def _facts(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"title": _cut(str(k), 100), "value": _cut(show(v), 1000)} for k, v in pairs]
+
+
+# ----- one function per reply type -----------------------------------------------------
+
+
+def _message(reply: Message) -> dict:
+    return bind(
+        template("message"),
+        {
+            "tone": "good"
+            if reply.data and isinstance(reply.data, dict) and reply.data.get("duplicate")
+            else "accent",
+            "title": reply.title,
+            "text": _cut(reply.text, MAX_TEXT),
+            "facts": _facts(reply.facts),
+        },
+    )
+
+
+_MONO_COLUMNS = {"command", "usage"}
+
+
+def _table(reply: Table, keep_rows: int | None = None) -> dict:
+    rows = reply.rows if keep_rows is None else reply.rows[:keep_rows]
+    ncols = len(reply.columns)
+    mono = [c.strip().lower() in _MONO_COLUMNS for c in reply.columns]
+    right = []
+    for i in range(ncols):
+        values = [r[i] for r in rows if i < len(r) and r[i].strip()]
+        right.append(bool(values) and all(_NUMERIC.fullmatch(v.strip()) for v in values))
+    widths = []
+    for i, name in enumerate(reply.columns):
+        longest = max([len(name)] + [len(r[i]) for r in rows if i < len(r)])
+        widths.append({"width": max(1, min(4, -(-longest // 12)))})
+    table_rows = [
+        {
+            "type": "TableRow",
+            "style": "emphasis",
+            "cells": [_cell(c, bold=True, right=right[i]) for i, c in enumerate(reply.columns)],
+        }
+    ]
+    for row in rows:
+        cells = list(row[:ncols]) + [""] * (ncols - len(row))
+        table_rows.append(
+            {
+                "type": "TableRow",
+                "cells": [_cell(v, mono=mono[i], right=right[i]) for i, v in enumerate(cells)],
+            }
+        )
+    notes = [reply.note] if reply.note else []
+    if keep_rows is not None and keep_rows < len(reply.rows):
+        notes.append(
+            f"{len(reply.rows) - keep_rows} more rows are not shown here (the card would be too "
+            "large); narrow the list or use the CLI with --json."
+        )
+    actions = []
+    paging = ""
+    if reply.pages > 1:
+        paging = f"Page {reply.page} of {reply.pages}"
+        if reply.next_command:
+            paging += f" · next: `{reply.next_command}`"
+            actions.append(execute("Next page", VERB_PAGE, {"command": reply.next_command}))
+    shown = len(rows)
+    return bind(
+        template("table"),
+        {
+            "title": reply.title,
+            "count": f"{shown} row{'s' if shown != 1 else ''}" if shown else "",
+            "columns": widths,
+            "rows": table_rows if rows else [],
+            "note": _cut("\n\n".join(notes), MAX_TEXT),
+            "paging": paging,
+            "actions": actions,
+        },
+    )
+
+
+def _changed(reply: Changed) -> dict:
+    facts = [("Target", reply.target)] if reply.target else []
+    text = reply.text if reply.text and reply.text not in reply.title else ""
+    return bind(
+        template("changed"),
+        {
+            "tone": "warning" if reply.dry_run else "good",
+            "badge": "DRY RUN — nothing was changed" if reply.dry_run else "",
+            "title": reply.title,
+            "text": _cut(text, MAX_TEXT),
+            "facts": _facts(facts),
+            "rows": before_after_rows(reply.before, reply.after),
+        },
+    )
+
+
+def _error(reply: Error) -> dict:
+    usage = [
+        {
+            "type": "TextBlock",
+            "text": _cut(line, 500),
+            "fontType": "Monospace",
+            "wrap": True,
+            "spacing": "Small",
+        }
+        for line in (reply.usage or "").splitlines()
+        if line.strip()
+    ][:20]
+    return bind(
+        template("error"),
+        {"title": reply.title, "text": _cut(reply.text, MAX_TEXT), "usage": usage},
+    )
+
+
+def _input(field: FormField, error: str | None) -> list[dict]:
+    common: dict[str, Any] = {"id": field.name, "label": field.label, "isRequired": field.required}
+    if field.required:
+        common["errorMessage"] = f"{field.label} is required"
+    if field.kind == "number":
+        element = {"type": "Input.Number", **common, "min": 0}
+        if field.value not in (None, ""):
+            try:
+                element["value"] = float(str(field.value).replace(",", ""))
+            except ValueError:
+                element = {"type": "Input.Text", **common, "value": str(field.value)}
+    elif field.kind == "choice":
+        choices = [{"title": _cut(t, 100), "value": v} for t, v in field.choices]
+        element = {"type": "Input.ChoiceSet", **common, "choices": choices, "style": "compact"}
+        if len(choices) > 8:
+            element["style"] = "filtered"
+        if not choices:
+            # Nothing to pick from yet: let the value be typed.
+            element = {"type": "Input.Text", **common}
+        if field.value not in (None, ""):
+            element["value"] = str(field.value)
+    elif field.kind == "toggle":
+        element = {
+            "type": "Input.Toggle",
+            **common,
+            "title": field.label,
+            "value": "true" if str(field.value).lower() == "true" else "false",
+        }
+        element.pop("isRequired", None)
+        element.pop("errorMessage", None)
+    else:
+        element = {"type": "Input.Text", **common, "maxLength": 500}
+        if field.value not in (None, ""):
+            element["value"] = str(field.value)
+    if field.placeholder and element["type"] in {"Input.Text", "Input.Number", "Input.ChoiceSet"}:
+        element["placeholder"] = field.placeholder
+    out = [element]
+    if error:
+        out.append(
+            {
+                "type": "TextBlock",
+                "text": _cut(error, 500),
+                "color": "Attention",
+                "size": "Small",
+                "wrap": True,
+                "spacing": "None",
+            }
+        )
+    return out
+
+
+def _form(reply: Form) -> dict:
+    names = {f.name for f in reply.fields}
+    general = [msg for key, msg in reply.errors.items() if key not in names]
+    inputs: list[dict] = []
+    for field in reply.fields:
+        inputs.extend(_input(field, reply.errors.get(field.name)))
+    data = {"command": reply.command, "form_id": reply.form_id}
+    return bind(
+        template("form"),
+        {
+            "title": reply.title,
+            "usage": reply.usage.splitlines()[0] if reply.usage else "",
+            "problem": _cut(" ".join(general), MAX_TEXT),
+            "inputs": inputs,
+            "actions": [
+                execute("Submit", VERB_FORM_SUBMIT, {**data, "dry_run": False}, style="positive"),
+                execute("Dry run", VERB_FORM_SUBMIT, {**data, "dry_run": True}),
+            ],
+        },
+    )
+
+
+_APPROVAL_LOOK = {
+    # status: (container style, badge, badge colour)
+    "pending": ("warning", "APPROVAL NEEDED", "Warning"),
+    "approved": ("good", "APPROVED", "Good"),
+    "rejected": ("attention", "REJECTED", "Attention"),
+    "expired": ("emphasis", "EXPIRED", "Default"),
+    "failed": ("attention", "APPROVED BUT NOT CARRIED OUT", "Attention"),
+}
+
+
+def _approval(reply: Approval, actionable: bool = True) -> dict:
+    tone, badge, color = _APPROVAL_LOOK.get(
+        reply.status, ("emphasis", reply.status.upper(), "Default")
+    )
+    facts: list[tuple[str, str]] = [
+        ("Requested by", reply.requester),
+        ("Request", reply.request_id),
+    ]
+    if reply.status == "pending":
+        if reply.expires_at:
+            facts.append(("Expires", reply.expires_at))
+    elif reply.status == "expired":
+        facts.append(("Expired", reply.expires_at or reply.decided_at or ""))
+    else:
+        facts.append(("Decided by", reply.decided_by or "—"))
+        facts.append(("Decided at", reply.decided_at or "—"))
+    if reply.reason:
+        facts.append(("Reason" if reply.status != "failed" else "Why", reply.reason))
+    pending = reply.status == "pending"
+    data = {"request_id": reply.request_id}
+    inputs = (
+        [
+            {
+                "type": "Input.Text",
+                "id": "reason",
+                "label": "Reason (optional)",
+                "maxLength": 500,
+                "placeholder": "Why you approve or reject",
+            }
+        ]
+        if pending and actionable
+        else []
+    )
+    actions = (
+        [
+            execute("Approve", VERB_APPROVE, data, style="positive"),
+            execute("Reject", VERB_REJECT, data, style="destructive"),
+        ]
+        if inputs
+        else []
+    )
+    refresh = (
+        {
+            "action": {
+                "type": "Action.Execute",
+                "verb": VERB_APPROVAL_REFRESH,
+                "data": {"verb": VERB_APPROVAL_REFRESH, **data},
+            }
+        }
+        if pending
+        else None
+    )
+    return bind(
+        template("approval"),
+        {
+            "tone": tone,
+            "badge": badge,
+            "badge_color": color,
+            "title": reply.summary or reply.title,
+            "notice": _cut(reply.text, MAX_TEXT),
+            "facts": _facts(facts),
+            "rows": before_after_rows(reply.before, reply.after),
+            "inputs": inputs,
+            "actions": actions,
+            "refresh": refresh,
+        },
+    )
+
+
+def _items(title: str, lines: list[str], color: str) -> list[dict]:
+    if not lines:
+        return []
+    shown = lines[:MAX_LIST_ITEMS]
+    text = "\n".join(f"- {_cut(line, 200)}" for line in shown)
+    if len(lines) > len(shown):
+        text += f"\n- … and {len(lines) - len(shown)} more"
+    return [
+        {
+            "type": "TextBlock",
+            "text": title,
+            "weight": "Bolder",
+            "color": color,
+            "spacing": "Medium",
+        },
+        {"type": "TextBlock", "text": text, "wrap": True, "spacing": "Small"},
+    ]
+
+
+def _progress(reply: Progress) -> dict:
+    total = max(reply.total, reply.done, 1)
+    done = min(reply.done, total)
+    failed = len(reply.failed)
+    if not reply.finished:
+        tone = "accent"
+    elif failed:
+        tone = "warning" if reply.succeeded else "attention"
+    else:
+        tone = "good"
+    bar = [
+        {
+            "type": "Column",
+            "width": max(done, 0) or 0,
+            "style": "good" if not failed else "warning",
+            "minHeight": "8px",
+            "items": [],
+        },
+        {
+            "type": "Column",
+            "width": total - done,
+            "style": "emphasis",
+            "minHeight": "8px",
+            "items": [],
+        },
+    ]
+    bar = [c for c in bar if c["width"]]
+    state = "done" if reply.finished else "working…"
+    counts = (
+        f"{reply.done} of {reply.total} {state} · "
+        f"{len(reply.succeeded)} succeeded · {failed} failed"
+    )
+    lists = _items("Succeeded", reply.succeeded, "Good") + _items(
+        "Failed", [f"{item}: {why}" for item, why in reply.failed], "Attention"
+    )
+    return bind(
+        template("progress"),
+        {
+            "tone": tone,
+            "title": reply.title,
+            "counts": counts,
+            "bar": bar,
+            "text": _cut(reply.text, MAX_TEXT),
+            "lists": lists,
+        },
+    )
+
+
+def card_size(card: Mapping[str, Any]) -> int:
+    """Bytes of the card as compact ASCII-escaped JSON (an upper bound of what is sent)."""
+    return len(json.dumps(card, separators=(",", ":"), ensure_ascii=True))
+
+
+def render(reply: Reply, *, actionable: bool = True) -> dict:
+    """The Adaptive Card (1.5, as a dict) for a reply; never over MAX_CARD_BYTES.
+
+    `actionable=False` leaves the Approve / Reject buttons off a pending approval (the view of
+    someone who may not decide it).
+    """
+    if isinstance(reply, Table):
+        card = _table(reply)
+        keep = len(reply.rows)
+        while card_size(card) > MAX_CARD_BYTES and keep > 0:
+            keep = keep * 3 // 4 if keep > 4 else keep - 1
+            card = _table(reply, keep_rows=keep)
+    elif isinstance(reply, Changed):
+        card = _changed(reply)
+    elif isinstance(reply, Error):
+        card = _error(reply)
+    elif isinstance(reply, Form):
+        card = _form(reply)
+    elif isinstance(reply, Approval):
+        card = _approval(reply, actionable)
+    elif isinstance(reply, Progress):
+        card = _progress(reply)
+    elif isinstance(reply, Message):
+        card = _message(reply)
+    else:
+        card = bind(template("message"), {"tone": "accent", "title": reply.title})
+    if card_size(card) > MAX_CARD_BYTES:
+        # Only pathological input gets here (e.g. thousands of facts): say so in a small card.
+        card = bind(
+            template("message"),
+            {
+                "tone": "warning",
+                "title": _cut(reply.title, 200),
+                "text": "This answer is too large for a card. Use the CLI (`python -m bot ... "
+                "--json`) or narrow the request.",
+            },
+        )
+    return card
+
+
+def attachment(card: Mapping[str, Any]) -> dict:
+    """The card as a Bot Framework attachment (content type + content)."""
+    return {"contentType": CONTENT_TYPE, "content": dict(card)}
