@@ -343,6 +343,12 @@ class DigestDelivery(Model):
     attempts = fields.IntField(default=0)
     sent_at = fields.DatetimeField(null=True)
     error = fields.CharField(max_length=500, null=True)
+    # Which scheduler instance claimed the slot and when: a claim left pending by an instance
+    # that died is taken over once it is stale.
+    claimed_by = fields.CharField(max_length=100, null=True)
+    claimed_at = fields.DatetimeField(null=True)
+    # The id the Bot Connector gave the posted activity.
+    activity_id = fields.CharField(max_length=255, null=True)
 
     digest_id: int
 
