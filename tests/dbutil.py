@@ -78,9 +78,14 @@ async def empty(url: str) -> None:
             "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"
         )
     else:
-        for table in tables:
-            await conn.execute_script(f'DELETE FROM "{table}"')
-        await conn.execute_script("DELETE FROM sqlite_sequence")
+        # Tables go in model order, not dependency order: let the foreign keys wait.
+        await conn.execute_script("PRAGMA foreign_keys = OFF")
+        try:
+            for table in tables:
+                await conn.execute_script(f'DELETE FROM "{table}"')
+            await conn.execute_script("DELETE FROM sqlite_sequence")
+        finally:
+            await conn.execute_script("PRAGMA foreign_keys = ON")
     await conn.execute_script(
         f"INSERT INTO audit_head (id, last_id, last_hash) VALUES (1, 0, '{GENESIS}')"
     )

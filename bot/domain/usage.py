@@ -120,10 +120,11 @@ async def usage_report(
         return []
     product_ids = [p.id for p in products]
 
-    alloc_q = Allocation.filter(product_id__in=product_ids)
-    if subscription_code is not None:
-        alloc_q = alloc_q.filter(subscription__code__iexact=subscription_code)
-    allocations = await alloc_q.values("product_id", "subscription_id", "quantity", "subscription__code")
+    # Every allocation of these products, even when one subscription is asked for: the pool's
+    # in-use figure sums all of them.
+    allocations = await Allocation.filter(product_id__in=product_ids).values(
+        "product_id", "subscription_id", "quantity", "subscription__code"
+    )
 
     totals = await (
         Allocation.filter(product_id__in=product_ids)
@@ -177,8 +178,13 @@ async def usage_report(
     for a in allocations:
         by_product[a["product_id"]].append(a)
 
+    wanted = subscription_code.upper() if subscription_code is not None else None
     report: list[ProductUsage] = []
     for product in products:
+        held = sorted(by_product.get(product.id, []), key=lambda a: a["subscription__code"])
+        shown = [a for a in held if wanted is None or a["subscription__code"].upper() == wanted]
+        if wanted is not None and not shown:
+            continue  # asked about one subscription: only the products it holds
         row = ProductUsage(
             name=product.name,
             category=product.category.value,
@@ -187,11 +193,12 @@ async def usage_report(
             status=product.status.value,
             capacity=product.capacity,
         )
-        for a in sorted(by_product.get(product.id, []), key=lambda a: a["subscription__code"]):
-            sub_use = used(product, a["subscription_id"])
-            row.subscriptions.append(SubscriptionUsage(a["subscription__code"], a["quantity"], sub_use))
+        row.subscriptions = [
+            SubscriptionUsage(a["subscription__code"], a["quantity"], used(product, a["subscription_id"]))
+            for a in shown
+        ]
         # Pool totals describe the whole product even when one subscription is asked for.
         row.allocated = total_by.get(product.id, 0)
-        row.in_use = sum(s.in_use for s in row.subscriptions)
+        row.in_use = sum(used(product, a["subscription_id"]) for a in held)
         report.append(row)
     return report
