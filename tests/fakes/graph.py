@@ -1,0 +1,378 @@
+"""Fake Microsoft Graph: just the group-membership calls an admin check needs."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from aiohttp import web
+
+from ._server import CLAIMS, INFO, Failure, ThreadedServer, error_body
+from .identity import FakeIdentityProvider
+from .tls import TLSFiles
+
+__all__ = ["FakeGraph", "GraphGroup", "GraphUser"]
+
+MAX_CHECK_IDS = 20
+MAX_TOP = 999
+
+
+@dataclass
+class GraphUser:
+    id: str
+    user_principal_name: str
+    display_name: str
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "@odata.type": "#microsoft.graph.user",
+            "id": self.id,
+            "userPrincipalName": self.user_principal_name,
+            "displayName": self.display_name,
+        }
+
+
+@dataclass
+class GraphGroup:
+    id: str
+    display_name: str
+    security_enabled: bool = True
+    members: list[str] = field(default_factory=list)  # direct members: user or group ids
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "@odata.type": "#microsoft.graph.group",
+            "id": self.id,
+            "displayName": self.display_name,
+            "securityEnabled": self.security_enabled,
+        }
+
+
+def _kind(path: str) -> str:
+    for kind in ("checkMemberGroups", "getMemberGroups", "transitiveMembers"):
+        if f"/{kind}" in path:
+            return kind
+    return "user" if path.startswith("/v1.0/users/") else "other"
+
+
+class FakeGraph(ThreadedServer):
+    """HTTPS fake of Microsoft Graph v1.0 group membership (``graph_url`` = ``base_url + "/v1.0"``).
+
+    ``POST /v1.0/{users|directoryObjects}/{id}/checkMemberGroups`` (``{"groupIds": [...]}``, at
+    most 20, else 400; answers the ids the object is a *transitive* member of),
+    ``POST .../getMemberGroups`` (``{"securityEnabledOnly": bool}``; the overage path),
+    ``GET /v1.0/groups/{id}/transitiveMembers`` and ``.../transitiveMembers/microsoft.graph.user``
+    (``$top`` paging via ``@odata.nextLink``, ``$select``), ``GET /v1.0/users/{id-or-upn}``.
+    Every call needs a bearer token that ``identity.verify_access_token(token, audience)``
+    accepts (audience https://graph.microsoft.com; else 401 InvalidAuthenticationToken); with
+    ``required_roles`` the token must hold one of them (else 403 Authorization_RequestDenied).
+    Directory: ``add_user``, ``add_group`` (members may be groups: nesting is transitive),
+    ``add_member``.  Trouble: ``down("refuse"|"503")``/``up()``, ``throttle(n, retry_after)``,
+    ``fail(n, status)``.  ``call_count`` / ``count(kind)`` count calls.
+    """
+
+    def __init__(
+        self,
+        identity: FakeIdentityProvider | None,
+        *,
+        audience: str = "https://graph.microsoft.com",
+        required_roles: Iterable[str] | None = None,
+        tls: TLSFiles | None = None,
+    ) -> None:
+        super().__init__(https=True, tls=tls)
+        self.identity = identity
+        self.audience = audience
+        self.required_roles = set(required_roles) if required_roles is not None else None
+        self.users: dict[str, GraphUser] = {}
+        self.groups: dict[str, GraphGroup] = {}
+        self._failures: deque[Failure] = deque()
+        self._down_503 = False
+        self._dir_lock = threading.Lock()
+
+    @property
+    def graph_url(self) -> str:
+        """Graph base with version, like ``https://graph.microsoft.com/v1.0``."""
+        return f"{self.base_url}/v1.0"
+
+    # -- directory ---------------------------------------------------------------------------
+    def add_user(
+        self, user_id: str, upn: str | None = None, display_name: str | None = None
+    ) -> GraphUser:
+        with self._dir_lock:
+            user = GraphUser(user_id, upn or f"{user_id}@example.test", display_name or user_id)
+            self.users[user_id] = user
+            return user
+
+    def add_group(
+        self,
+        group_id: str,
+        members: Iterable[str] = (),
+        *,
+        display_name: str | None = None,
+        security_enabled: bool = True,
+    ) -> GraphGroup:
+        """Add a group with direct ``members`` (group ids, user ids; unknown ids become users)."""
+        with self._dir_lock:
+            group = GraphGroup(group_id, display_name or group_id, security_enabled)
+            self.groups[group_id] = group
+            self.users.pop(group_id, None)  # it may have been auto-created as a member earlier
+        for member in members:
+            self.add_member(group_id, member)
+        return group
+
+    def add_member(self, group_id: str, member_id: str) -> None:
+        if member_id not in self.groups and member_id not in self.users:
+            self.add_user(member_id)
+        with self._dir_lock:
+            members = self.groups[group_id].members
+            if member_id not in members:
+                members.append(member_id)
+
+    def remove_member(self, group_id: str, member_id: str) -> None:
+        with self._dir_lock:
+            members = self.groups[group_id].members
+            if member_id in members:
+                members.remove(member_id)
+
+    def transitive_groups(self, object_id: str) -> list[str]:
+        """Ids of every group ``object_id`` is a direct or nested member of."""
+        with self._dir_lock:
+            found: list[str] = []
+            frontier = [object_id]
+            while frontier:
+                current = frontier.pop()
+                for group in self.groups.values():
+                    if current in group.members and group.id not in found:
+                        found.append(group.id)
+                        frontier.append(group.id)
+            return found
+
+    def transitive_members(self, group_id: str) -> list[GraphUser | GraphGroup]:
+        """Users and groups below ``group_id``, each once, depth-first in insertion order."""
+        with self._dir_lock:
+            seen: set[str] = {group_id}
+            result: list[GraphUser | GraphGroup] = []
+
+            def walk(gid: str) -> None:
+                for member in self.groups[gid].members:
+                    if member in seen:
+                        continue
+                    seen.add(member)
+                    if member in self.groups:
+                        result.append(self.groups[member])
+                        walk(member)
+                    elif member in self.users:
+                        result.append(self.users[member])
+
+            walk(group_id)
+            return result
+
+    # -- trouble -----------------------------------------------------------------------------
+    def down(self, mode: str = "refuse") -> None:
+        """``"refuse"``: connections are refused; ``"503"``: every call answers 503."""
+        if mode == "refuse":
+            self.refuse_connections()
+        elif mode == "503":
+            self._down_503 = True
+        else:
+            raise ValueError("mode must be 'refuse' or '503'")
+
+    def up(self) -> None:
+        self._down_503 = False
+        self.accept_connections()
+
+    def throttle(self, count: int, retry_after: float = 2.0) -> None:
+        """Answer the next ``count`` calls 429 TooManyRequests with ``Retry-After``."""
+        failure = Failure(429, retry_after, error_body("TooManyRequests", "Too many requests."))
+        with self._dir_lock:
+            self._failures.extend(failure for _ in range(count))
+
+    def fail(self, count: int, status: int = 500) -> None:
+        """Answer the next ``count`` calls with ``status``."""
+        failure = Failure(status, None, error_body("UnknownError", f"scripted {status}"))
+        with self._dir_lock:
+            self._failures.extend(failure for _ in range(count))
+
+    def count(self, kind: str | None = None) -> int:
+        """Calls received, failed ones included (``kind``: checkMemberGroups, getMemberGroups,
+        transitiveMembers, user)."""
+        return sum(1 for r in self.requests if kind is None or r.info.get("kind") == kind)
+
+    # -- HTTP --------------------------------------------------------------------------------
+    def build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._gate])
+        for collection in ("users", "directoryObjects"):
+            app.router.add_post(
+                f"/v1.0/{collection}/{{id}}/checkMemberGroups", self._check_member_groups
+            )
+            app.router.add_post(
+                f"/v1.0/{collection}/{{id}}/getMemberGroups", self._get_member_groups
+            )
+        app.router.add_get("/v1.0/users/{id}", self._get_user)
+        app.router.add_get("/v1.0/groups/{id}/transitiveMembers", self._transitive_members)
+        app.router.add_get(
+            "/v1.0/groups/{id}/transitiveMembers/microsoft.graph.user", self._transitive_members
+        )
+        return app
+
+    @web.middleware
+    async def _gate(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Scripted trouble first (a sick service checks nothing), then the bearer token."""
+        request[INFO]["kind"] = _kind(request.path)
+        with self._dir_lock:
+            failure = (
+                Failure(503, None, error_body("ServiceUnavailable", "down"))
+                if self._down_503
+                else (self._failures.popleft() if self._failures else None)
+            )
+        if failure is not None:
+            return failure.response()
+        auth = request.headers.get("Authorization", "")
+        if self.identity is not None:
+            try:
+                if not auth.startswith("Bearer "):
+                    raise jwt.InvalidTokenError("no bearer token")
+                claims = self.identity.verify_access_token(auth[7:], self.audience)
+            except jwt.InvalidTokenError as exc:
+                request[INFO]["auth_error"] = str(exc)
+                return web.json_response(
+                    error_body(
+                        "InvalidAuthenticationToken", f"Access token validation failure. {exc}"
+                    ),
+                    status=401,
+                )
+            request[CLAIMS] = claims
+            if self.required_roles is not None and not self.required_roles & set(
+                claims.get("roles", [])
+            ):
+                return web.json_response(
+                    error_body(
+                        "Authorization_RequestDenied",
+                        "Insufficient privileges to complete the operation.",
+                    ),
+                    status=403,
+                )
+        return await handler(request)
+
+    def _resolve_user(self, request: web.Request) -> str | None:
+        key = request.match_info["id"]
+        with self._dir_lock:
+            if key in self.users or key in self.groups:
+                return key
+            if "/users/" in request.path:
+                for user in self.users.values():
+                    if user.user_principal_name.lower() == key.lower():
+                        return user.id
+        return None
+
+    @staticmethod
+    def _not_found(key: str) -> web.Response:
+        return web.json_response(
+            error_body(
+                "Request_ResourceNotFound",
+                f"Resource '{key}' does not exist or one of its queried reference-property "
+                "objects are not present.",
+            ),
+            status=404,
+        )
+
+    @staticmethod
+    def _bad_request(message: str) -> web.Response:
+        return web.json_response(error_body("Request_BadRequest", message), status=400)
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any] | None:
+        try:
+            body = await request.json()
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    async def _check_member_groups(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        ids = body.get("groupIds") if body else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return self._bad_request("Invalid request: groupIds must be an array of strings.")
+        if len(ids) > MAX_CHECK_IDS:
+            return self._bad_request(
+                f"The request has {len(ids)} group ids; at most {MAX_CHECK_IDS} are allowed."
+            )
+        object_id = self._resolve_user(request)
+        if object_id is None:
+            return self._not_found(request.match_info["id"])
+        member_of = set(self.transitive_groups(object_id))
+        return web.json_response(
+            {
+                "@odata.context": f"{self.graph_url}/$metadata#Collection(Edm.String)",
+                "value": [i for i in ids if i in member_of],
+            }
+        )
+
+    async def _get_member_groups(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        security_only = body.get("securityEnabledOnly") if body else None
+        if not isinstance(security_only, bool):
+            return self._bad_request("Invalid request: securityEnabledOnly (boolean) is required.")
+        object_id = self._resolve_user(request)
+        if object_id is None:
+            return self._not_found(request.match_info["id"])
+        groups = self.transitive_groups(object_id)
+        with self._dir_lock:
+            value = [g for g in groups if not security_only or self.groups[g].security_enabled]
+        return web.json_response(
+            {
+                "@odata.context": f"{self.graph_url}/$metadata#Collection(Edm.String)",
+                "value": value,
+            }
+        )
+
+    async def _get_user(self, request: web.Request) -> web.Response:
+        object_id = self._resolve_user(request)
+        with self._dir_lock:
+            user = self.users.get(object_id or "")
+        if user is None:
+            return self._not_found(request.match_info["id"])
+        return web.json_response(
+            {"@odata.context": f"{self.graph_url}/$metadata#users/$entity", **user.json()}
+        )
+
+    async def _transitive_members(self, request: web.Request) -> web.Response:
+        group_id = request.match_info["id"]
+        with self._dir_lock:
+            known = group_id in self.groups
+        if not known:
+            return self._not_found(group_id)
+        try:
+            top = int(request.query.get("$top", "100"))
+            skip = int(request.query.get("$skiptoken", "0"))
+        except ValueError:
+            return self._bad_request("Invalid $top or $skiptoken.")
+        if not 1 <= top <= MAX_TOP or skip < 0:
+            return self._bad_request(
+                f"Invalid page size specified: '{top}'. Must be between 1 and {MAX_TOP} inclusive."
+            )
+        members = self.transitive_members(group_id)
+        if request.path.endswith("/microsoft.graph.user"):
+            members = [m for m in members if isinstance(m, GraphUser)]
+        select = [s for s in request.query.get("$select", "").split(",") if s]
+        page = []
+        for member in members[skip : skip + top]:
+            item = member.json()
+            if select:
+                item = {k: v for k, v in item.items() if k in select or k in ("@odata.type", "id")}
+            page.append(item)
+        result: dict[str, Any] = {
+            "@odata.context": f"{self.graph_url}/$metadata#directoryObjects",
+            "value": page,
+        }
+        if skip + top < len(members):
+            query = f"$top={top}&$skiptoken={skip + top}"
+            if select:
+                query += f"&$select={','.join(select)}"
+            result["@odata.nextLink"] = f"{request.scheme}://{request.host}{request.path}?{query}"
+        return web.json_response(result)
