@@ -17,6 +17,7 @@ from typing import Any
 
 from bot.auth.actor import Actor
 from bot.auth.policy import OperatorPolicy
+from bot.commands.approvals import ApprovalGate
 from bot.commands.dispatch import run_text
 from bot.commands.registry import Context
 from bot.commands.reply import Approval, Changed, Error, Form, Message, Progress, Reply, Table
@@ -122,7 +123,10 @@ async def main(argv: list[str]) -> int:
               "Try again in a moment.", file=sys.stderr)
         return 3
     try:
-        ctx = Context(actor=actor, settings=settings, policy=OperatorPolicy())
+        ctx = Context(
+            actor=actor, settings=settings, policy=OperatorPolicy(),
+            services={"approvals": ApprovalGate()},
+        )
         # The shell already split the words; quote them again so the one grammar reads them.
         reply = await run_text(shlex.join(words), ctx)
     finally:

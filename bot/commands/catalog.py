@@ -1,3 +1,4 @@
 """Imports every command module so that each registers its commands."""
 
 from bot.commands import general, ledger  # noqa: F401
+from bot.commands import approvals  # noqa: F401

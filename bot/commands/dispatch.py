@@ -147,8 +147,10 @@ async def _run(spec: CommandSpec, data: dict[str, Any], ctx: Context, *, from_fo
 
 
 def _form_errors(exc: ValidationError) -> dict[str, str]:
+    # A model-level error (no field) is keyed "": the form shows it above the fields.
     return {
-        str(e["loc"][0]): e["msg"].removeprefix("Value error, ") for e in exc.errors() if e["loc"]
+        (str(e["loc"][0]) if e["loc"] else ""): e["msg"].removeprefix("Value error, ")
+        for e in exc.errors()
     }
 
 

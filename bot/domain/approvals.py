@@ -1,0 +1,377 @@
+"""Approval requests: a change above the threshold waits for an approver (SPEC §5).
+
+A request stores what to do (an action and its payload, checked again when it is carried
+out), who asked, and a before → after preview. It is decided exactly once: the decision is a
+conditional UPDATE (`... WHERE status = 'pending' AND expires_at > now`) in the same
+transaction as the change it approves, so of any number of simultaneous approvals one wins
+and the others change nothing. The change itself runs through the ledger services (source
+"approval"), so every invariant of the ledger is checked again at decision time. Every step —
+requested, approved, rejected, failed, expired — is an audit event.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bot.domain import ledger
+from bot.domain.change import Origin, change
+from bot.domain.errors import (
+    Conflict,
+    DomainError,
+    Duplicate,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+)
+from bot.domain.ledger import Outcome
+from bot.domain.models import ApprovalRequest, ApprovalStatus, RequestKey
+
+ALLOCATE = "allocation.allocate"
+CAPACITY = "product.capacity"
+SYSTEM = Origin(actor_id="system", actor_name="Fusion bot", source="system")
+
+# Request ids: opaque, random, easy to type (no 0/o, 1/l/i).
+_ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+_ID_LENGTH = 10
+
+
+def new_request_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ----- what an approved request carries out ----------------------------------------------
+
+
+def _whole(payload: dict[str, Any], key: str) -> int:
+    value = payload.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"The stored request is damaged: {key} is not a whole number.")
+    return value
+
+
+def _name(payload: dict[str, Any], key: str) -> str:
+    value = payload.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"The stored request is damaged: {key} is missing.")
+    return value
+
+
+async def _allocate(origin: Origin, payload: dict[str, Any], dry_run: bool) -> Outcome:
+    return await ledger.allocate(
+        origin,
+        _whole(payload, "quantity"),
+        _name(payload, "product"),
+        _name(payload, "subscription"),
+        dry_run=dry_run,
+    )
+
+
+async def _capacity(origin: Origin, payload: dict[str, Any], dry_run: bool) -> Outcome:
+    return await ledger.set_capacity(
+        origin, _name(payload, "product"), _whole(payload, "capacity"), dry_run=dry_run
+    )
+
+
+CARRY_OUT: dict[str, Callable[[Origin, dict[str, Any], bool], Awaitable[Outcome]]] = {
+    ALLOCATE: _allocate,
+    CAPACITY: _capacity,
+}
+
+
+# ----- requests ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What deciding did: the request as it now stands and, if approved, the change made."""
+
+    request: ApprovalRequest
+    outcome: Outcome | None
+    dry_run: bool = False
+
+
+def view(request: ApprovalRequest) -> dict[str, Any]:
+    """The stable JSON shape of a request (CLI --json, audit)."""
+
+    def stamp(at: datetime | None) -> str | None:
+        return at.astimezone(UTC).isoformat() if at else None
+
+    return {
+        "id": request.id,
+        "action": request.action,
+        "payload": request.payload,
+        "summary": request.summary,
+        "requester": {"id": request.requester_id, "name": request.requester_name},
+        "status": request.status.value,
+        "before": request.before,
+        "after": request.after,
+        "created_at": stamp(request.created_at),
+        "expires_at": stamp(request.expires_at),
+        "decided_by": (
+            {"id": request.decided_by_id, "name": request.decided_by_name}
+            if request.decided_by_id
+            else None
+        ),
+        "decided_at": stamp(request.decided_at),
+        "reason": request.reason,
+    }
+
+
+async def request_change(
+    origin: Origin,
+    action: str,
+    payload: dict[str, Any],
+    *,
+    ttl_hours: int,
+    conversation_id: str | None = None,
+) -> ApprovalRequest:
+    """Hold a change for approval. Refused at once if it could not be carried out now."""
+    carry_out = CARRY_OUT.get(action)
+    if carry_out is None:
+        raise InvalidInput(f"{action} changes do not go through approvals.")
+    key = origin.idempotency_key
+    if key is not None:
+        # The same request delivered again: answer with what the first one did, before the
+        # preview below could refuse it against a ledger that has moved on since.
+        done = await RequestKey.get_or_none(key=key[:255])
+        if done is not None:
+            raise Duplicate(key, done.outcome)
+    # The same checks as the real change, rolled back: a request that could never succeed is
+    # refused now rather than sent to an approver. The preview is what approving would do.
+    preview = await carry_out(origin, payload, True)
+    now = _now()
+    async with change(origin) as ch:
+        request = await ApprovalRequest.create(
+            using_db=ch.conn,
+            id=new_request_id(),
+            action=action,
+            payload=payload,
+            summary=_summary(action, payload, preview)[:500],
+            before=preview.before,
+            after=preview.after,
+            requester_id=origin.actor_id[:64],
+            requester_name=origin.actor_name[:255],
+            status=ApprovalStatus.PENDING,
+            expires_at=now + timedelta(hours=ttl_hours),
+            conversation_id=conversation_id[:512] if conversation_id else None,
+        )
+        ch.record(
+            "approval.request",
+            f"approval:{request.id}",
+            None,
+            {
+                "id": request.id,
+                "action": action,
+                "payload": payload,
+                "summary": request.summary,
+                "before": preview.before,
+                "after": preview.after,
+                "expires_at": request.expires_at.isoformat(),
+            },
+        )
+    return request
+
+
+def _summary(action: str, payload: dict[str, Any], preview: Outcome) -> str:
+    if action == ALLOCATE:
+        product, _, subscription = preview.target.partition(" → ")
+        return f"Allocate {payload['quantity']:,} of {product} to {subscription}"
+    before = (preview.before or {}).get("capacity")
+    after = (preview.after or {}).get("capacity")
+    return f"Capacity of {preview.target}: {before:,} → {after:,}"
+
+
+async def find(request_id: str) -> ApprovalRequest:
+    """A request by id; never lists other ids (they are capabilities, not names)."""
+    key = request_id.strip().lower() if isinstance(request_id, str) else ""
+    request = await ApprovalRequest.get_or_none(id=key) if 0 < len(key) <= 16 else None
+    if request is None:
+        raise NotFound("approval request", request_id[:40] if isinstance(request_id, str) else "?")
+    return request
+
+
+async def current(request_id: str, now: datetime | None = None) -> ApprovalRequest:
+    """A request as it stands, expired first if its time is up."""
+    request = await find(request_id)
+    if request.status is ApprovalStatus.PENDING and request.expires_at <= (now or _now()):
+        await expire_due(now)
+        request = await find(request_id)
+    return request
+
+
+async def pending(now: datetime | None = None) -> list[ApprovalRequest]:
+    await expire_due(now)
+    return await ApprovalRequest.filter(status=ApprovalStatus.PENDING).order_by("created_at")
+
+
+async def recent(limit: int = 50, now: datetime | None = None) -> list[ApprovalRequest]:
+    await expire_due(now)
+    return await ApprovalRequest.all().order_by("-created_at").limit(limit)
+
+
+async def expire_due(now: datetime | None = None) -> int:
+    """Mark pending requests whose time is up as expired, one audit event each."""
+    now = now or _now()
+    due = await ApprovalRequest.filter(
+        status=ApprovalStatus.PENDING, expires_at__lte=now
+    ).values_list("id", flat=True)
+    count = 0
+    for request_id in due:
+        async with change(SYSTEM) as ch:
+            updated = (
+                await ApprovalRequest.filter(
+                    id=request_id, status=ApprovalStatus.PENDING, expires_at__lte=now
+                )
+                .using_db(ch.conn)
+                .update(status=ApprovalStatus.EXPIRED, decided_at=now)
+            )
+            if updated:
+                ch.record(
+                    "approval.expire",
+                    f"approval:{request_id}",
+                    {"status": "pending"},
+                    {"status": "expired"},
+                )
+                count += 1
+    return count
+
+
+async def set_card(request_id: str, conversation_id: str | None, activity_id: str) -> None:
+    """Remember where the request's card was posted, so a decision can update it in place."""
+    fields: dict[str, Any] = {"card_activity_id": activity_id[:255]}
+    if conversation_id:
+        fields["conversation_id"] = conversation_id[:512]
+    await ApprovalRequest.filter(id=request_id).update(**fields)
+
+
+# ----- deciding ----------------------------------------------------------------------------
+
+
+def _already(request: ApprovalRequest) -> Conflict:
+    status = request.status
+    if status is ApprovalStatus.EXPIRED:
+        return Conflict(
+            f"Approval request {request.id} expired; nothing was changed. "
+            "Ask for the change again if it is still needed."
+        )
+    who = request.decided_by_name or request.decided_by_id or "someone"
+    at = request.decided_at
+    when = at.astimezone(UTC).strftime("on %Y-%m-%d at %H:%M UTC") if at else ""
+    verb = {
+        ApprovalStatus.APPROVED: "approved",
+        ApprovalStatus.REJECTED: "rejected",
+        ApprovalStatus.FAILED: "approved (but could not be carried out)",
+    }.get(status, status.value)
+    return Conflict(
+        f"Approval request {request.id} was already {verb} by {who} {when}; "
+        "nothing was changed again.".replace("  ", " ")
+    )
+
+
+class _Lost(Exception):
+    """Someone else decided the request between our read and our conditional update."""
+
+
+async def decide(
+    origin: Origin,
+    request_id: str,
+    *,
+    approve: bool,
+    reason: str | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> Decided:
+    """Approve (and carry out) or reject a pending request, exactly once.
+
+    The caller has already checked through the policy that `origin` is an approver.
+    """
+    now = now or _now()
+    request = await current(request_id, now)
+    if request.status is not ApprovalStatus.PENDING:
+        raise _already(request)
+    if origin.actor_id == request.requester_id:
+        raise Forbidden(
+            "You asked for this change, so you cannot decide it: another approver must."
+        )
+    reason = reason.strip()[:500] if reason and reason.strip() else None
+    decided = {
+        "decided_by_id": origin.actor_id[:64],
+        "decided_by_name": origin.actor_name[:255],
+        "decided_at": now,
+        "reason": reason,
+    }
+    still_pending = {"id": request.id, "status": ApprovalStatus.PENDING, "expires_at__gt": now}
+    outcome: Outcome | None = None
+    try:
+        async with change(origin, dry_run=dry_run) as ch:
+            status = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
+            won = (
+                await ApprovalRequest.filter(**still_pending)
+                .using_db(ch.conn)
+                .update(status=status, **decided)
+            )
+            if not won:
+                raise _Lost()
+            if approve:
+                # Nested in this transaction (a savepoint): the change and the decision commit
+                # together or not at all. Capacity and every invariant are checked again now.
+                as_approval = Origin(
+                    actor_id=origin.actor_id,
+                    actor_name=origin.actor_name,
+                    source="approval",
+                    correlation_id=origin.correlation_id,
+                )
+                outcome = await CARRY_OUT[request.action](as_approval, request.payload, dry_run)
+            ch.record(
+                "approval.approve" if approve else "approval.reject",
+                f"approval:{request.id}",
+                {"status": "pending"},
+                {
+                    "status": status.value,
+                    "reason": reason,
+                    "requester": request.requester_name,
+                    "summary": request.summary,
+                    "result": outcome.message if outcome else None,
+                },
+            )
+    except _Lost:
+        raise _already(await find(request.id)) from None
+    except DomainError as exc:
+        if not approve or isinstance(exc, Forbidden) or dry_run:
+            raise
+        # The approved change cannot be carried out any more (capacity taken meanwhile, product
+        # retired...): the request ends as failed, with the reason, instead of hanging on.
+        return await _fail(origin, request, decided, exc.message, now)
+    fresh = await find(request.id) if not dry_run else request
+    return Decided(fresh, outcome, dry_run)
+
+
+async def _fail(
+    origin: Origin, request: ApprovalRequest, decided: dict[str, Any], why: str, now: datetime
+) -> Decided:
+    async with change(origin) as ch:
+        won = (
+            await ApprovalRequest.filter(
+                id=request.id, status=ApprovalStatus.PENDING, expires_at__gt=now
+            )
+            .using_db(ch.conn)
+            .update(status=ApprovalStatus.FAILED, **{**decided, "reason": why[:500]})
+        )
+        if won:
+            ch.record(
+                "approval.fail",
+                f"approval:{request.id}",
+                {"status": "pending"},
+                {"status": "failed", "reason": why[:500], "summary": request.summary},
+            )
+    if not won:
+        raise _already(await find(request.id))
+    return Decided(await find(request.id), None)

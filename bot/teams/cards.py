@@ -1,0 +1,329 @@
+"""Card actions: Action.Execute invokes (`adaptiveCard/action`) and Action.Submit messages.
+
+Both carry the same data (see `bot.teams.render`): a verb and field values. That data comes
+from the client and is never trusted: it only names a command (looked up in the registry) and
+values (validated by the command's Args model through `run_fields`, the one authorization
+gate); who is acting comes only from the authenticated activity (`actor`). Approval requests
+are looked up server-side by their opaque id and re-checked.
+
+The edge calls:
+- `handle_card_action(turn_context, actor, ctx)` for an `adaptiveCard/action` invoke (return
+  its result as the invoke response) or a message whose `value` is a dict (returns None; the
+  answer has been sent, by updating the card in place where possible);
+- `after_reply(turn_context, reply, activity_id)` after posting any reply, so an approval card
+  is remembered for in-place updates and a decision typed as text updates the request's card.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import replace
+from typing import Any
+
+from botbuilder.core import TurnContext
+from botbuilder.schema import (
+    Activity,
+    ActivityTypes,
+    AdaptiveCardInvokeResponse,
+    Attachment,
+)
+
+from bot.auth.actor import Actor
+from bot.commands.approvals import approval_reply
+from bot.commands.dispatch import run_fields, run_text
+from bot.commands.forms import build_form
+from bot.commands.grammar import UsageError, tokenize
+from bot.commands.registry import REGISTRY, Context, find
+from bot.commands.reply import Approval, Changed, Error, Form, Message, Reply
+from bot.domain import approvals
+from bot.domain.errors import DomainError
+from bot.teams.render import (
+    CONTENT_TYPE,
+    CONTROL_KEYS,
+    VERB_APPROVAL_REFRESH,
+    VERB_APPROVE,
+    VERB_FORM_SUBMIT,
+    VERB_PAGE,
+    VERB_REJECT,
+    render,
+)
+
+log = logging.getLogger("bot.teams.cards")
+
+INVOKE_NAME = "adaptiveCard/action"
+_FORM_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_MAX_VALUE = 4000
+
+
+def _action(activity: Activity) -> tuple[str, dict[str, Any], bool] | None:
+    """(verb, data, is_invoke) from an Execute invoke or a Submit message; None if neither."""
+    if activity.type == ActivityTypes.invoke and activity.name == INVOKE_NAME:
+        value: dict[str, Any] = activity.value if isinstance(activity.value, dict) else {}
+        action = value.get("action")
+        action = action if isinstance(action, dict) else {}
+        data = action.get("data")
+        verb = action.get("verb")
+        return (verb if isinstance(verb, str) else "", dict(data) if isinstance(data, dict) else {},
+                True)
+    if activity.type == ActivityTypes.message and isinstance(activity.value, dict):
+        verb = activity.value.get("verb")
+        return (verb if isinstance(verb, str) else "", dict(activity.value), False)
+    return None
+
+
+async def handle_card_action(
+    turn_context: TurnContext, actor: Actor, ctx: Context
+) -> AdaptiveCardInvokeResponse | None:
+    found = _action(turn_context.activity)
+    if found is None:
+        return None
+    verb, data, invoke = found
+    ctx = replace(ctx, actor=replace(actor, source="card"))
+    try:
+        reply, actionable = await run_action(verb, data, ctx)
+    except Exception:  # never a stack trace on a card; nothing half-done either (one transaction)
+        log.exception("card action %r failed", verb)
+        reply = Error(
+            title="Something went wrong",
+            text="The action could not be completed and nothing was changed. "
+            f"Reference: {actor.correlation_id or '-'}.",
+            code="internal",
+        )
+        actionable = False
+    card = render(reply, actionable=actionable)
+    if isinstance(reply, Approval) and verb in (VERB_APPROVE, VERB_REJECT):
+        await update_request_card(turn_context, reply.request_id, skip=_card_id(turn_context))
+    if invoke:
+        # The response card takes the place of the clicked one.
+        await after_reply(turn_context, reply, _card_id(turn_context))
+        return AdaptiveCardInvokeResponse(status_code=200, type=CONTENT_TYPE, value=card)
+    await after_reply(turn_context, reply, await _answer_submit(turn_context, card))
+    return None
+
+
+async def run_action(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Reply, bool]:
+    """What a button asks for → (reply, whether approval buttons may be shown)."""
+    if verb == VERB_PAGE:
+        return await _page(data, ctx), True
+    if verb == VERB_FORM_SUBMIT:
+        return await _submit_form(data, ctx), True
+    if verb in (VERB_APPROVE, VERB_REJECT):
+        return await _decide(verb, data, ctx)
+    if verb == VERB_APPROVAL_REFRESH:
+        return await _refresh(data, ctx)
+    return Error(title="Unknown action", text="This card asks for an action the bot does not have.",
+                 code="unknown-action"), False
+
+
+# ----- paging ------------------------------------------------------------------------------
+
+
+async def _page(data: dict[str, Any], ctx: Context) -> Reply:
+    text = data.get("command")
+    refused = Error(title="Unknown action", text="This button does not name a list to show.",
+                    code="unknown-action")
+    if not isinstance(text, str) or not text.strip() or len(text) > _MAX_VALUE:
+        return refused
+    try:
+        spec = find(tokenize(text))
+    except UsageError:
+        return refused
+    # A page button only ever shows a list: it never runs a change, whatever its data says.
+    if spec is None or spec.mutating:
+        return refused
+    return await run_text(text, ctx)
+
+
+# ----- forms -------------------------------------------------------------------------------
+
+
+async def _submit_form(data: dict[str, Any], ctx: Context) -> Reply:
+    name = data.get("command")
+    spec = REGISTRY.get(name) if isinstance(name, str) else None
+    form_id = data.get("form_id")
+    if spec is None or not spec.mutating or not spec.form:
+        return Error(title="Unknown action", text="This form asks for a command the bot does not "
+                     "have.", code="unknown-action")
+    if not isinstance(form_id, str) or not _FORM_ID.fullmatch(form_id):
+        return Error(title="Form not recognised", text="This form has no valid id; type the "
+                     f"command `{spec.name}` to get a fresh form.", code="invalid")
+    # Teams sends an empty string for an input left empty: that is "not given".
+    fields = {k: v for k, v in data.items() if k not in CONTROL_KEYS and v != "" and v is not None}
+    submitter = replace(ctx.actor, idempotency_key=f"form:{form_id}")
+    form_ctx = replace(ctx, actor=submitter)
+    reply = await run_fields(spec.name, fields, form_ctx)
+    values = {k: v for k, v in fields.items() if k != "dry_run"}
+    if isinstance(reply, Form):
+        return await build_form(spec, ctx, values, reply.errors, form_id)
+    if isinstance(reply, Error) and reply.code != "forbidden":
+        # Refused by the ledger (not found, conflict, try again...): the same form again, with
+        # the reason on top and the values kept, so it can be corrected and sent again.
+        form = await build_form(spec, ctx, values, {"": f"{reply.title}: {reply.text}"}, form_id)
+        form.title = f"{spec.summary}: not done"
+        form.ok = False
+        return form
+    if isinstance(reply, Message) and isinstance(reply.data, dict) and reply.data.get("duplicate"):
+        return await same_answer(reply)
+    return reply
+
+
+async def same_answer(duplicate: Message) -> Reply:
+    """For a form sent again: what the first submission did, not a second change."""
+    events = duplicate.data.get("outcome") if isinstance(duplicate.data, dict) else None
+    events = events if isinstance(events, list) else []
+    note = "This form was already sent; nothing was changed again."
+    for event in events:
+        if isinstance(event, dict) and event.get("action") == "approval.request":
+            after = event.get("after") or {}
+            try:
+                request = await approvals.current(str(after.get("id", "")))
+            except DomainError:
+                break
+            return approval_reply(request, note)
+    first = events[0] if events and isinstance(events[0], dict) else None
+    if first is None:
+        return duplicate
+    return Changed(
+        title=f"Already done: {first.get('action', '')} {first.get('target', '')}".strip(),
+        text=note,
+        target=str(first.get("target", "")),
+        before=first.get("before") if isinstance(first.get("before"), dict) else None,
+        after=first.get("after") if isinstance(first.get("after"), dict) else None,
+        data={"duplicate": True, "outcome": events},
+    )
+
+
+# ----- approvals ---------------------------------------------------------------------------
+
+
+async def _may_view(ctx: Context) -> tuple[bool, bool]:
+    """(may see approval requests, may decide them), from the policy — never from card data."""
+    if not ctx.policy.tenant_allowed(ctx.actor).allowed:
+        return False, False
+    approver = (await ctx.policy.is_approver(ctx.actor)).allowed
+    admin = approver or (await ctx.policy.is_admin(ctx.actor)).allowed
+    return admin, approver
+
+
+def _request_id(data: dict[str, Any]) -> str | None:
+    rid = data.get("request_id")
+    return rid if isinstance(rid, str) and 0 < len(rid) <= 40 else None
+
+
+async def _decide(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Reply, bool]:
+    rid = _request_id(data)
+    if rid is None:
+        return Error(title="Unknown request", text="This card does not name an approval request.",
+                     code="invalid"), False
+    fields: dict[str, Any] = {"id": rid}
+    reason = data.get("reason")
+    if reason not in (None, ""):
+        fields["reason"] = reason
+    name = "approve" if verb == VERB_APPROVE else "reject"
+    reply = await run_fields(name, fields, ctx)
+    if isinstance(reply, Approval):
+        return reply, True
+    if isinstance(reply, Error):
+        # Show the request as it stands with why nothing happened — to those who may see it.
+        may_view, may_decide = await _may_view(ctx)
+        if may_view:
+            try:
+                request = await approvals.current(rid)
+            except DomainError:
+                return reply, False
+            notice = f"{reply.title}: {reply.text}"
+            return approval_reply(request, notice), may_decide and _not_requester(ctx, request)
+    return reply, False
+
+
+def _not_requester(ctx: Context, request: Any) -> bool:
+    return bool(ctx.actor.origin().actor_id != request.requester_id)
+
+
+async def _refresh(data: dict[str, Any], ctx: Context) -> tuple[Reply, bool]:
+    rid = _request_id(data)
+    may_view, may_decide = await _may_view(ctx)
+    if not may_view:
+        return Message(title="Approval request",
+                       text="Only administrators and approvers can see approval requests."), False
+    if rid is None:
+        return Error(title="Unknown request", text="This card does not name an approval request.",
+                     code="invalid"), False
+    try:
+        request = await approvals.current(rid)
+    except DomainError as exc:
+        return Error(title="Unknown request", text=exc.message, code="not-found"), False
+    return approval_reply(request), may_decide and _not_requester(ctx, request)
+
+
+# ----- keeping cards up to date ------------------------------------------------------------
+
+
+def _card_id(turn_context: TurnContext) -> str | None:
+    """The message holding the card that was clicked."""
+    return turn_context.activity.reply_to_id or None
+
+
+def card_activity(card: dict[str, Any], activity_id: str | None = None) -> Activity:
+    return Activity(
+        type=ActivityTypes.message,
+        id=activity_id,
+        attachments=[Attachment(content_type=CONTENT_TYPE, content=card)],
+    )
+
+
+async def _answer_submit(turn_context: TurnContext, card: dict[str, Any]) -> str | None:
+    """Action.Submit has no response card: replace the clicked card, else post the answer.
+
+    Returns the id of the message now showing the answer."""
+    clicked = _card_id(turn_context)
+    if clicked:
+        try:
+            await turn_context.update_activity(card_activity(card, clicked))
+            return clicked
+        except Exception:
+            log.warning("could not update the clicked card; posting the answer instead",
+                        exc_info=True)
+    sent = await turn_context.send_activity(card_activity(card))
+    return sent.id if sent is not None else None
+
+
+async def update_request_card(
+    turn_context: TurnContext, request_id: str, *, skip: str | None = None
+) -> bool:
+    """Update the request's posted card in place (same conversation), for everyone who sees it.
+
+    Cards in other conversations (the approvals channel) catch up through their refresh action.
+    """
+    try:
+        request = await approvals.find(request_id)
+    except DomainError:
+        return False
+    here = turn_context.activity.conversation.id if turn_context.activity.conversation else None
+    if not request.card_activity_id or request.card_activity_id == skip:
+        return False
+    if request.conversation_id and request.conversation_id != here:
+        return False
+    card = render(approval_reply(request), actionable=False)
+    try:
+        await turn_context.update_activity(card_activity(card, request.card_activity_id))
+    except Exception:
+        log.warning("could not update the card of approval request %s", request_id,
+                    exc_info=True)
+        return False
+    return True
+
+
+async def after_reply(turn_context: TurnContext, reply: Reply, activity_id: str | None) -> None:
+    """Call after posting `reply` as message `activity_id` in this turn's conversation."""
+    if not isinstance(reply, Approval) or not reply.request_id:
+        return
+    here = turn_context.activity.conversation.id if turn_context.activity.conversation else None
+    if reply.status == "pending":
+        request = await approvals.find(reply.request_id)
+        if activity_id and not request.card_activity_id:
+            await approvals.set_card(request.id, here, activity_id)
+        return
+    # A decision typed as text (`approve ID`): bring the request's own card up to date too.
+    await update_request_card(turn_context, reply.request_id, skip=activity_id)
