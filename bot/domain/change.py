@@ -20,7 +20,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
 
 from bot.domain import db
-from bot.domain.errors import Duplicate, Unavailable
+from bot.domain.errors import Conflict, Duplicate, Unavailable
 from bot.domain.models import AuditEvent, AuditHead, RequestKey
 
 SOURCES = frozenset({"chat", "card", "approval", "schedule", "cli", "system"})
@@ -150,12 +150,19 @@ async def change(origin: Origin, *, dry_run: bool = False) -> AsyncIterator[Chan
     except _Replayed:
         row = await RequestKey.get_or_none(key=key[:255] if key else "")
         raise Duplicate(key or "", row.outcome if row else None) from None
+    except IntegrityError as exc:
+        # Two changes raced past the same "already exists?" check; the database kept one.
+        raise Conflict(CLASH) from exc
     except Exception as exc:
         if db.is_outage(exc):
             raise Unavailable(OUTAGE) from exc
         raise
 
 
+CLASH = (
+    "Another change to the same record was made at the same moment; nothing was changed. "
+    "Look again and retry."
+)
 OUTAGE = "The database is not answering right now; nothing was changed. Try again in a moment."
 
 
