@@ -54,6 +54,7 @@ log = logging.getLogger("bot.teams.cards")
 INVOKE_NAME = "adaptiveCard/action"
 _FORM_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _MAX_VALUE = 4000
+_DECISIONS = (VERB_APPROVE, VERB_REJECT)
 
 
 def _action(activity: Activity) -> tuple[str, dict[str, Any], bool] | None:
@@ -92,14 +93,17 @@ async def handle_card_action(
         )
         actionable = False
     card = render(reply, actionable=actionable)
-    if isinstance(reply, Approval) and verb in (VERB_APPROVE, VERB_REJECT):
-        await update_request_card(turn_context, reply.request_id, skip=_card_id(turn_context))
     if invoke:
         # The response card takes the place of the clicked one.
-        await after_reply(turn_context, reply, _card_id(turn_context))
-        return AdaptiveCardInvokeResponse(status_code=200, type=CONTENT_TYPE, value=card)
-    await after_reply(turn_context, reply, await _answer_submit(turn_context, card))
-    return None
+        shown_in = _card_id(turn_context)
+        response = AdaptiveCardInvokeResponse(status_code=200, type=CONTENT_TYPE, value=card)
+    else:
+        shown_in = await _answer_submit(turn_context, card)
+        response = None
+    if isinstance(reply, Approval) and (reply.status == "pending" or verb in _DECISIONS):
+        # Remember where a request's card now is, or bring its posted card up to date.
+        await after_reply(turn_context, reply, shown_in)
+    return response
 
 
 async def run_action(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Reply, bool]:
@@ -224,6 +228,11 @@ async def _decide(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Reply,
     reply = await run_fields(name, fields, ctx)
     if isinstance(reply, Approval):
         return reply, True
+    if isinstance(reply, Form):
+        # Values of the wrong type: a button does not get a form back, it gets refused.
+        problems = "; ".join(f"{k or 'the card'}: {v}" for k, v in reply.errors.items())
+        reply = Error(title="Refused", text=f"The card sent a value of the wrong kind ({problems}).",
+                      code="invalid")
     if isinstance(reply, Error):
         # Show the request as it stands with why nothing happened — to those who may see it.
         may_view, may_decide = await _may_view(ctx)
