@@ -1,0 +1,168 @@
+"""The Teams bot's web server: settings → database → HTTP session → adapter and bot.
+
+    python app.py          # serves POST /api/messages and GET /healthz on HOST:PORT
+
+`create_app(settings)` builds the aiohttp application (tests start it on port 0). Resources
+live in `cleanup_ctx`, opened in order and closed in reverse: the database, the one shared
+HTTP session (Bot Connector, Graph, signing keys), the Bot Framework edge, and the background
+tasks other modules register in `app[BACKGROUND_TASKS]` before the app starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bot.auth.credentials import ClientCredentials, client_ssl_context
+from bot.config import ConfigError, Settings
+from bot.domain import db
+from bot.domain.naming import set_naming_rule
+from bot.teams.edge import CORRELATION_ID, Edge, build_edge
+
+log = logging.getLogger("bot.app")
+
+#: A background job: started once the app is up, cancelled when it shuts down.
+BackgroundTask = Callable[[web.Application], Coroutine[Any, Any, None]]
+
+SETTINGS = web.AppKey("settings", Settings)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+EDGE = web.AppKey("edge", Edge)
+BACKGROUND_TASKS = web.AppKey("background_tasks", list[BackgroundTask])
+
+HEALTH_TIMEOUT_SECONDS = 5
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+
+
+# ----- logging: one JSON object per line, with the turn's activity id ---------------------------
+
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class CorrelationFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.correlation_id = CORRELATION_ID.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(CorrelationFilter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+# ----- resources ----------------------------------------------------------------------------------
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    await db.open_database(settings.database_url, migrate=settings.migrate_on_start)
+    try:
+        yield
+    finally:
+        await db.close_database()
+
+
+async def _http(app: web.Application) -> AsyncIterator[None]:
+    # One session for every outbound call: kept-alive connections, TLS trust from the environment.
+    connector = aiohttp.TCPConnector(ssl=client_ssl_context(), limit=100)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=HTTP_TIMEOUT, trust_env=True
+    ) as session:
+        app[HTTP] = session
+        yield
+
+
+async def _edge(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    credentials = None if settings.dev_mode else ClientCredentials(settings)
+    app[EDGE] = build_edge(settings, app[HTTP], credentials)
+    try:
+        yield
+    finally:
+        if credentials is not None:
+            credentials.close()
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    tasks = [
+        asyncio.create_task(job(app), name=getattr(job, "__name__", "job"))
+        for job in app[BACKGROUND_TASKS]
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# ----- routes -------------------------------------------------------------------------------------
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    return await request.app[EDGE].receive(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        await asyncio.wait_for(db.connection().execute_query("SELECT 1"), HEALTH_TIMEOUT_SECONDS)
+    except Exception as exc:  # any failure means the database cannot serve a turn
+        log.warning("health check: database unavailable", extra={"error": repr(exc)})
+        return web.json_response(
+            {"status": "unavailable", "database": f"unavailable ({type(exc).__name__})"}, status=503
+        )
+    return web.json_response({"status": "ok", "database": "ok"})
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[BACKGROUND_TASKS] = []
+    app.cleanup_ctx.extend([_database, _http, _edge, _background])
+    app.router.add_post("/api/messages", messages)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def main() -> int:
+    configure_logging()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    set_naming_rule(settings.naming_rule)
+    log.info(
+        "starting",
+        extra={"host": settings.host, "port": settings.port, "dev_mode": settings.dev_mode},
+    )
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

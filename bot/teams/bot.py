@@ -1,0 +1,139 @@
+"""The activity handler: a Teams turn in, one Adaptive Card out.
+
+A typed message has the bot's @mention stripped and runs through the one command dispatcher;
+a card button (Action.Execute invoke, or the Action.Submit fallback that arrives as a message
+with a `value`) goes to `bot.teams.cards`. The caller is built from the authenticated activity
+(Entra object id, name, tenant, conversation), never from card data. Every turn refreshes the
+stored conversation reference that proactive posts (digests, approvals) use.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from botbuilder.core import ActivityHandler, TurnContext
+from botbuilder.schema import (
+    Activity,
+    ActivityTypes,
+    AdaptiveCardInvokeResponse,
+    AdaptiveCardInvokeValue,
+)
+
+from bot.auth.actor import Actor
+from bot.auth.policy import Policy
+from bot.commands.dispatch import run_text
+from bot.commands.registry import Context
+from bot.config import Settings
+from bot.domain import conversations
+from bot.teams.cards import after_reply, card_activity, handle_card_action
+from bot.teams.render import render
+
+log = logging.getLogger("bot.teams.bot")
+
+
+def tenant_of(activity: Activity) -> str | None:
+    """The Entra tenant of the conversation (Teams puts it in channelData.tenant.id)."""
+    data = activity.channel_data if isinstance(activity.channel_data, Mapping) else {}
+    tenant = data.get("tenant")
+    if isinstance(tenant, Mapping) and isinstance(tenant.get("id"), str) and tenant["id"]:
+        return str(tenant["id"])
+    conversation = activity.conversation
+    if conversation is None:
+        return None
+    extra = conversation.additional_properties or {}
+    found = conversation.tenant_id or extra.get("tenantId")
+    return found if isinstance(found, str) and found else None
+
+
+def actor_from(activity: Activity, source: str) -> Actor:
+    """Who is calling, from the authenticated activity."""
+    sender = activity.from_property
+    return Actor(
+        object_id=(sender.aad_object_id if sender else None) or "",
+        name=(sender.name if sender else None) or "",
+        tenant_id=tenant_of(activity),
+        source=source,
+        correlation_id=activity.id,
+        # Teams redelivers an activity it got no answer for: the same id has one effect.
+        idempotency_key=activity.id,
+        conversation_id=activity.conversation.id if activity.conversation else None,
+    )
+
+
+def command_text(activity: Activity) -> str:
+    """The typed text without the bot's @mention (`<at>Bot</at>`) around it."""
+    text = activity.text or ""
+    bot_id = activity.recipient.id if activity.recipient else None
+    for entity in activity.entities or []:
+        if (entity.type or "").lower() != "mention":
+            continue
+        extra = entity.additional_properties or {}
+        mentioned = extra.get("mentioned")
+        mention = extra.get("text")
+        if (
+            isinstance(mentioned, Mapping)
+            and mentioned.get("id") == bot_id
+            and isinstance(mention, str)
+        ):
+            text = text.replace(mention, " ") if mention else text
+    return text.replace("\u00a0", " ").strip()
+
+
+class FusionBot(ActivityHandler):
+    def __init__(self, settings: Settings, policy: Policy, services: dict[str, Any]) -> None:
+        self._settings = settings
+        self._policy = policy
+        self._services = services
+
+    def _context(self, actor: Actor) -> Context:
+        return Context(
+            actor=actor, settings=self._settings, policy=self._policy, services=self._services
+        )
+
+    async def on_turn(self, turn_context: TurnContext) -> None:
+        await self._track_conversation(turn_context.activity)
+        await super().on_turn(turn_context)
+
+    async def on_message_activity(self, turn_context: TurnContext) -> None:
+        activity = turn_context.activity
+        text = command_text(activity)
+        if not text and isinstance(activity.value, Mapping):
+            # Action.Submit fallback: the card's data comes back as a message with a value;
+            # the card module answers it (updating the clicked card where it can).
+            actor = actor_from(activity, "card")
+            await handle_card_action(turn_context, actor, self._context(actor))
+            return
+        actor = actor_from(activity, "chat")
+        reply = await run_text(text, self._context(actor))
+        sent = await turn_context.send_activity(card_activity(render(reply)))
+        await after_reply(turn_context, reply, sent.id if sent else None)
+
+    async def on_adaptive_card_invoke(
+        self, turn_context: TurnContext, invoke_value: AdaptiveCardInvokeValue
+    ) -> AdaptiveCardInvokeResponse | None:
+        actor = actor_from(turn_context.activity, "card")
+        return await handle_card_action(turn_context, actor, self._context(actor))
+
+    async def _track_conversation(self, activity: Activity) -> None:
+        """Keep the conversation reference current (or mark it gone when the bot is removed)."""
+        if not activity.conversation or not activity.conversation.id or not activity.service_url:
+            return
+        try:
+            if _bot_removed(activity):
+                await conversations.mark_inactive(activity.conversation.id)
+                return
+            reference = TurnContext.get_conversation_reference(activity).serialize()
+            await conversations.remember(reference, tenant_of(activity), activity.service_url)
+        except Exception:  # the command still runs; only later proactive posts are affected
+            log.warning("could not store the conversation reference", exc_info=True)
+
+
+def _bot_removed(activity: Activity) -> bool:
+    bot_id = activity.recipient.id if activity.recipient else None
+    if activity.type == ActivityTypes.conversation_update:
+        return any(m.id == bot_id for m in activity.members_removed or [])
+    if activity.type == ActivityTypes.installation_update:
+        return (activity.action or "").lower().startswith("remove")
+    return False

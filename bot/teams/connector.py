@@ -1,0 +1,231 @@
+"""Outbound to the Bot Connector: only to trusted service URLs, over one shared HTTP session.
+
+botbuilder trusts any `serviceUrl` (its `is_trusted_service` always answers yes) and its stock
+connector factory builds, for every turn, a new msrest client (msrest 0.7.1 builds a retry
+policy with a slow scan for each) over a new `requests` session — a new TCP/TLS connection per
+reply — and signs each request with a blocking msal call on the event loop. Here:
+
+- `TrustedServiceUrls` says whether a URL lies under one of the configured Bot Connector bases
+  (same scheme, host and port, path below the base path). A URL that does not is refused before
+  a token is asked for or a byte is sent.
+- `ConnectorPool` is the `ConnectorFactory` the adapter uses for replies and proactive sends:
+  one `ConnectorClient` per service URL, made once and reused, whose pipeline checks every
+  request URL against the trusted bases, then attaches the bot's cached token, then sends it
+  on the app's shared aiohttp session (kept-alive connections, TLS trust from the environment).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from botframework.connector.aio import ConnectorClient
+from botframework.connector.auth import ConnectorFactory, MicrosoftAppCredentials
+from botframework.connector.bot_framework_sdk_client_async import (
+    BotFrameworkConnectorConfiguration,
+)
+from msrest.pipeline import AsyncHTTPPolicy, AsyncHTTPSender, AsyncPipeline, Request, Response
+from msrest.pipeline.universal import RawDeserializer
+from msrest.universal_http import ClientRequest
+from msrest.universal_http.async_abc import AsyncClientResponse
+from multidict import CIMultiDict
+from yarl import URL
+
+log = logging.getLogger("bot.teams.connector")
+
+# An async callable giving the bot's Bot Connector token (None: local development, no token).
+TokenSource = Callable[[], Awaitable[str]]
+
+USER_AGENT = "FusionProductsBot (botbuilder-python 4.17.1)"
+MAX_CLIENTS = 64  # distinct service URLs kept; Teams uses a handful of regional ones
+
+
+class UntrustedServiceUrl(Exception):
+    """A send was aimed at a service URL outside FUSION_TRUSTED_SERVICE_URLS; nothing was sent."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"service URL {url!r} is not trusted (FUSION_TRUSTED_SERVICE_URLS)")
+        self.url = url
+
+
+@dataclass(frozen=True)
+class _Location:
+    scheme: str
+    host: str  # lower case
+    port: int | None
+    path: str  # ends with "/"
+
+    def within(self, base: _Location) -> bool:
+        return (self.scheme, self.host, self.port) == (
+            base.scheme,
+            base.host,
+            base.port,
+        ) and self.path.startswith(base.path)
+
+
+def _locate(url: str) -> _Location | None:
+    """Where `url` goes as aiohttp would send it; None if it is not a plain http(s) URL."""
+    try:
+        parsed = URL(url)
+    except (TypeError, ValueError):
+        return None
+    if parsed.scheme not in ("http", "https") or not parsed.host or "\\" in url:
+        return None
+    if parsed.user is not None or parsed.password is not None:
+        return None
+    if ".." in parsed.path.split("/"):
+        return None
+    path = parsed.path if parsed.path.endswith("/") else parsed.path + "/"
+    return _Location(parsed.scheme, parsed.host.lower(), parsed.port, path)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TrustedServiceUrls:
+    """The Bot Connector bases replies may go to (scheme, host, port, path prefix)."""
+
+    def __init__(self, urls: Iterable[str], *, allow_loopback: bool = False) -> None:
+        bases = []
+        for url in urls:
+            base = _locate(url)
+            if base is None:
+                raise ValueError(f"FUSION_TRUSTED_SERVICE_URLS: {url!r} is not an http(s) base URL")
+            bases.append(base)
+        self._bases = tuple(bases)
+        # Local development mode sends no token, and the emulators live on loopback.
+        self._allow_loopback = allow_loopback
+
+    def trusts(self, url: str | None) -> bool:
+        where = _locate(url) if isinstance(url, str) else None
+        if where is None:
+            return False
+        if self._allow_loopback and _is_loopback(where.host):
+            return True
+        return any(where.within(base) for base in self._bases)
+
+    def require(self, url: str | None) -> str:
+        if url is None or not self.trusts(url):
+            raise UntrustedServiceUrl(str(url))
+        return url
+
+
+class _TrustedBearer(AsyncHTTPPolicy):  # type: ignore[misc]
+    """Refuses a request to an untrusted URL, then signs it with the bot's token."""
+
+    def __init__(self, trusted: TrustedServiceUrls, token: TokenSource | None) -> None:
+        super().__init__()
+        self._trusted = trusted
+        self._token = token
+
+    async def send(self, request: Request, **kwargs: Any) -> Response:
+        http: ClientRequest = request.http_request
+        self._trusted.require(http.url)
+        if self._token is not None:
+            http.headers["Authorization"] = f"Bearer {await self._token()}"
+        assert self.next is not None  # the pipeline links a sender after this policy
+        return await self.next.send(request, **kwargs)
+
+
+class _SessionResponse(AsyncClientResponse):  # type: ignore[misc]
+    """A fully read response (msrest's own aiohttp response refuses an empty body)."""
+
+    def __init__(
+        self, request: ClientRequest, response: aiohttp.ClientResponse, body: bytes
+    ) -> None:
+        super().__init__(request, response)
+        self.status_code = response.status
+        self.headers = CIMultiDict(response.headers)
+        self.reason = response.reason
+        self._body = body
+
+    def body(self) -> bytes:
+        return self._body
+
+
+class _SessionSender(AsyncHTTPSender):  # type: ignore[misc]
+    """Sends on the app's shared aiohttp session (the app opens and closes it, not msrest)."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def __aenter__(self) -> _SessionSender:
+        return self
+
+    async def __aexit__(self, *exc_details: object) -> None:
+        return None
+
+    async def send(self, request: Request, **config: Any) -> Response:
+        http: ClientRequest = request.http_request
+        async with self._session.request(
+            http.method,
+            http.url,
+            data=http.data,
+            headers=dict(http.headers),
+            # A redirect could carry the bot's token to another host.
+            allow_redirects=False,
+        ) as resp:
+            body = await resp.read()
+        return Response(request, _SessionResponse(http, resp, body))
+
+
+class ConnectorPool(ConnectorFactory):
+    """Connector clients for trusted service URLs, one per URL, made once and reused."""
+
+    def __init__(
+        self,
+        trusted: TrustedServiceUrls,
+        session: aiohttp.ClientSession,
+        token: TokenSource | None,
+    ) -> None:
+        self.trusted = trusted
+        self._session = session
+        self._token = token
+        self._clients: dict[str, ConnectorClient] = {}
+
+    async def create(self, service_url: str, audience: str | None = None) -> ConnectorClient:
+        """The client for `service_url`; raises UntrustedServiceUrl before anything is sent.
+
+        `audience` is the Bot Connector scope (the only one this bot sends to): the token comes
+        from the configured connector scope.
+        """
+        self.trusted.require(service_url)
+        client = self._clients.get(service_url)
+        if client is None:
+            if len(self._clients) >= MAX_CLIENTS:
+                del self._clients[next(iter(self._clients))]
+            client = self._clients[service_url] = self._new_client(service_url)
+        return client
+
+    def _new_client(self, service_url: str) -> ConnectorClient:
+        def pipeline(config: BotFrameworkConnectorConfiguration) -> AsyncPipeline:
+            return AsyncPipeline(
+                [
+                    config.user_agent_policy,
+                    _TrustedBearer(self.trusted, self._token),
+                    RawDeserializer(),
+                ],
+                _SessionSender(self._session),
+            )
+
+        # The pipeline signs requests; msrest's credentials slot gets an inert placeholder.
+        config = BotFrameworkConnectorConfiguration(
+            MicrosoftAppCredentials.empty(), service_url, pipeline_type=pipeline
+        )
+        config.add_user_agent(USER_AGENT)
+        log.info("connector client created", extra={"service_url": service_url})
+        return ConnectorClient(None, custom_configuration=config)
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)

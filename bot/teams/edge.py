@@ -1,0 +1,316 @@
+"""The Bot Framework edge: inbound authentication and the CloudAdapter that runs a turn.
+
+Inbound, every activity is checked by botbuilder's own token validation
+(`ConfigurationBotFrameworkAuthentication`, pointed at the configured OpenID metadata and the
+cloud's channel issuer): signature against the published keys, key endorsement for the channel,
+issuer, audience (our app id), lifetime with 5 minutes of clock skew, and the `serviceurl`
+claim against the activity. Stock botbuilder turns many of these failures into bare exceptions
+(HTTP 500); here every one is a 401 and nothing runs. Its signing-key fetch is a blocking
+`requests.get` inside a coroutine; `SigningKeys` replaces it with a fetch on the app's aiohttp
+session.
+
+Outbound, connectors come from `ConnectorPool` (trusted service URLs only, reused clients).
+
+With no MicrosoftAppId (local development mode) nothing is authenticated — the settings refuse
+to listen anywhere but loopback in that mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from http import HTTPStatus
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import jwt
+from aiohttp import web
+from botbuilder.core import Bot, InvokeResponse, TurnContext, serializer_helper
+from botbuilder.integration.aiohttp import (
+    CloudAdapter,
+    ConfigurationBotFrameworkAuthentication,
+)
+from botbuilder.schema import Activity, ActivityTypes, AdaptiveCardInvokeResponse
+from botframework.connector.auth import (
+    AuthenticateRequestResult,
+    AuthenticationConstants,
+    BotFrameworkAuthentication,
+    ClaimsIdentity,
+    ConnectorFactory,
+    PasswordServiceClientCredentialFactory,
+    UserTokenClient,
+)
+from botframework.connector.auth.jwt_token_extractor import JwtTokenExtractor, _OpenIdMetadata
+from botframework.connector.skills import BotFrameworkClient
+from msrest.exceptions import DeserializationError
+from msrest.serialization import Model
+
+from bot.auth.credentials import ClientCredentials
+from bot.auth.graph import GraphClient
+from bot.auth.membership import GraphPolicy
+from bot.auth.policy import DevPolicy, Policy
+from bot.config import Settings
+from bot.teams.bot import FusionBot
+from bot.teams.connector import ConnectorPool, TrustedServiceUrls, UntrustedServiceUrl
+
+log = logging.getLogger("bot.teams.edge")
+
+KEYS_TIMEOUT_SECONDS = 10
+
+#: The id of the activity being served: the correlation id of every log line of its turn.
+CORRELATION_ID: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+
+
+class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
+    """botbuilder's signing-key cache for one metadata URL, fetched without blocking the loop.
+
+    Installed into botbuilder's process-wide cache (keyed by URL) so that its token validation
+    uses it. Keeps botbuilder's refresh rules (daily, and at most hourly for an unknown key id);
+    concurrent refreshes wait for one fetch.
+    """
+
+    last_updated: datetime
+    keys: list[dict[str, Any]]
+
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+        super().__init__(url)
+        self._session = session
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def install(cls, url: str, session: aiohttp.ClientSession) -> SigningKeys:
+        keys = cls(url, session)
+        JwtTokenExtractor.metadataCache[url] = keys
+        return keys
+
+    async def _refresh(self) -> None:
+        stale_since = self.last_updated
+        async with self._lock:
+            if self.last_updated != stale_since:
+                return  # another request refreshed while this one waited
+            timeout = aiohttp.ClientTimeout(total=KEYS_TIMEOUT_SECONDS)
+            async with self._session.get(self.url, timeout=timeout) as resp:
+                resp.raise_for_status()
+                metadata = await resp.json(content_type=None)
+            async with self._session.get(metadata["jwks_uri"], timeout=timeout) as resp:
+                resp.raise_for_status()
+                keys = (await resp.json(content_type=None))["keys"]
+            self.keys = keys
+            self.last_updated = datetime.now()
+            log.info("signing keys refreshed", extra={"keys": len(keys), "metadata_url": self.url})
+
+
+class _NotAChannelToken(Exception):
+    pass
+
+
+class ChannelAuthentication(BotFrameworkAuthentication):
+    """botbuilder's validation for tokens from the Bot Framework channel; every failure a
+    PermissionError (the adapter's 401). Connectors come from the `ConnectorPool`."""
+
+    def __init__(self, settings: Settings, connectors: ConnectorPool) -> None:
+        self._settings = settings
+        self._connectors = connectors
+        configuration = SimpleNamespace(
+            TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL=settings.botframework_openid_metadata,
+            TO_BOT_FROM_CHANNEL_TOKEN_ISSUER=settings.channel_issuer,
+            TO_CHANNEL_FROM_BOT_LOGIN_URL=f"{settings.login_authority}/botframework.com",
+            TO_CHANNEL_FROM_BOT_OAUTH_SCOPE=settings.connector_scope,
+            VALIDATE_AUTHORITY=True,
+        )
+        self._inner = ConfigurationBotFrameworkAuthentication(
+            configuration,
+            credentials_factory=PasswordServiceClientCredentialFactory(
+                settings.app_id, settings.app_password, settings.app_tenant_id or None
+            ),
+        )
+        self._user_tokens: UserTokenClient | None = None
+
+    async def authenticate_request(
+        self, activity: Activity, auth_header: str
+    ) -> AuthenticateRequestResult:
+        if self._settings.dev_mode:
+            result = AuthenticateRequestResult()
+            result.claims_identity = ClaimsIdentity(
+                {}, True, AuthenticationConstants.ANONYMOUS_AUTH_TYPE
+            )
+            result.audience = self._settings.connector_scope
+        else:
+            result = await self._validate(activity, auth_header)
+        result.connector_factory = self._connectors
+        return result
+
+    async def _validate(self, activity: Activity, auth_header: str) -> AuthenticateRequestResult:
+        try:
+            scheme, _, token = (auth_header or "").partition(" ")
+            if scheme != "Bearer" or not token:
+                raise PermissionError("no bearer token")
+            # Only channel tokens: emulator and skill tokens (other issuers) are not accepted.
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            if issuer != self._settings.channel_issuer:
+                raise _NotAChannelToken(f"issuer {issuer!r}")
+            # Without these botbuilder skips the serviceurl and endorsement checks.
+            if not activity.service_url or not activity.channel_id:
+                raise PermissionError("activity without serviceUrl or channelId")
+            result = await self._inner.authenticate_request(activity, auth_header)
+            claims = result.claims_identity.claims if result.claims_identity else {}
+            if claims.get(AuthenticationConstants.SERVICE_URL_CLAIM) != activity.service_url:
+                raise PermissionError("serviceurl claim does not match the activity")
+            return result
+        except PermissionError:
+            raise
+        except Exception as exc:  # botbuilder raises bare Exception, jwt errors, KeyError...
+            raise PermissionError(f"invalid token: {type(exc).__name__}: {exc}") from exc
+
+    async def authenticate_streaming_request(
+        self, auth_header: str, channel_id_header: str
+    ) -> AuthenticateRequestResult:
+        raise PermissionError("streaming connections are not served")
+
+    def create_connector_factory(self, claims_identity: ClaimsIdentity) -> ConnectorFactory:
+        return self._connectors
+
+    async def create_user_token_client(self, claims_identity: ClaimsIdentity) -> UserTokenClient:
+        # The adapter asks for one on every turn; the stock one is a new msrest client each time.
+        # The bot never signs users in, so one is made once and kept.
+        if self._user_tokens is None:
+            self._user_tokens = await self._inner.create_user_token_client(claims_identity)
+        return self._user_tokens
+
+    def create_bot_framework_client(self) -> BotFrameworkClient:
+        return self._inner.create_bot_framework_client()
+
+    def get_originating_audience(self) -> str:
+        return self._settings.connector_scope
+
+    async def authenticate_channel_request(self, auth_header: str) -> ClaimsIdentity:
+        raise PermissionError("skill callbacks are not served")
+
+
+@dataclass
+class Edge:
+    """Everything a turn needs from the Bot Framework side, made once per app."""
+
+    settings: Settings
+    adapter: CloudAdapter
+    bot: Bot
+    connectors: ConnectorPool
+    signing_keys: SigningKeys | None = None
+    services: dict[str, Any] = field(default_factory=dict)
+
+    async def receive(self, request: web.Request) -> web.StreamResponse:
+        """POST /api/messages: `CloudAdapter.process` without its HTTP 500s.
+
+        Authentication failures answer 401; an untrusted serviceUrl 403 (before anything runs);
+        a body that is not an activity 400 / 415.
+        """
+        if not self.settings.dev_mode and not request.headers.get("Authorization", "").startswith(
+            "Bearer "
+        ):
+            log.warning("inbound request refused: no bearer token")
+            raise web.HTTPUnauthorized()
+        if "application/json" not in request.headers.get("Content-Type", ""):
+            raise web.HTTPUnsupportedMediaType()
+        try:
+            body = await request.json()
+            activity = Activity().deserialize(body) if isinstance(body, dict) else None
+        except (ValueError, DeserializationError):
+            activity = None
+        if activity is None or not activity.type:
+            raise web.HTTPBadRequest(text="the body is not a Bot Framework activity")
+        CORRELATION_ID.set(str(activity.id)[:200] if activity.id else None)
+        try:
+            invoke_response: InvokeResponse | None = await self.adapter.process_activity(
+                request.headers.get("Authorization", ""), activity, self.bot.on_turn
+            )
+        except PermissionError as exc:
+            log.warning("inbound request refused: %s", exc)
+            raise web.HTTPUnauthorized() from None
+        except UntrustedServiceUrl as exc:
+            log.warning("inbound request refused: %s", exc)
+            return web.json_response(
+                {
+                    "error": "untrusted-service-url",
+                    "message": "the activity's serviceUrl is not trusted",
+                },
+                status=HTTPStatus.FORBIDDEN,
+            )
+        if invoke_response is not None:
+            body = invoke_response.body
+            # ActivityHandler hands over bodies it already serialized; the stock adapter
+            # serializes them again and fails (HTTP 500) on a dict.
+            if isinstance(body, Model):
+                body = serializer_helper(body)
+            return web.json_response(body, status=invoke_response.status, dumps=_dumps)
+        return web.Response(status=HTTPStatus.CREATED)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+async def _on_turn_error(turn_context: TurnContext, error: Exception) -> None:
+    """A turn failed outside the command layer (which answers its own errors): log it, and tell
+    the user something went wrong if the connector still works."""
+    activity = turn_context.activity
+    log.error("turn failed", exc_info=error)
+    if isinstance(error, UntrustedServiceUrl):
+        return
+    text = (
+        "Something went wrong and the request may not have been completed. "
+        f"Reference: {activity.id or '-'}."
+    )
+    try:
+        if activity.type == ActivityTypes.invoke:
+            response = AdaptiveCardInvokeResponse(
+                status_code=200, type="application/vnd.microsoft.activity.message", value=text
+            )
+            await turn_context.send_activity(
+                Activity(
+                    type=ActivityTypes.invoke_response,
+                    value=InvokeResponse(status=200, body=serializer_helper(response)),
+                )
+            )
+        else:
+            await turn_context.send_activity(text)
+    except Exception:
+        log.warning("could not tell the user about the failure", exc_info=True)
+
+
+def build_policy(settings: Settings, graph: GraphClient | None) -> Policy:
+    """Local development: the listed dev admins. Otherwise tenants from settings and group
+    administrators through Entra ID."""
+    if settings.dev_mode:
+        return DevPolicy(settings.dev_admins)
+    return GraphPolicy(settings, graph)
+
+
+def build_edge(
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    credentials: ClientCredentials | None,
+    services: dict[str, Any] | None = None,
+) -> Edge:
+    """Adapter, authentication, connectors and bot, made once for the app's lifetime."""
+    trusted = TrustedServiceUrls(settings.trusted_service_urls, allow_loopback=settings.dev_mode)
+    connectors = ConnectorPool(
+        trusted, session, credentials.connector_token if credentials else None
+    )
+    adapter = CloudAdapter(ChannelAuthentication(settings, connectors))
+    adapter.on_turn_error = _on_turn_error
+    graph = GraphClient(session, settings, credentials.graph_token) if credentials else None
+    front_door = dict(services or {})
+    if graph is not None:
+        front_door["graph"] = graph
+    bot = FusionBot(settings, build_policy(settings, graph), front_door)
+    keys = (
+        None
+        if settings.dev_mode
+        else SigningKeys.install(settings.botframework_openid_metadata, session)
+    )
+    return Edge(settings, adapter, bot, connectors, keys, front_door)

@@ -1,0 +1,233 @@
+"""The bot served for real (app factory on 127.0.0.1, port 0) and Bot Framework activities.
+
+The app under test runs on the test's event loop; the fakes it talks to (Bot Connector,
+identity provider, Graph) run in their own threads. Helpers read what a card says: its text
+blocks, facts and table cells.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from app import create_app
+from bot.config import Settings
+from bot.domain import ledger
+from bot.domain.change import Origin
+from bot.domain.models import ProductKind
+from bot.domain.naming import set_naming_rule
+from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity, shared_tls
+
+APP_ID = "6a0d8f3e-2b1c-4c6d-9e7f-1a2b3c4d5e6f"
+APP_SECRET = "teams-test-secret"
+BOT_ID = f"28:{APP_ID}"
+ADMIN_OID = str(uuid.uuid5(uuid.NAMESPACE_URL, "entra:user:alice"))
+OUTSIDER_OID = str(uuid.uuid5(uuid.NAMESPACE_URL, "entra:user:mallory"))
+ADMIN_GROUP = str(uuid.uuid5(uuid.NAMESPACE_URL, "entra:group:fusion-admins"))
+CARD = "application/vnd.microsoft.card.adaptive"
+
+_ids = itertools.count(1)
+
+
+def trust_fakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trust the fakes' CA through the standard environment, as production trusts its CAs."""
+    bundle = str(shared_tls().ca_bundle)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    monkeypatch.setenv("SSL_CERT_FILE", bundle)
+
+
+def identity_provider() -> Iterator[FakeIdentityProvider]:
+    """Bot Framework channel token issuer + Entra ID, with the bot's app registered."""
+    with FakeIdentityProvider() as fake:
+        fake.register_app(APP_ID, APP_SECRET)
+        yield fake
+
+
+def graph_directory(idp: FakeIdentityProvider) -> Iterator[FakeGraph]:
+    """Graph with alice in the admin group and mallory outside it."""
+    with FakeGraph(idp) as fake:
+        fake.add_user(ADMIN_OID, "alice@provider.example", "Alice Admin")
+        fake.add_user(OUTSIDER_OID, "mallory@provider.example", "Mallory")
+        fake.add_group(ADMIN_GROUP, [ADMIN_OID], display_name="Fusion admins")
+        yield fake
+
+
+def bot_connector(idp: FakeIdentityProvider) -> Iterator[FakeBotConnector]:
+    """A Bot Connector that accepts only the bot's own token (audience api.botframework.com)."""
+    with FakeBotConnector(idp, expected_app_id=APP_ID) as fake:
+        yield fake
+
+
+def dev_settings(database_url: str, connector: FakeBotConnector, **overrides: Any) -> Settings:
+    """Local development mode: no app id, anyone listed in dev_admins is an admin."""
+    settings = Settings(
+        database_url=database_url,
+        dev_admins=(ADMIN_OID,),
+        trusted_service_urls=(connector.service_url,),
+        migrate_on_start=False,
+    )
+    return replace(settings, **overrides)
+
+
+def auth_settings(
+    database_url: str,
+    idp: FakeIdentityProvider,
+    graph: FakeGraph,
+    connector: FakeBotConnector,
+    **overrides: Any,
+) -> Settings:
+    """Production mode against the fakes: every Microsoft endpoint points at 127.0.0.1."""
+    settings = Settings(
+        database_url=database_url,
+        app_id=APP_ID,
+        app_password=APP_SECRET,
+        app_tenant_id=idp.tenant_id,
+        login_authority=idp.base_url,
+        graph_url=graph.graph_url,
+        botframework_openid_metadata=idp.channel_metadata_url,
+        trusted_service_urls=(connector.service_url,),
+        admin_group_ids=(ADMIN_GROUP,),
+        migrate_on_start=False,
+    )
+    return replace(settings, **overrides)
+
+
+@dataclass
+class RunningBot:
+    """The app on 127.0.0.1:<port>, and a client that posts activities to it."""
+
+    server: TestServer
+    http: aiohttp.ClientSession
+
+    @property
+    def messages_url(self) -> str:
+        return str(self.server.make_url("/api/messages"))
+
+    async def post(
+        self, activity: dict[str, Any], token: str | None = None
+    ) -> aiohttp.ClientResponse:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        async with self.http.post(self.messages_url, json=activity, headers=headers) as resp:
+            await resp.read()
+            return resp
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.http.get(str(self.server.make_url(path))) as resp:
+            return resp.status, await resp.json()
+
+
+@asynccontextmanager
+async def running_bot(settings: Settings) -> AsyncIterator[RunningBot]:
+    set_naming_rule(settings.naming_rule)
+    server = TestServer(create_app(settings), host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield RunningBot(server, http)
+    finally:
+        await server.close()
+
+
+def message(
+    text: str,
+    service_url: str,
+    *,
+    sender: str = ADMIN_OID,
+    tenant: str | None = None,
+    conversation: str = "a:personal-chat-1",
+    mention: bool = False,
+    activity_id: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A Teams message activity as the Bot Connector posts it to the bot."""
+    entities = []
+    if mention:
+        at = "<at>Fusion Products</at>"
+        text = f"{at} {text}"
+        entities.append(
+            {"type": "mention", "text": at, "mentioned": {"id": BOT_ID, "name": "Fusion Products"}}
+        )
+    activity: dict[str, Any] = {
+        "type": "message",
+        "id": activity_id or f"1{next(_ids):015d}",
+        "timestamp": "2025-01-01T10:00:00.000Z",
+        "serviceUrl": service_url,
+        "channelId": "msteams",
+        "from": {"id": f"29:{sender}", "aadObjectId": sender, "name": "Alice Admin"},
+        "conversation": {"id": conversation, "conversationType": "personal", "tenantId": tenant},
+        "recipient": {"id": BOT_ID, "name": "Fusion Products"},
+        "text": text,
+        "textFormat": "plain",
+        "entities": entities,
+        "channelData": {"tenant": {"id": tenant}} if tenant else {},
+    }
+    activity.update(extra)
+    return activity
+
+
+# ----- reading cards ------------------------------------------------------------------------
+
+
+def the_card(sent: SentActivity) -> dict[str, Any]:
+    [attachment] = sent.attachments
+    assert attachment["contentType"] == CARD
+    card: dict[str, Any] = attachment["content"]
+    assert card["type"] == "AdaptiveCard" and card["version"] == "1.5"
+    return card
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def texts(card: dict[str, Any]) -> list[str]:
+    """Every TextBlock text on the card, in order."""
+    return [
+        n["text"]
+        for n in _walk(card)
+        if n.get("type") == "TextBlock" and isinstance(n.get("text"), str)
+    ]
+
+
+def facts(card: dict[str, Any]) -> dict[str, str]:
+    return {
+        f["title"]: f["value"]
+        for n in _walk(card)
+        if n.get("type") == "FactSet"
+        for f in n["facts"]
+    }
+
+
+def table(card: dict[str, Any]) -> list[list[str]]:
+    """The first table's rows (header first), each cell as its text."""
+    for node in _walk(card):
+        if node.get("type") == "Table":
+            return [[" ".join(texts(cell)) for cell in row["cells"]] for row in node["rows"]]
+    raise AssertionError("the card has no table")
+
+
+# ----- the ledger a test starts from ----------------------------------------------------------
+
+SEED = Origin(actor_id="seed", actor_name="Test seed", source="cli", correlation_id="seed")
+
+
+async def seed_ledger() -> None:
+    """Customer Contoso with subscription ACME-01; TEAMS-SEATS (capacity 10) and SIP-CHANNELS."""
+    await ledger.add_customer(SEED, "Contoso Ltd")
+    await ledger.add_subscription(SEED, "ACME-01", "Contoso Ltd")
+    await ledger.add_product(SEED, "TEAMS-SEATS", ProductKind.TEAMS_SEATS, 10)
+    await ledger.add_product(SEED, "SIP-CHANNELS", ProductKind.SIP_CHANNELS, 30)
