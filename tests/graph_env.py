@@ -126,7 +126,6 @@ class ScriptedGraph(FakeGraph):
     async def _transitive_members(self, request: web.Request) -> web.Response:
         pending = self.page_throttles.get(request.query.get("$skiptoken", "0"))
         if pending:
-            request["fake.info"]["kind"] = "transitiveMembers"
             wait = pending.pop(0)
             return web.json_response(
                 {"error": {"code": "TooManyRequests", "message": "Too many requests."}},

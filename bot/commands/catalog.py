@@ -2,3 +2,4 @@
 
 from bot.commands import general, ledger  # noqa: F401
 from bot.commands import approvals  # noqa: F401
+from bot.commands import sync  # noqa: F401
