@@ -113,3 +113,16 @@ class Progress(Reply):
     failed: list[tuple[str, str]] = field(default_factory=list)  # (item, why)
     finished: bool = True
     text: str = ""
+
+
+@dataclass
+class Digest(Message):
+    """The usage digest (SPEC §6). `report` is a `bot.domain.digests.DigestReport`; the card
+    shows its summary lists and page `page` of its products (`page_size` a page). `text` and
+    `facts` carry the same summary in plain words for front doors without the digest layout."""
+
+    report: Any = None
+    page: int = 1
+    pages: int = 1
+    page_size: int = 25
+    next_command: str | None = None

@@ -27,6 +27,7 @@ from typing import Any
 from bot.commands.reply import (
     Approval,
     Changed,
+    Digest,
     Error,
     Form,
     FormField,
@@ -565,6 +566,10 @@ def render(reply: Reply, *, actionable: bool = True) -> dict:
         card = _approval(reply, actionable)
     elif isinstance(reply, Progress):
         card = _progress(reply)
+    elif isinstance(reply, Digest) and reply.report is not None:
+        from bot.teams.digest_card import digest_card  # own layout (imports this module)
+
+        card = digest_card(reply)
     elif isinstance(reply, Message):
         card = _message(reply)
     else:
