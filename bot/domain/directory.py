@@ -98,9 +98,7 @@ async def add_account(
     name = check_free_text(display_name, "display name", 255) if display_name is not None else ""
     async with change(origin, dry_run=dry_run) as ch:
         sub = await find_subscription(subscription_code, ch.conn)
-        existing = (
-            await by_upn(key).using_db(ch.conn).prefetch_related("subscription").first()
-        )
+        existing = await by_upn(key).using_db(ch.conn).prefetch_related("subscription").first()
         if existing is not None:
             raise AlreadyExists(
                 f"{key} already exists ({describe(existing)} of {existing.subscription.code})."

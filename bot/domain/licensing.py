@@ -69,7 +69,7 @@ class BulkOutcome:
     dry_run: bool
     succeeded: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
-    # Account → licenses newly assigned to it (empty if it already held them all).
+    # Account → licenses newly assigned to it (those of the pack it did not hold yet).
     added: dict[str, list[str]] = field(default_factory=dict)
     # Account → a remark on a success (e.g. it already held everything).
     notes: dict[str, str] = field(default_factory=dict)
@@ -273,7 +273,11 @@ async def _held(ch: Change, account_id: int) -> list[str]:
 
 
 async def _grant(ch: Change, upn: str, products: list[Product], pack: str | None) -> list[str]:
-    """Give one account every license of `products` it lacks, or raise and give none."""
+    """Give one account every license of `products` it lacks, or raise and give none.
+
+    An account that already holds some of a pack gets the rest; one that holds them all is
+    refused (nothing to do), so "succeeded" always means something was assigned.
+    """
     account = await find_account(upn, ch.conn)
     sub = await Subscription.filter(id=account.subscription_id).using_db(ch.conn).get()
     entitlements = await lock_entitlements(ch.conn, sub, products)
@@ -287,7 +291,8 @@ async def _grant(ch: Change, upn: str, products: list[Product], pack: str | None
     )
     missing = [p for p in products if p.id not in held_ids]
     if not missing:
-        return []
+        what = f"every license of {pack}" if pack is not None else products[0].name
+        raise Conflict(f"{account.upn} already holds {what}; nothing to add.")
     require_active(sub)
     shortages = []
     for product in missing:
@@ -351,8 +356,6 @@ async def _bulk(
         else:
             result.succeeded.append(upn)
             result.added[upn] = added
-            if not added:
-                result.notes[upn] = "already held every license"
         await _report(on_progress, len(result.succeeded) + len(result.failed), result)
         return True
 

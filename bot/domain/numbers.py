@@ -25,6 +25,7 @@ unique index on the holder backs it up.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,7 +49,6 @@ from bot.domain.models import (
     NumberState,
     NumberType,
     PhoneNumber,
-    Product,
     ProductKind,
     Subscription,
 )
@@ -75,6 +75,9 @@ REFUSED_TYPES: dict[int, str] = {
     PhoneNumberType.PAGER: "a pager number",
     PhoneNumberType.VOICEMAIL: "a voicemail access number",
 }
+
+# Namespace of the PostgreSQL advisory locks that make pickers of one pool take turns.
+_POOL_LOCK_SPACE = 0x4E554D
 
 SYSTEM_ORIGIN = Origin(actor_id="scheduler", actor_name="Scheduler", source="schedule")
 
@@ -387,6 +390,7 @@ async def reserve(
         product = await pool_product(ch.conn, sub, ProductKind.NUMBERS, country=cc, number_type=nt)
         entitlement = (await lock_entitlements(ch.conn, sub, [product]))[product.id]
         entitlement.require(quantity)
+        await _lock_pool(ch.conn, cc, nt)
         picked = await _lock(
             PhoneNumber.filter(_free(moment), country=cc, number_type=nt)
             .order_by("e164")
@@ -428,6 +432,52 @@ async def reserve(
     )
 
 
+@dataclass
+class _Draw:
+    """What assigning a number to an account draws on, with its allocation rows locked."""
+
+    account: Account
+    subscription: Subscription
+    numbers: Entitlement
+    seats: Entitlement | None
+
+
+async def _prepare(
+    conn: BaseDBAsyncClient, account: Account, country: str, number_type: NumberType
+) -> _Draw:
+    """Lock what a number for `account` draws on and check what does not depend on the number."""
+    sub = await Subscription.filter(id=account.subscription_id).using_db(conn).get()
+    require_active(sub)
+    numbers_product = await pool_product(
+        conn, sub, ProductKind.NUMBERS, country=country, number_type=number_type
+    )
+    products = [numbers_product]
+    if account.kind is AccountKind.USER:
+        products.append(await pool_product(conn, sub, ProductKind.TEAMS_SEATS))
+    entitlements = await lock_entitlements(conn, sub, products)
+    # Checked under the allocation locks, which every assignment in this subscription takes.
+    existing = await PhoneNumber.filter(holder_id=account.id).using_db(conn).first()
+    if existing is not None:
+        raise Conflict(f"{account.upn} already holds {existing.e164}: release it first.")
+    seats = entitlements[products[1].id] if len(products) > 1 else None
+    if seats is not None:
+        seats.require(1)
+    return _Draw(account, sub, entitlements[numbers_product.id], seats)
+
+
+async def _lock_pool(conn: BaseDBAsyncClient, country: str, number_type: NumberType) -> None:
+    """Take turns picking free numbers of one country and type (PostgreSQL).
+
+    Skipping locked rows alone could leave a picker short while others hold rows they will
+    not keep; taking turns makes "only N available" exact. Taken after the allocation rows and
+    before any number row (SQLite runs one writer at a time already).
+    """
+    if db.dialect() != "postgres":
+        return
+    key = zlib.crc32(f"{country}:{number_type.value}".encode()) & 0x7FFFFFFF
+    await conn.execute_query("SELECT pg_advisory_xact_lock($1, $2)", [_POOL_LOCK_SPACE, key])
+
+
 async def assign_number(
     origin: Origin, number: str, upn: str, *, dry_run: bool = False, now: datetime | None = None
 ) -> Outcome:
@@ -437,8 +487,7 @@ async def assign_number(
     async with change(origin, dry_run=dry_run) as ch:
         account = await find_account(upn, ch.conn)
         found = await find_number(e164, ch.conn)
-        sub, products = await _consumer(ch.conn, account, found.country, found.number_type)
-        entitlements = await lock_entitlements(ch.conn, sub, products)
+        draw = await _prepare(ch.conn, account, found.country, found.number_type)
         # Locked after the allocations: the ledger's order (allocation rows, then numbers).
         row = await PhoneNumber.filter(id=found.id).select_for_update().using_db(ch.conn).get()
         await row.fetch_related("holder", "subscription", using_db=ch.conn)
@@ -449,10 +498,12 @@ async def assign_number(
         if state is NumberState.QUARANTINED:
             until = row.quarantined_until.strftime("%Y-%m-%d") if row.quarantined_until else "later"
             raise Conflict(f"{e164} is in quarantine until {until} (it was released recently).")
-        if state is NumberState.RESERVED and row.subscription_id != sub.id:
+        if state is NumberState.RESERVED and row.subscription_id != draw.subscription.id:
             other = row.subscription.code if row.subscription else "another subscription"
-            raise Conflict(f"{e164} is reserved for {other}, not for {sub.code}.")
-        return await _give(ch, account, sub, row, state, entitlements, moment)
+            raise Conflict(f"{e164} is reserved for {other}, not for {draw.subscription.code}.")
+        if state is NumberState.AVAILABLE:
+            draw.numbers.require(1)
+        return await _give(ch, draw, row, state, moment)
 
 
 async def assign_next(
@@ -471,18 +522,22 @@ async def assign_next(
     moment = _now(now)
     async with change(origin, dry_run=dry_run) as ch:
         account = await find_account(upn, ch.conn)
-        sub, products = await _consumer(ch.conn, account, cc, nt)
-        entitlements = await lock_entitlements(ch.conn, sub, products)
-        row = await _lock(
-            PhoneNumber.filter(
+        draw = await _prepare(ch.conn, account, cc, nt)
+        sub = draw.subscription
+        # The subscription's reservations are only picked under its numbers allocation lock.
+        row = (
+            await PhoneNumber.filter(
                 state=NumberState.RESERVED, subscription_id=sub.id, country=cc, number_type=nt
             )
             .order_by("e164")
             .limit(1)
-            .using_db(ch.conn),
-            skip_locked=True,
-        ).first()
+            .select_for_update()
+            .using_db(ch.conn)
+            .first()
+        )
         if row is None:
+            draw.numbers.require(1)
+            await _lock_pool(ch.conn, cc, nt)
             row = await _lock(
                 PhoneNumber.filter(_free(moment), country=cc, number_type=nt)
                 .order_by("e164")
@@ -492,56 +547,21 @@ async def assign_next(
             ).first()
         if row is None:
             raise Conflict(
-                f"No {cc} {nt.value} number is available or reserved for {sub.code}: "
-                "add numbers with `numbers add`."
+                f"No {cc} {nt.value} number is available in the inventory or reserved for "
+                f"{sub.code}: add numbers with `numbers add`."
             )
-        return await _give(
-            ch, account, sub, row, effective_state(row, moment), entitlements, moment
-        )
-
-
-async def _consumer(
-    conn: BaseDBAsyncClient, account: Account, country: str, number_type: NumberType
-) -> tuple[Subscription, list[Product]]:
-    """The account's subscription and the products a number for it draws on."""
-    sub = await Subscription.filter(id=account.subscription_id).using_db(conn).get()
-    require_active(sub)
-    products = [
-        await pool_product(conn, sub, ProductKind.NUMBERS, country=country, number_type=number_type)
-    ]
-    if account.kind is AccountKind.USER:
-        products.append(await pool_product(conn, sub, ProductKind.TEAMS_SEATS))
-    return sub, products
+        return await _give(ch, draw, row, effective_state(row, moment), moment)
 
 
 async def _give(
-    ch: Change,
-    account: Account,
-    sub: Subscription,
-    row: PhoneNumber,
-    state: NumberState,
-    entitlements: dict[int, Entitlement],
-    moment: datetime,
+    ch: Change, draw: _Draw, row: PhoneNumber, state: NumberState, moment: datetime
 ) -> Outcome:
-    """Hand a locked number to the account, drawing on its entitlements; then record it."""
-    # Checked under the allocation locks, which every assignment in this subscription takes.
-    existing = await PhoneNumber.filter(holder_id=account.id).using_db(ch.conn).first()
-    if existing is not None:
-        raise Conflict(f"{account.upn} already holds {existing.e164}: release it first.")
-    numbers_ent = next(e for e in entitlements.values() if e.product.kind is ProductKind.NUMBERS)
-    seats_ent = next(
-        (e for e in entitlements.values() if e.product.kind is ProductKind.TEAMS_SEATS), None
-    )
+    """Hand a locked, checked number to the account; then record it."""
+    account, sub = draw.account, draw.subscription
     # A number the subscription reserved already counts against its entitlement.
-    needs_entitlement = state is not NumberState.RESERVED
-    if needs_entitlement:
-        numbers_ent.require(1)
-    if seats_ent is not None:
-        seats_ent.require(1)
+    reserved = state is NumberState.RESERVED
     expected = Q(id=row.id) & (
-        Q(state=NumberState.RESERVED, subscription_id=sub.id)
-        if not needs_entitlement
-        else _free(moment)
+        Q(state=NumberState.RESERVED, subscription_id=sub.id) if reserved else _free(moment)
     )
     try:
         changed = (
@@ -560,23 +580,22 @@ async def _give(
         raise Conflict(f"{row.e164} was taken by someone else at the same moment; try again.")
     before: dict[str, Any] = {
         "state": state.value,
-        "subscription": sub.code if state is NumberState.RESERVED else None,
+        "subscription": sub.code if reserved else None,
         "holder": None,
-        "numbers_in_use": numbers_ent.used,
+        "numbers_in_use": draw.numbers.used,
     }
     after: dict[str, Any] = {
         "state": NumberState.ASSIGNED.value,
         "subscription": sub.code,
         "holder": account.upn,
-        "numbers_in_use": numbers_ent.used + (1 if needs_entitlement else 0),
+        "numbers_in_use": draw.numbers.used + (0 if reserved else 1),
     }
-    if seats_ent is not None:
-        before["seats_in_use"] = seats_ent.used
-        after["seats_in_use"] = seats_ent.used + 1
+    uses = "its reservation" if reserved else f"a {draw.numbers.product.name} entitlement"
+    if draw.seats is not None:
+        before["seats_in_use"] = draw.seats.used
+        after["seats_in_use"] = draw.seats.used + 1
+        uses += f" and a {draw.seats.product.name} seat"
     ch.record("number.assign", f"number:{row.e164}", before, after)
-    uses = f"a {numbers_ent.product.name} entitlement" if needs_entitlement else "its reservation"
-    if seats_ent is not None:
-        uses += f" and a {seats_ent.product.name} seat"
     return Outcome(
         "number.assign",
         f"{row.e164} → {account.upn}",

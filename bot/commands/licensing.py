@@ -1,0 +1,223 @@
+"""Commands over customer licenses and service packs.
+
+`license assign` and `pack assign` name one or more accounts and answer with a Progress reply:
+per account what was assigned, and why the rest were not. While they run, a front door that
+offers a `progress` service (`ctx.services["progress"]`, a callable taking a `Progress` reply
+with `finished=False`, returning None or an awaitable) is given the progress so far, at most
+once every PROGRESS_INTERVAL_SECONDS — Teams uses it to update the card as the work goes on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+
+from bot.commands.args import Args, Text
+from bot.commands.ledger import changed
+from bot.commands.registry import Context, command
+from bot.commands.reply import FormField, Progress, Reply, Table
+from bot.domain import licensing
+from bot.domain.licensing import MAX_BULK, BulkOutcome
+
+log = logging.getLogger("bot.commands.licensing")
+
+PROGRESS_INTERVAL_SECONDS = 1.0
+_SEPARATORS = re.compile(r"[\s,;]+")
+
+
+def _names(value: Any) -> list[str]:
+    """`a,b c;d` or a list of such → [a, b, c, d] (card fields and typed lists alike)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError("must be text: names separated by commas")
+    if sum(len(i) for i in items) > 200_000:
+        raise ValueError("is too long")
+    names = [n for i in items for n in _SEPARATORS.split(i) if n]
+    if not names:
+        raise ValueError("is empty")
+    if len(names) > MAX_BULK:
+        raise ValueError(f"names {len(names):,}; at most {MAX_BULK:,} at a time")
+    if any(len(n) > 255 for n in names):
+        raise ValueError("holds a name longer than 255 characters")
+    return names
+
+
+NameList = Annotated[list[str], BeforeValidator(_names)]
+
+
+class ProgressRelay:
+    """Hands a bulk operation's progress to the front door, a few times a second at most."""
+
+    def __init__(self, sink: Any, title: str) -> None:
+        self._sink = sink
+        self._title = title
+        self._last = time.monotonic()
+
+    async def __call__(
+        self, done: int, total: int, succeeded: Sequence[str], failed: Sequence[tuple[str, str]]
+    ) -> None:
+        now = time.monotonic()
+        # The finished answer is the command's reply; only the way there is relayed.
+        if done >= total or now - self._last < PROGRESS_INTERVAL_SECONDS:
+            return
+        self._last = now
+        reply = Progress(
+            title=self._title,
+            done=done,
+            total=total,
+            succeeded=list(succeeded),
+            failed=list(failed),
+            finished=False,
+            text=f"{done} of {total} done…",
+        )
+        result = self._sink(reply)
+        if inspect.isawaitable(result):
+            await result
+
+
+def _relay(ctx: Context, title: str) -> ProgressRelay | None:
+    sink = ctx.services.get("progress")
+    return ProgressRelay(sink, title) if callable(sink) else None
+
+
+def progress_reply(outcome: BulkOutcome) -> Progress:
+    title = ("Dry run — nothing changed: " if outcome.dry_run else "") + outcome.message
+    return Progress(
+        title=title,
+        done=len(outcome.succeeded) + len(outcome.failed),
+        total=outcome.total,
+        succeeded=[
+            f"{u} ({outcome.notes[u]})" if u in outcome.notes else u for u in outcome.succeeded
+        ],
+        failed=list(outcome.failed),
+        finished=True,
+        ok=not outcome.failed,
+        text=f"Licenses: {', '.join(outcome.licenses)}.",
+        data=outcome.as_json(),
+    )
+
+
+# ----- licenses --------------------------------------------------------------------------
+
+
+class LicenseAssignArgs(Args):
+    license: Text
+    upn: NameList
+
+
+@command(
+    "license assign",
+    "license assign LICENSE to UPN[,UPN...]",
+    "Assign a license to Teams users or resource accounts",
+    LicenseAssignArgs,
+    mutating=True,
+    form=(
+        FormField("license", "License", kind="choice"),
+        FormField("upn", "Users or resource accounts (UPNs, separated by commas)"),
+    ),
+)
+async def license_assign(ctx: Context, args: LicenseAssignArgs) -> Reply:
+    outcome = await licensing.assign_license(
+        ctx.actor.origin(),
+        args.license,
+        args.upn,
+        dry_run=args.dry_run,
+        on_progress=_relay(ctx, f"Assigning {args.license}"),
+    )
+    return progress_reply(outcome)
+
+
+class LicenseUnassignArgs(Args):
+    license: Text
+    upn: Text
+
+
+@command(
+    "license unassign",
+    "license unassign LICENSE from UPN",
+    "Take a license away from a Teams user or resource account",
+    LicenseUnassignArgs,
+    mutating=True,
+    form=(
+        FormField("license", "License", kind="choice"),
+        FormField("upn", "User or resource account (UPN)"),
+    ),
+)
+async def license_unassign(ctx: Context, args: LicenseUnassignArgs) -> Reply:
+    return changed(
+        await licensing.unassign_license(
+            ctx.actor.origin(), args.license, args.upn, dry_run=args.dry_run
+        )
+    )
+
+
+# ----- service packs ---------------------------------------------------------------------
+
+
+@command("packs", "packs", "List service packs and their licenses", Args)
+async def packs(ctx: Context, args: Args) -> Reply:
+    found = await licensing.list_packs()
+    return Table(
+        title="Service packs",
+        columns=["Pack", "Licenses"],
+        rows=[[name, ", ".join(names)] for name, names in found],
+        data=[{"name": name, "licenses": names} for name, names in found],
+        note="" if found else "No service packs yet. Create one with `pack create`.",
+    )
+
+
+class PackCreateArgs(Args):
+    name: Text
+    license: NameList
+
+
+@command(
+    "pack create",
+    "pack create NAME LICENSE [LICENSE...]",
+    "Create a service pack: a bundle of licenses assigned in one step",
+    PackCreateArgs,
+    mutating=True,
+    form=(
+        FormField("name", "Pack name (e.g. VOICE-STANDARD)"),
+        FormField("license", "Licenses (separated by commas)"),
+    ),
+)
+async def pack_create(ctx: Context, args: PackCreateArgs) -> Reply:
+    return changed(
+        await licensing.create_pack(
+            ctx.actor.origin(), args.name, args.license, dry_run=args.dry_run
+        )
+    )
+
+
+class PackAssignArgs(Args):
+    name: Text
+    upn: NameList
+
+
+@command(
+    "pack assign",
+    "pack assign NAME to UPN[,UPN...]",
+    "Assign a service pack to Teams users or resource accounts: each gets all of it or none",
+    PackAssignArgs,
+    mutating=True,
+    form=(
+        FormField("name", "Service pack", kind="choice"),
+        FormField("upn", "Users or resource accounts (UPNs, separated by commas)"),
+    ),
+)
+async def pack_assign(ctx: Context, args: PackAssignArgs) -> Reply:
+    outcome = await licensing.assign_pack(
+        ctx.actor.origin(),
+        args.name,
+        args.upn,
+        dry_run=args.dry_run,
+        on_progress=_relay(ctx, f"Assigning service pack {args.name}"),
+    )
+    return progress_reply(outcome)
