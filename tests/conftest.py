@@ -22,6 +22,7 @@ for _name in list(os.environ):
     if _name.startswith(("Microsoft", "FUSION_")) and _name not in {
         "FUSION_TEST_POSTGRES_URL",
         "FUSION_REQUIRE_POSTGRES",
+        "FUSION_REQUIRE_BROWSER",
     }:
         del os.environ[_name]
 
