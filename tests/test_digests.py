@@ -29,7 +29,12 @@ from bot.domain.models import (
     UsageSnapshot,
 )
 from bot.teams.render import render
-from tests.cardcheck.schema import MAX_CARD_BYTES, card_problems, card_size, universal_action_problems
+from tests.cardcheck.schema import (
+    MAX_CARD_BYTES,
+    card_problems,
+    card_size,
+    universal_action_problems,
+)
 from tests.ledger_state import origin
 
 OPS = origin()
@@ -267,7 +272,9 @@ async def test_digest_card_is_valid_small_and_pages_when_large() -> None:
     for i in range(60):
         await ledger.add_product(OPS, f"CUSTOM-POOL-{i:02d}", ProductKind.CUSTOM, 100)
         await ledger.allocate(OPS, 40 + i, f"CUSTOM-POOL-{i:02d}", "ACME-01")
-    report = await digests.build_report(datetime.now(UTC), 90, since=datetime.now(UTC) - timedelta(1))
+    report = await digests.build_report(
+        datetime.now(UTC), 90, since=datetime.now(UTC) - timedelta(1)
+    )
     from bot.commands.digests import digest_reply
 
     first = digest_reply(report, page=1, page_size=25)
@@ -322,7 +329,10 @@ def reference(conversation_id: str = CHANNEL, activity_id: str = "a-1") -> dict[
 async def test_remember_stores_refreshes_and_reactivates() -> None:
     row = await conversations.remember(reference(), TENANT, SERVICE_URL)
     assert (row.conversation_id, row.tenant_id, row.service_url, row.active) == (
-        CHANNEL, TENANT, SERVICE_URL, True,
+        CHANNEL,
+        TENANT,
+        SERVICE_URL,
+        True,
     )
     assert "activityId" not in row.reference
     stamp = row.updated_at
@@ -346,8 +356,11 @@ async def test_remember_stores_refreshes_and_reactivates() -> None:
 
 def ctx(conversation_id: str | None = CHANNEL, who: str = "oid-ada") -> Context:
     actor = Actor(
-        object_id=who, name="Ada Admin" if who == "oid-ada" else "Mallory", tenant_id=TENANT,
-        correlation_id="activity-9", conversation_id=conversation_id,
+        object_id=who,
+        name="Ada Admin" if who == "oid-ada" else "Mallory",
+        tenant_id=TENANT,
+        correlation_id="activity-9",
+        conversation_id=conversation_id,
     )
     return Context(actor=actor, settings=Settings(), policy=DevPolicy(("oid-ada",)))
 
@@ -384,7 +397,10 @@ async def test_digest_commands_subscribe_list_stop_and_show() -> None:
     assert listed.data[0]["last_sent"] is None
 
     stopped = await run_text(f"digest stop {sub.id}", ctx())
-    assert isinstance(stopped, Changed) and stopped.after == {"schedule": sub.description, "active": False}
+    assert isinstance(stopped, Changed) and stopped.after == {
+        "schedule": sub.description,
+        "active": False,
+    }
     assert (await DigestSubscription.get(id=sub.id)).active is False
     missing = await run_text(f"digest stop {sub.id}", ctx())
     assert isinstance(missing, Error) and missing.code == "not-found"
