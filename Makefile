@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup node-deps lint migrations clean
+.PHONY: run test setup node-deps lint migrations clean playground
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,15 +18,21 @@ setup: $(STAMP)
 run: $(STAMP)
 	FUSION_DEV_ADMINS="$${FUSION_DEV_ADMINS:-*}" $(BIN)/python app.py
 
-# Node packages for the card renderer and the Teams manifest schema (offline after install).
+# Node packages for the card renderer, the Teams manifest schema and the Agents Playground
+# (offline after install).
 node-deps:
 	@if command -v npm >/dev/null 2>&1; then \
-	  for d in tests/cardcheck/render manifest/schema; do \
+	  for d in tests/cardcheck/render manifest/schema tests/e2e; do \
 	    if [ -f $$d/package-lock.json ] && [ ! -d $$d/node_modules ]; then \
 	      (cd $$d && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) || exit 1; \
 	    fi; \
 	  done; \
 	else echo "npm not found: card rendering and manifest schema tests will be skipped"; fi
+
+# Try the bot in the Microsoft 365 Agents Playground (a Teams-like web page, offline): the bot in
+# local development mode with the demo catalog, both in a loopback-only network namespace.
+playground: $(STAMP) node-deps
+	tests/e2e/playground.sh open
 
 test: $(STAMP) node-deps
 	$(BIN)/python -m pytest

@@ -19,7 +19,7 @@ set -euo pipefail
 
 E2E=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$E2E/../.." && pwd)
-PY=${PYTHON:-$ROOT/.venv/bin/python}
+PY=${PLAYGROUND_PYTHON:-$ROOT/.venv/bin/python}
 NODE=${NODE:-node}
 PLAYGROUND_CLI=$E2E/node_modules/@microsoft/m365agentsplayground/cli.js
 BOT_PORT=3978
@@ -69,11 +69,19 @@ sys.exit(1)
 EOF
 }
 
+# Refuses to go on unless `lo` is this namespace's only interface, then brings it up (the
+# ioctl that `ip link set lo up` makes, so iproute2 is not needed).
 require_loopback_only() {
-  local links
-  links=$(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort | tr '\n' ' ')
-  [ "$links" = "lo " ] || die "refusing to start: this network namespace has interfaces ($links); run me inside 'unshare -n'"
-  ip link set lo up
+  "$PY" - <<'EOF' || die "refusing to start outside a loopback-only network namespace: run me inside 'unshare -n'"
+import fcntl, socket, struct, sys
+names = sorted(name for _, name in socket.if_nameindex())
+if names != ["lo"]:
+    sys.exit(f"network interfaces here: {', '.join(names)}")
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    flags = struct.unpack("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH", b"lo", 0)))[1]
+    fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
+EOF
 }
 
 # Seeds the demo catalog, starts the bot and the Playground; WORK holds logs.
@@ -122,8 +130,10 @@ case "$cmd" in
     steps=${2:?usage: playground.sh drive STEPS.json OUTDIR}
     out=${3:?usage: playground.sh drive STEPS.json OUTDIR}
     mkdir -p "$out"
-    work=$(mktemp -d)
-    trap 'stop_all; cp "$work"/*.log "$work"/*.out "$out"/ 2>/dev/null || true; rm -rf "$work"' EXIT
+    # The caller may name the work folder, so nothing is left behind in /tmp if we are killed.
+    work=${PLAYGROUND_WORKDIR:-$(mktemp -d)}
+    mkdir -p "$work"
+    trap 'stop_all; cp "$work"/*.log "$work"/*.out "$out"/ 2>/dev/null || true' EXIT
     export DATABASE_URL=${DATABASE_URL:-sqlite://$work/fusion.sqlite3}
     cd "$work"  # no .env of the working tree reaches the bot under test
     start_stack "$work"
@@ -133,40 +143,42 @@ case "$cmd" in
     ;;
 
   serve)  # inside the namespace, for `open`: the stack plus the inner half of the bridge
-    sock=${2:?}
-    work=$(mktemp -d)
-    trap 'stop_all; rm -rf "$work"' EXIT
+    sock=${2:?} work=${3:?}
+    trap 'stop_all' EXIT
     trap 'exit 0' INT TERM
     start_stack "$work"
     "$NODE" "$E2E/bridge.mjs" "unix:$sock" "tcp:127.0.0.1:$PLAYGROUND_PORT_INSIDE" &
     pids+=($!)
-    say "bot log: $work/bot.log   Playground log: $work/playground.out"
-    wait "${pids[0]}"
-    die "the bot stopped; its last lines:$(printf '\n'; tail -n 20 "$work/bot.log")"
+    status=0
+    wait "${pids[0]}" || status=$?
+    # Ctrl-C reaches the bot too, and it stops cleanly (0); anything else is a crash.
+    [ "$status" = 0 ] || die "the bot stopped ($status); its last lines:$(printf '\n'; tail -n 20 "$work/bot.log")"
     ;;
 
   open)
     port=${PLAYGROUND_PORT:-56150}
     export DATABASE_URL=${DATABASE_URL:-sqlite://$ROOT/fusion.sqlite3}
-    sockdir=$(mktemp -d)
-    chmod 755 "$sockdir"
-    sock=$sockdir/playground.sock
+    run=$(mktemp -d)
+    chmod 755 "$run"
+    sock=$run/playground.sock
     # shellcheck disable=SC2046
-    unshare $(unshare_args) "$0" serve "$sock" &
-    inner=$!
-    trap 'kill -TERM $inner $outer 2>/dev/null; wait $inner 2>/dev/null; rm -rf "$sockdir"' EXIT
+    unshare $(unshare_args) "$0" serve "$sock" "$run" &
+    pids+=($!)
+    trap 'stop_all; rm -rf "$run"' EXIT
     trap 'exit 0' INT TERM
     for _ in $(seq 1 $((START_TIMEOUT * 10))); do
       [ -S "$sock" ] && break
-      kill -0 "$inner" 2>/dev/null || die "the Playground did not start (see above)"
+      kill -0 "${pids[0]}" 2>/dev/null || die "the bot or the Playground did not start (see above)"
       sleep 0.1
     done
-    [ -S "$sock" ] || die "the Playground did not start within ${START_TIMEOUT}s"
+    [ -S "$sock" ] || die "the bot or the Playground did not start within ${START_TIMEOUT}s"
     "$NODE" "$E2E/bridge.mjs" "tcp:127.0.0.1:$port" "unix:$sock" &
-    outer=$!
-    say "Open http://127.0.0.1:$port in your browser and type 'help' to the bot. Ctrl-C stops everything."
+    pids+=($!)
+    wait_http "http://127.0.0.1:$port/" "${pids[-1]}" "the bridge to 127.0.0.1:$port" /dev/null
+    say "Open http://127.0.0.1:$port in your browser and type 'help' to the bot (you are Alex Wilber,"
+    say "an admin here). Ctrl-C stops everything. Logs: $run/bot.log, $run/playground.out"
     say "The demo catalog is in $DATABASE_URL; '.venv/bin/python -m bot usage' reads it too."
-    wait "$inner"
+    wait "${pids[0]}" || true
     ;;
 
   *)
