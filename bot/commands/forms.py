@@ -123,6 +123,11 @@ async def fill_choices(command: str, field: FormField) -> FormField:
     return replace(field, choices=choices)
 
 
+def _plain(message: str) -> str:
+    """Pydantic's wording, as a form shows it next to a field."""
+    return "Required" if message == "Field required" else message
+
+
 async def build_form(
     spec: CommandSpec,
     ctx: Context,
@@ -143,7 +148,7 @@ async def build_form(
         command=spec.name,
         usage="\n".join(spec.usages),
         fields=fields,
-        errors=dict(errors or {}),
+        errors={k: _plain(v) for k, v in (errors or {}).items()},
         # One id per form shown: submitting the same form twice has one effect.
         form_id=form_id or secrets.token_urlsafe(12),
         data={"error": "usage", "message": "arguments are missing", "usage": spec.usage},

@@ -65,8 +65,11 @@ def _action(activity: Activity) -> tuple[str, dict[str, Any], bool] | None:
         action = action if isinstance(action, dict) else {}
         data = action.get("data")
         verb = action.get("verb")
-        return (verb if isinstance(verb, str) else "", dict(data) if isinstance(data, dict) else {},
-                True)
+        return (
+            verb if isinstance(verb, str) else "",
+            dict(data) if isinstance(data, dict) else {},
+            True,
+        )
     if activity.type == ActivityTypes.message and isinstance(activity.value, dict):
         verb = activity.value.get("verb")
         return (verb if isinstance(verb, str) else "", dict(activity.value), False)
@@ -116,8 +119,11 @@ async def run_action(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Rep
         return await _decide(verb, data, ctx)
     if verb == VERB_APPROVAL_REFRESH:
         return await _refresh(data, ctx)
-    return Error(title="Unknown action", text="This card asks for an action the bot does not have.",
-                 code="unknown-action"), False
+    return Error(
+        title="Unknown action",
+        text="This card asks for an action the bot does not have.",
+        code="unknown-action",
+    ), False
 
 
 # ----- paging ------------------------------------------------------------------------------
@@ -125,8 +131,11 @@ async def run_action(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Rep
 
 async def _page(data: dict[str, Any], ctx: Context) -> Reply:
     text = data.get("command")
-    refused = Error(title="Unknown action", text="This button does not name a list to show.",
-                    code="unknown-action")
+    refused = Error(
+        title="Unknown action",
+        text="This button does not name a list to show.",
+        code="unknown-action",
+    )
     if not isinstance(text, str) or not text.strip() or len(text) > _MAX_VALUE:
         return refused
     try:
@@ -147,11 +156,17 @@ async def _submit_form(data: dict[str, Any], ctx: Context) -> Reply:
     spec = REGISTRY.get(name) if isinstance(name, str) else None
     form_id = data.get("form_id")
     if spec is None or not spec.mutating or not spec.form:
-        return Error(title="Unknown action", text="This form asks for a command the bot does not "
-                     "have.", code="unknown-action")
+        return Error(
+            title="Unknown action",
+            text="This form asks for a command the bot does not have.",
+            code="unknown-action",
+        )
     if not isinstance(form_id, str) or not _FORM_ID.fullmatch(form_id):
-        return Error(title="Form not recognised", text="This form has no valid id; type the "
-                     f"command `{spec.name}` to get a fresh form.", code="invalid")
+        return Error(
+            title="Form not recognised",
+            text=f"This form has no valid id; type the command `{spec.name}` to get a fresh form.",
+            code="invalid",
+        )
     # Teams sends an empty string for an input left empty: that is "not given".
     fields = {k: v for k, v in data.items() if k not in CONTROL_KEYS and v != "" and v is not None}
     submitter = replace(ctx.actor, idempotency_key=f"form:{form_id}")
@@ -218,8 +233,11 @@ def _request_id(data: dict[str, Any]) -> str | None:
 async def _decide(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Reply, bool]:
     rid = _request_id(data)
     if rid is None:
-        return Error(title="Unknown request", text="This card does not name an approval request.",
-                     code="invalid"), False
+        return Error(
+            title="Unknown request",
+            text="This card does not name an approval request.",
+            code="invalid",
+        ), False
     fields: dict[str, Any] = {"id": rid}
     reason = data.get("reason")
     if reason not in (None, ""):
@@ -231,8 +249,11 @@ async def _decide(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Reply,
     if isinstance(reply, Form):
         # Values of the wrong type: a button does not get a form back, it gets refused.
         problems = "; ".join(f"{k or 'the card'}: {v}" for k, v in reply.errors.items())
-        reply = Error(title="Refused", text=f"The card sent a value of the wrong kind ({problems}).",
-                      code="invalid")
+        reply = Error(
+            title="Refused",
+            text=f"The card sent a value of the wrong kind ({problems}).",
+            code="invalid",
+        )
     if isinstance(reply, Error):
         # Show the request as it stands with why nothing happened — to those who may see it.
         may_view, may_decide = await _may_view(ctx)
@@ -241,8 +262,9 @@ async def _decide(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Reply,
                 request = await approvals.current(rid)
             except DomainError:
                 return reply, False
-            notice = f"{reply.title}: {reply.text}"
-            return approval_reply(request, notice), may_decide and _not_requester(ctx, request)
+            refused = approval_reply(request, f"{reply.title}: {reply.text}")
+            refused.ok = False
+            return refused, may_decide and _not_requester(ctx, request)
     return reply, False
 
 
@@ -254,11 +276,16 @@ async def _refresh(data: dict[str, Any], ctx: Context) -> tuple[Reply, bool]:
     rid = _request_id(data)
     may_view, may_decide = await _may_view(ctx)
     if not may_view:
-        return Message(title="Approval request",
-                       text="Only administrators and approvers can see approval requests."), False
+        return Message(
+            title="Approval request",
+            text="Only administrators and approvers can see approval requests.",
+        ), False
     if rid is None:
-        return Error(title="Unknown request", text="This card does not name an approval request.",
-                     code="invalid"), False
+        return Error(
+            title="Unknown request",
+            text="This card does not name an approval request.",
+            code="invalid",
+        ), False
     try:
         request = await approvals.current(rid)
     except DomainError as exc:
@@ -292,8 +319,9 @@ async def _answer_submit(turn_context: TurnContext, card: dict[str, Any]) -> str
             await turn_context.update_activity(card_activity(card, clicked))
             return clicked
         except Exception:
-            log.warning("could not update the clicked card; posting the answer instead",
-                        exc_info=True)
+            log.warning(
+                "could not update the clicked card; posting the answer instead", exc_info=True
+            )
     sent = await turn_context.send_activity(card_activity(card))
     return sent.id if sent is not None else None
 
@@ -318,8 +346,7 @@ async def update_request_card(
     try:
         await turn_context.update_activity(card_activity(card, request.card_activity_id))
     except Exception:
-        log.warning("could not update the card of approval request %s", request_id,
-                    exc_info=True)
+        log.warning("could not update the card of approval request %s", request_id, exc_info=True)
         return False
     return True
 

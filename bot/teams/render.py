@@ -58,6 +58,7 @@ _DROP = object()
 MAX_TEXT = 4_000  # characters of one text block before it is cut
 MAX_CELL = 300
 MAX_LIST_ITEMS = 50  # per list in a progress card
+BAR_WIDTH = 30  # characters of a progress bar
 
 
 # ----- the template binder -------------------------------------------------------------
@@ -241,8 +242,13 @@ def _table(reply: Table, keep_rows: int | None = None) -> dict:
         right.append(bool(values) and all(_NUMERIC.fullmatch(v.strip()) for v in values))
     widths = []
     for i, name in enumerate(reply.columns):
-        longest = max([len(name)] + [len(r[i]) for r in rows if i < len(r)])
-        widths.append({"width": max(1, min(4, -(-longest // 12)))})
+        # Relative widths: room for the longest word (so ids and names do not break), and
+        # a share of the longest cell (so long text wraps in a wider column).
+        cells = [name] + [r[i] for r in rows if i < len(r)]
+        word = max(len(w) for c in cells for w in (c.split() or [""]))
+        longest = max(len(c) for c in cells)
+        header = min(len(name), 14)  # a short heading stays on one line
+        widths.append({"width": max(4, header + 2, min(22, word + 2), min(longest, 40) // 2)})
     table_rows = [
         {
             "type": "TableRow",
@@ -289,12 +295,17 @@ def _table(reply: Table, keep_rows: int | None = None) -> dict:
 def _changed(reply: Changed) -> dict:
     facts = [("Target", reply.target)] if reply.target else []
     text = reply.text if reply.text and reply.text not in reply.title else ""
+    title = reply.title
+    if reply.dry_run:
+        # The badge says it is a dry run; the title says what the change would do.
+        for prefix in ("Dry run — nothing changed: ", "Dry run — "):
+            title = title.removeprefix(prefix)
     return bind(
         template("changed"),
         {
             "tone": "warning" if reply.dry_run else "good",
             "badge": "DRY RUN — nothing was changed" if reply.dry_run else "",
-            "title": reply.title,
+            "title": title,
             "text": _cut(text, MAX_TEXT),
             "facts": _facts(facts),
             "rows": before_after_rows(reply.before, reply.after),
@@ -334,8 +345,6 @@ def _input(field: FormField, error: str | None) -> list[dict]:
     elif field.kind == "choice":
         choices = [{"title": _cut(t, 100), "value": v} for t, v in field.choices]
         element = {"type": "Input.ChoiceSet", **common, "choices": choices, "style": "compact"}
-        if len(choices) > 8:
-            element["style"] = "filtered"
         if not choices:
             # Nothing to pick from yet: let the value be typed.
             element = {"type": "Input.Text", **common}
@@ -423,6 +432,12 @@ def _approval(reply: Approval, actionable: bool = True) -> dict:
         facts.append(("Reason" if reply.status != "failed" else "Why", reply.reason))
     pending = reply.status == "pending"
     data = {"request_id": reply.request_id}
+    # A refusal (or a failed request) is shown in red; the outcome of an approval in green.
+    notice_color = "Default"
+    if not reply.ok:
+        notice_color = "Attention"
+    elif reply.status == "approved":
+        notice_color = "Good"
     inputs = (
         [
             {
@@ -463,6 +478,7 @@ def _approval(reply: Approval, actionable: bool = True) -> dict:
             "badge_color": color,
             "title": reply.summary or reply.title,
             "notice": _cut(reply.text, MAX_TEXT),
+            "notice_color": notice_color,
             "facts": _facts(facts),
             "rows": before_after_rows(reply.before, reply.after),
             "inputs": inputs,
@@ -501,23 +517,13 @@ def _progress(reply: Progress) -> dict:
         tone = "warning" if reply.succeeded else "attention"
     else:
         tone = "good"
-    bar = [
-        {
-            "type": "Column",
-            "width": max(done, 0) or 0,
-            "style": "good" if not failed else "warning",
-            "minHeight": "8px",
-            "items": [],
-        },
-        {
-            "type": "Column",
-            "width": total - done,
-            "style": "emphasis",
-            "minHeight": "8px",
-            "items": [],
-        },
-    ]
-    bar = [c for c in bar if c["width"]]
+    bar_color = "Accent"
+    if failed and not reply.succeeded:
+        bar_color = "Attention"
+    elif reply.finished:
+        bar_color = "Good"
+    filled = round(BAR_WIDTH * done / total)
+    bar = "█" * filled + "░" * (BAR_WIDTH - filled) + f"  {done * 100 // total}%"
     state = "done" if reply.finished else "working…"
     counts = (
         f"{reply.done} of {reply.total} {state} · "
@@ -533,6 +539,7 @@ def _progress(reply: Progress) -> dict:
             "title": reply.title,
             "counts": counts,
             "bar": bar,
+            "bar_color": bar_color,
             "text": _cut(reply.text, MAX_TEXT),
             "lists": lists,
         },
