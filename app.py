@@ -25,7 +25,10 @@ from bot.auth.credentials import ClientCredentials, client_ssl_context
 from bot.config import ConfigError, Settings
 from bot.domain import db
 from bot.domain.naming import set_naming_rule
+from bot.teams.cards import front_door_services
+from bot.teams.connector import TrustedServiceUrls
 from bot.teams.edge import CORRELATION_ID, Edge, build_edge
+from bot.teams.proactive import ProactiveSender
 
 log = logging.getLogger("bot.app")
 
@@ -99,7 +102,16 @@ async def _http(app: web.Application) -> AsyncIterator[None]:
 async def _edge(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     credentials = None if settings.dev_mode else ClientCredentials(settings)
-    app[EDGE] = build_edge(settings, app[HTTP], credentials)
+    # Approvals: the gate the ledger commands consult, and copies to the approvals channel.
+    sender = ProactiveSender(
+        app[HTTP],
+        token=credentials.connector_token if credentials else None,
+        is_trusted=TrustedServiceUrls(
+            settings.trusted_service_urls, allow_loopback=settings.dev_mode
+        ).trusts,
+    )
+    services = front_door_services(settings, sender)
+    app[EDGE] = build_edge(settings, app[HTTP], credentials, services)
     try:
         yield
     finally:

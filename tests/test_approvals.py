@@ -40,6 +40,7 @@ from bot.domain.models import (
 from bot.teams import render as r
 from bot.teams.cards import after_reply, handle_card_action
 from tests.ledger_state import check_invariants, origin, snapshot
+from tests.teams_env import trust_fakes
 
 SETTINGS = Settings(approval_threshold=100, approval_ttl_hours=72)
 POLICY = DevPolicy(("ada", "bob", "carol"))  # admins and approvers; "mallory" is neither
@@ -425,3 +426,67 @@ async def test_requester_identity_comes_from_the_activity_not_the_context_data()
     response = await handle_card_action(tc, actor("ada"), replace(context("bob")))
     assert response is not None and "cannot decide it" in texts(response.value)
     assert (await ApprovalRequest.get(id=request.request_id)).status is ApprovalStatus.PENDING
+
+
+# ----- through the real app: Teams activities in, cards at the (fake) Bot Connector ----------
+
+
+async def test_request_in_chat_decided_in_the_approvals_channel_through_the_app(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alice asks in her chat; the request card is also posted to the approvals channel; Bob
+    approves there; Alice's card is updated in place; the change is made once."""
+    from tests.fakes import FakeBotConnector
+    from tests.teams_env import ADMIN_OID, dev_settings, message, running_bot, seed_ledger
+    from tests.teams_env import texts as card_texts
+
+    trust_fakes(monkeypatch)
+    bob = "b0b00000-0000-4000-8000-000000000001"
+    channel = "19:approvals@thread.tacv2"
+    chat = "a:alice-personal-chat"
+    connector = FakeBotConnector(None).start()
+    try:
+        settings = dev_settings(empty_db_url, connector, dev_admins=(ADMIN_OID, bob),
+                                approval_threshold=5, approvals_channel=channel)
+        async with running_bot(settings) as app:
+            await seed_ledger()
+
+            async def say(text: str, who: str, where: str) -> Any:
+                before = len(connector.activities)
+                activity = message(text, connector.service_url, sender=who, conversation=where)
+                assert (await app.post(activity)).status == 201
+                await connector.wait_for_async(before + 1)
+                return activity
+
+            await say("whoami", bob, channel)  # the bot is in the channel: reference stored
+            await say("allocate 20 SIP-CHANNELS to ACME-01", ADMIN_OID, chat)
+            [reply] = await connector.wait_for_async(1, conversation_id=chat, kind="reply")
+            [copy] = await connector.wait_for_async(1, conversation_id=channel, kind="send")
+            for card in (reply.attachments[0]["content"], copy.attachments[0]["content"]):
+                assert "APPROVAL NEEDED" in card_texts(card)
+            request = await ApprovalRequest.get()
+            assert request.card_activity_id == reply.activity_id
+            assert await allocated() == 0
+
+            click = message("", connector.service_url, sender=bob, conversation=channel,
+                            type="invoke", name="adaptiveCard/action",
+                            replyToId=copy.activity_id,
+                            value={"action": {"type": "Action.Execute", "verb": r.VERB_APPROVE,
+                                              "data": {"verb": r.VERB_APPROVE,
+                                                       "request_id": request.id}},
+                                   "trigger": "manual"})
+            del click["text"]
+            answer = await app.post(click)
+            assert answer.status == 200 and answer.body["statusCode"] == 200
+            assert "APPROVED" in card_texts(answer.body["value"])
+            assert await allocated() == 20
+            # Alice's card in her chat now shows the outcome, for everyone who sees it.
+            [update] = await connector.wait_for_async(1, conversation_id=chat, kind="update")
+            assert update.activity_id == reply.activity_id
+            assert "APPROVED" in card_texts(update.attachments[0]["content"])
+            # The same click again (a replay) changes nothing and says so.
+            again = await app.post({**click, "id": "replayed-click"})
+            assert "already approved" in " ".join(card_texts(again.body["value"]))
+            assert await allocated() == 20
+    finally:
+        connector.stop()

@@ -27,17 +27,20 @@ from botbuilder.schema import (
     ActivityTypes,
     AdaptiveCardInvokeResponse,
     Attachment,
+    ConversationAccount,
 )
 
 from bot.auth.actor import Actor
-from bot.commands.approvals import approval_reply
+from bot.commands.approvals import CHANNEL_SERVICE, ApprovalGate, approval_reply
 from bot.commands.dispatch import run_fields, run_text
 from bot.commands.forms import build_form
 from bot.commands.grammar import UsageError, tokenize
 from bot.commands.registry import REGISTRY, Context, find
 from bot.commands.reply import Approval, Changed, Error, Form, Message, Reply
-from bot.domain import approvals
+from bot.config import Settings
+from bot.domain import approvals, conversations
 from bot.domain.errors import DomainError
+from bot.teams.proactive import ProactiveSender, SendOutcome, Target
 from bot.teams.render import (
     CONTENT_TYPE,
     CONTROL_KEYS,
@@ -329,22 +332,31 @@ async def _answer_submit(turn_context: TurnContext, card: dict[str, Any]) -> str
 async def update_request_card(
     turn_context: TurnContext, request_id: str, *, skip: str | None = None
 ) -> bool:
-    """Update the request's posted card in place (same conversation), for everyone who sees it.
+    """Update the request's posted card in place, for everyone who sees it.
 
-    Cards in other conversations (the approvals channel) catch up through their refresh action.
+    The card is in this conversation, or in another one reached through the same Bot Connector
+    (the request made in a chat, decided in the approvals channel). Copies elsewhere (the
+    approvals channel's) catch up through their refresh action.
     """
     try:
         request = await approvals.find(request_id)
     except DomainError:
         return False
-    here = turn_context.activity.conversation.id if turn_context.activity.conversation else None
     if not request.card_activity_id or request.card_activity_id == skip:
         return False
-    if request.conversation_id and request.conversation_id != here:
-        return False
+    here = turn_context.activity.conversation.id if turn_context.activity.conversation else None
     card = render(approval_reply(request), actionable=False)
+    update = card_activity(card, request.card_activity_id)
     try:
-        await turn_context.update_activity(card_activity(card, request.card_activity_id))
+        if not request.conversation_id or request.conversation_id == here:
+            await turn_context.update_activity(update)
+            return True
+        ref = await conversations.find(request.conversation_id)
+        if ref is None or not ref.active or ref.service_url != turn_context.activity.service_url:
+            return False  # another connector: only this turn's (checked, trusted) one is used
+        update.conversation = ConversationAccount(id=request.conversation_id)
+        update.service_url = ref.service_url
+        await turn_context.adapter.update_activity(turn_context, update)
     except Exception:
         log.warning("could not update the card of approval request %s", request_id, exc_info=True)
         return False
@@ -363,3 +375,49 @@ async def after_reply(turn_context: TurnContext, reply: Reply, activity_id: str 
         return
     # A decision typed as text (`approve ID`): bring the request's own card up to date too.
     await update_request_card(turn_context, reply.request_id, skip=activity_id)
+
+
+# ----- the approvals channel ---------------------------------------------------------------
+
+
+class ApprovalsChannel:
+    """Posts a copy of each new approval request to `settings.approvals_channel` (SPEC §5).
+
+    The channel must be one the bot is in (its conversation reference is stored on any turn
+    there). The copy carries the card's refresh action, so it shows the outcome once decided.
+    """
+
+    def __init__(self, conversation_id: str, sender: ProactiveSender) -> None:
+        self.conversation_id = conversation_id
+        self._sender = sender
+
+    async def __call__(self, reply: Approval) -> None:
+        request = await approvals.find(reply.request_id)
+        if request.conversation_id == self.conversation_id:
+            return  # asked in the approvals channel itself: the card is already there
+        ref = await conversations.find(self.conversation_id)
+        if ref is None or not ref.active:
+            log.warning(
+                "approvals channel %s is unknown to the bot (not installed there?); "
+                "request %s not posted there",
+                self.conversation_id,
+                request.id,
+            )
+            return
+        result = await self._sender.post_card(
+            Target.of(ref), render(reply, actionable=True), summary=reply.title
+        )
+        if result.outcome is not SendOutcome.SENT:
+            log.warning(
+                "approval request %s not posted to the approvals channel: %s",
+                request.id,
+                result.error or result.outcome,
+            )
+
+
+def front_door_services(settings: Settings, sender: ProactiveSender | None) -> dict[str, Any]:
+    """The services the Teams front door puts into every command Context for approvals."""
+    services: dict[str, Any] = {"approvals": ApprovalGate()}
+    if settings.approvals_channel and sender is not None:
+        services[CHANNEL_SERVICE] = ApprovalsChannel(settings.approvals_channel, sender)
+    return services
