@@ -58,7 +58,8 @@ from bot.domain.paging import Page, window
 # At most this many numbers in one range or one reservation.
 MAX_BATCH = 10_000
 _INSERT_BATCH = 1_000
-_E164 = re.compile(r"\+[1-9]\d{6,14}")
+# ASCII digits only: `\d` would also take other scripts' digits.
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 NUMBER_TYPES: dict[int, NumberType] = {
     PhoneNumberType.FIXED_LINE: NumberType.GEOGRAPHIC,
@@ -105,7 +106,9 @@ def parse_number(text: str) -> NumberInfo:
     try:
         parsed = phonenumbers.parse(raw, None)
     except phonenumbers.NumberParseException as exc:
-        raise _refuse_number(raw, f"is not a phone number ({exc}).") from exc
+        if exc.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE:
+            raise _refuse_number(raw, "does not start with a known country code.") from exc
+        raise _refuse_number(raw, "is not a phone number.") from exc
     canonical = phonenumbers.format_number(parsed, PhoneNumberFormat.E164)
     if canonical != raw:
         raise _refuse_number(
@@ -248,14 +251,15 @@ async def find_number(text: str, conn: BaseDBAsyncClient | None = None) -> Phone
     e164 = parse_number(text).e164
     number = await PhoneNumber.filter(e164=e164).using_db(conn).first()
     if number is None:
-        # Suggest numbers of the inventory that differ only in the last digits.
-        near = (
-            await PhoneNumber.filter(e164__startswith=e164[:-2])
-            .using_db(conn)
-            .limit(200)
-            .values_list("e164", flat=True)
-        )
-        raise NotFound("number in the inventory", e164, [str(n) for n in near])
+        # Suggest the inventory's nearest numbers on either side.
+        below = PhoneNumber.filter(e164__lt=e164).order_by("-e164").limit(2)
+        above = PhoneNumber.filter(e164__gt=e164).order_by("e164").limit(2)
+        near = [
+            str(n)
+            for q in (below, above)
+            for n in await q.using_db(conn).values_list("e164", flat=True)
+        ]
+        raise NotFound("number in the inventory", e164, near)
     return number
 
 
