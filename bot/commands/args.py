@@ -13,32 +13,44 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from bot.domain.naming import MAX_QUANTITY
 
-_WHOLE = re.compile(r"[+]?\d{1,12}")
+# Longer than this is no count of anything; refused as too large, not parsed.
+_WHOLE = re.compile(r"[+]?\d{1,30}")
 
 
-def _quantity(value: Any) -> int:
+def _whole(value: Any, lowest: int) -> int:
     if isinstance(value, bool):
         raise ValueError("must be a whole number")
+    text = value.strip().replace(",", "").replace("_", "") if isinstance(value, str) else ""
     if isinstance(value, int):
         n = value
     elif isinstance(value, float) and value.is_integer():
         n = int(value)
-    elif isinstance(value, str) and _WHOLE.fullmatch(value.strip().replace(",", "").replace("_", "")):
-        n = int(value.strip().replace(",", "").replace("_", ""))
+    elif _WHOLE.fullmatch(text):
+        n = int(text)
+    elif re.fullmatch(r"\d+", text):
+        raise ValueError(f"is too large (at most {MAX_QUANTITY:,})")
     else:
         raise ValueError(f"must be a positive whole number, got {str(value)[:40]!r}")
-    if n < 1:
-        raise ValueError(f"must be a positive whole number, got {n}")
+    if n < lowest:
+        wanted = "a positive whole number" if lowest else "zero or more"
+        raise ValueError(f"must be {wanted}, got {n}")
     if n > MAX_QUANTITY:
         raise ValueError(f"{n} is too large (at most {MAX_QUANTITY:,})")
     return n
 
 
+def _quantity(value: Any) -> int:
+    return _whole(value, 1)
+
+
 def _count(value: Any) -> int:
     """Like a quantity but zero is allowed (capacity 0)."""
-    if isinstance(value, str) and value.strip() == "0" or value == 0 and not isinstance(value, bool):
-        return 0
-    return _quantity(value)
+    return _whole(value, 0)
+
+
+def _keyword(value: Any) -> Any:
+    """A word from the usage line (a kind, a mode, a category): case does not matter."""
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 def _text(value: Any) -> str:
@@ -55,6 +67,7 @@ def _text(value: Any) -> str:
 Quantity = Annotated[int, BeforeValidator(_quantity)]
 Count = Annotated[int, BeforeValidator(_count)]
 Text = Annotated[str, BeforeValidator(_text)]
+Keyword = BeforeValidator(_keyword)
 
 
 class Args(BaseModel):
@@ -82,5 +95,6 @@ def describe_errors(exc: ValidationError, labels: dict[str, str]) -> str:
             msg = "must be true or false"
         elif err["type"] in {"string_type"}:
             msg = "must be text"
-        parts.append(f"{label} {msg}")
+        # A rule over several arguments (a model validator) names no field.
+        parts.append(f"{label} {msg}" if label else msg[:1].upper() + msg[1:])
     return "; ".join(parts) + "."

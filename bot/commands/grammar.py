@@ -50,6 +50,7 @@ class Pattern:
 
 
 _OPTION = re.compile(r"--[a-z][a-z0-9-]*")
+_CLOSING_QUOTE = re.compile(r"(?<!\w)’|’(?!\w)")
 
 
 def compile_usage(usage: str) -> Pattern:
@@ -114,8 +115,10 @@ class Parsed:
 def tokenize(text: str) -> list[str]:
     if len(text) > MAX_COMMAND_LENGTH:
         raise UsageError(f"The command is {len(text)} characters long; at most {MAX_COMMAND_LENGTH}.")
-    # Teams and phones turn quotes into typographic ones; treat them as plain quotes.
-    text = text.translate(str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'", "\u00a0": " "}))
+    # Teams and phones turn quotes into typographic ones; treat them as plain quotes — except
+    # an apostrophe inside a word (O’Brien), which stays part of the word.
+    text = text.translate(str.maketrans({"“": '"', "”": '"', "‘": "'", "\u00a0": " "}))
+    text = _CLOSING_QUOTE.sub("'", text)
     try:
         lexer = shlex.shlex(text, posix=True, punctuation_chars=False)
         lexer.whitespace_split = True

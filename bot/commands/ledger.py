@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import model_validator
 
-from bot.commands.args import Args, Count, Quantity, Text
+from bot.commands.args import Args, Count, Keyword, Quantity, Text
 from bot.commands.registry import Context, command
 from bot.commands.reply import Changed, FormField, Reply, Table
 from bot.domain import ledger
@@ -71,8 +71,8 @@ def paged(
 
 
 class ProductsArgs(Args):
-    category: Literal["technical", "licenses"] | None = None
-    kind: ProductKind | None = None
+    category: Annotated[Literal["technical", "licenses"] | None, Keyword] = None
+    kind: Annotated[ProductKind | None, Keyword] = None
     country: Text | None = None
     page: Quantity = 1
 
@@ -110,10 +110,10 @@ async def products(ctx: Context, args: ProductsArgs) -> Reply:
 
 class ProductAddArgs(Args):
     name: Text
-    kind: ProductKind | None = None
+    kind: Annotated[ProductKind | None, Keyword] = None
     license: bool = False
     country: Text | None = None
-    type: NumberType | None = None
+    type: Annotated[NumberType | None, Keyword] = None
     capacity: Count | None = None
     unit: Text | None = None
     sku: Text | None = None
@@ -270,7 +270,7 @@ async def subscriptions(ctx: Context, args: SubscriptionsArgs) -> Reply:
 class SubscriptionAddArgs(Args):
     code: Text
     customer: Text
-    mode: SubscriptionMode = SubscriptionMode.DIRECT_ROUTING
+    mode: Annotated[SubscriptionMode, Keyword] = SubscriptionMode.DIRECT_ROUTING
 
 
 @command(
