@@ -4,6 +4,7 @@ host never followed, each added or updated account audited in the same transacti
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -17,6 +18,7 @@ from bot.commands.registry import Context
 from bot.commands.reply import Error, Message, Reply
 from bot.domain import directory, ledger
 from bot.domain.change import Origin, verify_chain
+from bot.domain.directory_sync import DirectoryMember, sync_accounts
 from bot.domain.models import Account, AccountKind, AuditEvent, ProductKind
 from bot.domain.usage import usage_report
 from tests.fakes import FakeGraph, FakeIdentityProvider
@@ -303,3 +305,54 @@ async def test_wrong_group_subscription_or_no_graph_are_clear_answers(
     assert listed_before == 1  # only the missing group was asked for; the typo never reached Graph
     assert isinstance(no_graph, Error) and "not configured here" in no_graph.text
     assert await Account.all().count() == 0
+
+
+async def test_what_is_not_a_usable_user_is_skipped_with_the_reason(ledger_data: str) -> None:
+    members = [
+        DirectoryMember(oid("user:ok"), "user", "Ok@Acme.example", "Ok\u0007 User"),
+        DirectoryMember(
+            oid("user:guest"), "user", "ann_fabrikam.com#EXT#@acme.onmicrosoft.com", "Ann"
+        ),
+        DirectoryMember(oid("user:ok"), "user", "ok@acme.example", "Ok User"),  # listed twice
+        DirectoryMember(oid("user:twin"), "user", "OK@acme.example", "Twin"),
+        DirectoryMember(oid("user:no-upn"), "user", None, "No Upn"),
+        DirectoryMember(oid("user:bad-upn"), "user", "not an upn", "Bad Upn"),
+        DirectoryMember(oid("device:1"), "device", None, "Lobby phone"),
+        DirectoryMember("not-a-guid", "user", "x@acme.example", "X"),
+        DirectoryMember(oid("group:n"), "group", None, "Nested"),
+    ]
+    origin = Origin(oid("user:alice"), "Alice", "chat")
+    report = await sync_accounts(origin, "acme-01", SYNC_GROUP.upper(), members)
+    assert report.added == ["Ok@Acme.example", "ann_fabrikam.com#EXT#@acme.onmicrosoft.com"]
+    assert report.nested_groups == 1 and report.subscription == "ACME-01"
+    assert report.group_id == SYNC_GROUP
+    reasons = dict(report.skipped)
+    assert reasons["OK@acme.example"] == "another member of the group has the same UPN"
+    assert reasons["No Upn"] == "has no user principal name"
+    assert "is not a UPN" in reasons["not an upn"]
+    assert reasons["Lobby phone"] == "is a device, not a user"
+    assert reasons["x@acme.example"] == "has no valid Entra object id"
+    ok = (await accounts())["Ok@Acme.example"]
+    assert ok.display_name == "Ok User"  # the control character is gone
+
+
+async def test_concurrent_runs_never_add_an_account_twice(
+    idp: FakeIdentityProvider, graph: ScriptedGraph, pg_database: str
+) -> None:
+    origin = Origin("setup", "Setup", "cli")
+    await ledger.add_customer(origin, "Contoso")
+    await ledger.add_subscription(origin, "ACME-01", "Contoso")
+    async with admin_context(idp, graph) as ctx:
+        results = await asyncio.gather(*(sync(ctx) for _ in range(4)))
+        for reply in results:
+            assert isinstance(reply, Message) or (
+                isinstance(reply, Error)
+                and reply.code == "conflict"
+                and "nothing was changed" in reply.text
+            ), reply
+        assert sum(r.data["added"] for r in results if isinstance(r, Message)) == 15
+        again = await sync(ctx)
+    assert isinstance(again, Message) and again.data["unchanged"] == 15
+    assert len(await accounts()) == 15
+    assert await AuditEvent.filter(action="account.add").count() == 15
+    assert (await verify_chain())[0]

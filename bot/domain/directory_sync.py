@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
-from tortoise.exceptions import IntegrityError
 from tortoise.functions import Lower
 
 from bot.domain.change import Change, Origin, change
 from bot.domain.directory import check_upn
-from bot.domain.errors import Conflict, InvalidInput
+from bot.domain.errors import InvalidInput
 from bot.domain.ledger import find_subscription
 from bot.domain.models import Account, AccountKind, Subscription
 
@@ -139,23 +138,19 @@ async def sync_accounts(
     kind = AccountKind(kind)
     report = SyncReport(subscription_code, group_id, kind, dry_run)
     candidates = _candidates(members, report)
-    try:
-        async with change(origin, dry_run=dry_run) as ch:
-            sub = await find_subscription(subscription_code, ch.conn)
-            report.subscription = sub.code
-            await _apply(ch, sub, kind, candidates, report)
-            if report.added or report.updated:
-                ch.record(
-                    "directory.sync",
-                    f"subscription:{sub.code}",
-                    None,
-                    {"group": group_id, "kind": kind.value, **report.counts()},
-                )
-    except IntegrityError as exc:
-        raise Conflict(
-            "Another change added or renamed some of these accounts at the same moment; "
-            "nothing was changed. Run the sync again."
-        ) from exc
+    # A run racing another change to the same accounts fails whole on the unique indexes
+    # (upn in any case, object id): `change` answers Conflict and nothing is kept.
+    async with change(origin, dry_run=dry_run) as ch:
+        sub = await find_subscription(subscription_code, ch.conn)
+        report.subscription = sub.code
+        await _apply(ch, sub, kind, candidates, report)
+        if report.added or report.updated:
+            ch.record(
+                "directory.sync",
+                f"subscription:{sub.code}",
+                None,
+                {"group": group_id, "kind": kind.value, **report.counts()},
+            )
     return report
 
 
@@ -186,14 +181,14 @@ def _candidates(members: Iterable[DirectoryMember], report: SyncReport) -> list[
             report.skipped.append((label, "has no user principal name"))
             continue
         try:
-            upn = check_upn(m.upn or "")  # the same rule as `user add`: stored lower-case
+            upn = check_upn(m.upn or "")  # the same rule as `user add`
         except InvalidInput as exc:
             report.skipped.append((label, exc.message))
             continue
-        if upn in seen_upns:
+        if upn.lower() in seen_upns:  # UPNs are case-insensitive
             report.skipped.append((upn, "another member of the group has the same UPN"))
             continue
-        seen_upns.add(upn)
+        seen_upns.add(upn.lower())
         name = _clean(m.display_name or "", MAX_DISPLAY_NAME) or upn
         users.append(DirectoryMember(oid, "user", upn, name))
     return users
