@@ -101,7 +101,8 @@ async def add_account(
         existing = await by_upn(key).using_db(ch.conn).prefetch_related("subscription").first()
         if existing is not None:
             raise AlreadyExists(
-                f"{key} already exists ({describe(existing)} of {existing.subscription.code})."
+                f"{describe(existing)} already exists in {existing.subscription.code} "
+                "(a UPN is the same whatever its case)."
             )
         try:
             await Account.create(
