@@ -1,7 +1,7 @@
 """The local try-out, end to end: the demo catalog, and the Microsoft 365 Agents Playground
 driving the real bot in headless Chromium inside a loopback-only network namespace.
 
-The browser test needs `unshare` (root, or unprivileged user namespaces), `ip`, Debian's
+The browser test needs `unshare` (root, or unprivileged user namespaces), Debian's
 chromium, node and the pinned node modules of tests/e2e (`make node-deps`). Without them it is
 skipped, unless FUSION_REQUIRE_BROWSER=1 (CI), where it fails instead.
 """
@@ -114,7 +114,7 @@ def _ensure_node_modules() -> None:
 
 
 def _missing() -> str | None:
-    for tool in ("unshare", "ip", "node"):
+    for tool in ("unshare", "node"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
     if not os.access(CHROMIUM, os.X_OK):
@@ -170,20 +170,29 @@ def _row(cells: list[str], first: str, width: int) -> list[str]:
 def test_playground_drives_the_bot_in_headless_chromium(
     playground_tools: None, artifacts: Path, tmp_path: Path
 ) -> None:
-    out = artifacts / "playground"
-    shutil.rmtree(out, ignore_errors=True)
+    # Written under tmp_path, then copied to test-artifacts/playground/: runs side by side in
+    # one working tree do not trample on each other's files.
+    out = tmp_path / "out"
     steps = tmp_path / "steps.json"
     steps.write_text(json.dumps(STEPS))
     database_url = f"sqlite://{tmp_path / 'playground.sqlite3'}"
-    env = {**os.environ, "DATABASE_URL": database_url, "FUSION_DEV_ADMINS": PLAYGROUND_USER}
+    env = {**os.environ, "DATABASE_URL": database_url, "FUSION_DEV_ADMINS": PLAYGROUND_USER,
+           "PLAYGROUND_PYTHON": sys.executable, "PLAYGROUND_WORKDIR": str(tmp_path / "work")}
 
-    run = subprocess.run(
-        [*_unshare_prefix(), str(E2E / "playground.sh"), "drive", str(steps), str(out)],
-        cwd=tmp_path, env=env, text=True, capture_output=True, timeout=RUN_TIMEOUT, check=False,
-    )
-
-    (out / "run.log").write_text(run.stdout + run.stderr)
-    assert run.returncode == 0, f"the Playground run failed; see {out}:\n{run.stdout}\n{run.stderr}"
+    try:
+        run = subprocess.run(
+            [*_unshare_prefix(), str(E2E / "playground.sh"), "drive", str(steps), str(out)],
+            cwd=tmp_path, env=env, text=True, capture_output=True, timeout=RUN_TIMEOUT,
+            check=False,
+        )
+        out.mkdir(exist_ok=True)
+        (out / "run.log").write_text(run.stdout + run.stderr)
+    finally:
+        shutil.rmtree(artifacts / "playground", ignore_errors=True)
+        if out.is_dir():
+            shutil.copytree(out, artifacts / "playground", dirs_exist_ok=True)
+    assert run.returncode == 0, (
+        f"the Playground run failed; see {artifacts / 'playground'}:\n{run.stdout}\n{run.stderr}")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and [s["name"] for s in summary["steps"]] == [s["name"] for s in STEPS]
     cards = {s["name"]: _cells(s["card"]) for s in summary["steps"]}
