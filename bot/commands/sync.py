@@ -1,4 +1,9 @@
-"""`users sync`: a subscription's Teams users (or resource accounts) from an Entra group."""
+"""`users sync`: a subscription's Teams users (or resource accounts) from an Entra group.
+
+The directory does not say which users are resource accounts, so the caller says what the
+group holds: `--kind user` (the default), `auto-attendant` or `call-queue`. Resource accounts
+are synced from a group that holds only them.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +28,8 @@ class SyncArgs(Args):
 @command(
     "users sync",
     "users sync SUBSCRIPTION from-group GROUP-ID [--kind user|auto-attendant|call-queue]",
-    "Add or update a subscription's Teams users from an Entra group (its transitive members); "
-    "resource accounts with --kind auto-attendant|call-queue from a group that holds only them",
+    "Add or update a subscription's Teams users (or, with --kind, resource accounts) "
+    "from the members of an Entra group",
     SyncArgs,
     mutating=True,
     form=(
