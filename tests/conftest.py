@@ -43,14 +43,15 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
+def postgres_url() -> Iterator[str]:
     problem = dbutil.postgres_available()
     if problem is not None:
         if dbutil.REQUIRE_POSTGRES:
             pytest.fail(f"PostgreSQL is required (FUSION_REQUIRE_POSTGRES=1) but: {problem}")
         pytest.skip(f"PostgreSQL not available: {problem}")
     dbutil.prepare(dbutil.POSTGRES_URL)
-    return dbutil.POSTGRES_URL
+    yield dbutil.POSTGRES_URL
+    dbutil.drop(dbutil.POSTGRES_URL)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

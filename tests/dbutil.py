@@ -12,9 +12,10 @@ from tortoise import Tortoise
 from bot.domain import db
 
 GENESIS = "0" * 64
-POSTGRES_URL = os.environ.get(
-    "FUSION_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/fusion_test"
-)
+# The server to test against. Each test session makes its own database on it (named after
+# the session's process id), so parallel sessions never drop each other's database.
+SERVER_URL = os.environ.get("FUSION_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/fusion_test")
+POSTGRES_URL = f"{SERVER_URL.rsplit('/', 1)[0]}/{SERVER_URL.rsplit('/', 1)[1]}_{os.getpid()}"
 REQUIRE_POSTGRES = os.environ.get("FUSION_REQUIRE_POSTGRES", "") == "1"
 
 
@@ -50,6 +51,21 @@ def postgres_available() -> str | None:
         return None
     except Exception as exc:  # noqa: BLE001 - any failure means "not available"
         return f"{type(exc).__name__}: {exc}"
+
+
+def drop(url: str) -> None:
+    """Remove a session's PostgreSQL database."""
+    import asyncpg
+
+    async def run() -> None:
+        admin, name = _admin_dsn(url)
+        conn = await asyncpg.connect(admin.replace("postgres://", "postgresql://", 1), timeout=5)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
 
 
 def prepare(url: str) -> None:
