@@ -7,6 +7,7 @@ wrong type, an unknown field or an oversized value is refused before anything ru
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -59,6 +60,8 @@ def _text(value: Any) -> str:
     value = value.strip()
     if not value:
         raise ValueError("is empty")
+    if any(unicodedata.category(ch) in {"Cc", "Cs"} and not ch.isspace() for ch in value):
+        raise ValueError("contains control or invalid characters")
     if len(value) > 500:
         raise ValueError(f"is {len(value)} characters long; at most 500")
     return value

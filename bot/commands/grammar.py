@@ -51,6 +51,9 @@ class Pattern:
 
 _OPTION = re.compile(r"--[a-z][a-z0-9-]*")
 _CLOSING_QUOTE = re.compile(r"(?<!\w)’|’(?!\w)")
+# C0/C1 controls (not whitespace) and lone surrogates: never part of a name, and PostgreSQL
+# cannot store a NUL or an unpaired surrogate in text at all.
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def compile_usage(usage: str) -> Pattern:
@@ -115,6 +118,8 @@ class Parsed:
 def tokenize(text: str) -> list[str]:
     if len(text) > MAX_COMMAND_LENGTH:
         raise UsageError(f"The command is {len(text)} characters long; at most {MAX_COMMAND_LENGTH}.")
+    if _CONTROL.search(text):
+        raise UsageError("The command contains control or invalid characters; type it without them.")
     # Teams and phones turn quotes into typographic ones; treat them as plain quotes — except
     # an apostrophe inside a word (O’Brien), which stays part of the word.
     text = text.translate(str.maketrans({"“": '"', "”": '"', "‘": "'", "\u00a0": " "}))
