@@ -394,7 +394,7 @@ async def reserve(
         product = await pool_product(ch.conn, sub, ProductKind.NUMBERS, country=cc, number_type=nt)
         entitlement = (await lock_entitlements(ch.conn, sub, [product]))[product.id]
         entitlement.require(quantity)
-        await _lock_pool(ch.conn, cc, nt)
+        await lock_pool(ch.conn, cc, nt)
         picked = await _lock(
             PhoneNumber.filter(_free(moment), country=cc, number_type=nt)
             .order_by("e164")
@@ -469,7 +469,7 @@ async def _prepare(
     return _Draw(account, sub, entitlements[numbers_product.id], seats)
 
 
-async def _lock_pool(conn: BaseDBAsyncClient, country: str, number_type: NumberType) -> None:
+async def lock_pool(conn: BaseDBAsyncClient, country: str, number_type: NumberType) -> None:
     """Take turns picking free numbers of one country and type (PostgreSQL).
 
     Skipping locked rows alone could leave a picker short while others hold rows they will
@@ -541,7 +541,7 @@ async def assign_next(
         )
         if row is None:
             draw.numbers.require(1)
-            await _lock_pool(ch.conn, cc, nt)
+            await lock_pool(ch.conn, cc, nt)
             row = await _lock(
                 PhoneNumber.filter(_free(moment), country=cc, number_type=nt)
                 .order_by("e164")
