@@ -181,28 +181,37 @@ class Scheduler:
         return slot
 
     async def _claim(
-        self, sub_id: int, slot: datetime, existing: dict[Any, Any], now: datetime
-    ) -> bool:
-        row = existing.get((sub_id, slot))
-        if row is None:
-            try:
-                await DigestDelivery.create(
-                    digest_id=sub_id,
-                    slot=slot,
-                    status=PENDING,
-                    claimed_by=self.holder,
-                    claimed_at=now,
-                )
-            except IntegrityError:
-                return False  # another instance claimed it first
-            return True
-        if row["status"] != PENDING:
-            return False
-        # Left pending by an instance that died mid-send: take it over once it is stale.
-        taken = await DigestDelivery.filter(
-            id=row["id"], status=PENDING, claimed_at__lt=now - STALE_CLAIM
-        ).update(claimed_by=self.holder, claimed_at=now)
-        return taken == 1
+        self, due: list[tuple[DigestSubscription, datetime]], now: datetime
+    ) -> list[tuple[DigestSubscription, datetime]]:
+        """Claim the due slots nobody has claimed (one unique row each); return ours."""
+        ids = [s.id for s, _ in due]
+        first = min(slot for _, slot in due)
+        rows = await DigestDelivery.filter(digest_id__in=ids, slot__gte=first).values(
+            "id", "digest_id", "slot", "status", "claimed_at"
+        )
+        existing = {(r["digest_id"], r["slot"]): r for r in rows}
+        fresh = [
+            DigestDelivery(
+                digest_id=s.id, slot=slot, status=PENDING, claimed_by=self.holder, claimed_at=now
+            )
+            for s, slot in due
+            if (s.id, slot) not in existing
+        ]
+        if fresh:
+            # A row another instance inserted first stays theirs (the insert is skipped).
+            await DigestDelivery.bulk_create(fresh, ignore_conflicts=True)
+        for r in existing.values():
+            if r["status"] == PENDING and r["claimed_at"] < now - STALE_CLAIM:
+                # Left pending by an instance that died mid-send: take it over.
+                await DigestDelivery.filter(
+                    id=r["id"], status=PENDING, claimed_at__lt=now - STALE_CLAIM
+                ).update(claimed_by=self.holder, claimed_at=now)
+        mine = set(
+            await DigestDelivery.filter(
+                digest_id__in=ids, slot__gte=first, status=PENDING, claimed_by=self.holder
+            ).values_list("digest_id", "slot")
+        )
+        return [(s, slot) for s, slot in due if (s.id, slot) in mine]
 
     async def deliver_due(self, now: datetime) -> list[Delivery]:
         """Post every digest whose latest slot is due and unclaimed; one claim per slot."""
@@ -214,25 +223,28 @@ class Scheduler:
         due = [(s, slot) for s in subs if (slot := self._due_slot(s, now, cache)) is not None]
         if not due:
             return []
-        rows = await DigestDelivery.filter(
-            digest_id__in=[s.id for s, _ in due], slot__gte=min(slot for _, slot in due)
-        ).values("id", "digest_id", "slot", "status")
-        existing = {(r["digest_id"], r["slot"]): r for r in rows}
-        claimed = [(s, slot) for s, slot in due if await self._claim(s.id, slot, existing, now)]
+        claimed = await self._claim(due, now)
         if not claimed:
             return []
         try:
             base = await build_report(now, self.settings.alert_threshold_percent)
+            previous = await self._previous_slots(claimed)
+            # Digests with the same "since" get the same card: build each card once.
+            cards: dict[datetime, tuple[dict[str, Any], str]] = {}
+            for since in set(previous.values()):
+                report = replace(base)
+                await add_changes(report, since)
+                reply = digest_reply(report, page=1, page_size=self.settings.page_size)
+                cards[since] = (render(reply), _summary(report))
         except Exception as exc:
             log.exception("digest could not be built")
             await self._release_claims(claimed, f"the digest could not be built: {exc}")
             raise
-        previous = await self._previous_slots(claimed)
         gate = asyncio.Semaphore(self._concurrency)
 
         async def deliver(sub: DigestSubscription, slot: datetime) -> Delivery:
             async with gate:
-                return await self._deliver(sub, slot, base, previous[sub.id], now)
+                return await self._deliver(sub, slot, *cards[previous[sub.id]])
 
         return list(await asyncio.gather(*(deliver(s, slot) for s, slot in claimed)))
 
@@ -247,29 +259,24 @@ class Scheduler:
         for r in rows:
             if r["digest_id"] not in last or r["slot"] > last[r["digest_id"]]:
                 last[r["digest_id"]] = r["slot"]
-        out = {}
+        out: dict[int, datetime] = {}
+        before: dict[tuple[str, str, datetime], datetime | None] = {}
         for sub, slot in claimed:
-            fallback = schedule_of(sub).latest_at_or_before(slot - timedelta(microseconds=1))
-            out[sub.id] = last.get(sub.id) or fallback or slot - timedelta(days=1)
+            if sub.id in last:
+                out[sub.id] = last[sub.id]
+                continue
+            key = (sub.cron, sub.timezone, slot)
+            if key not in before:
+                before[key] = schedule_of(sub).latest_at_or_before(slot - timedelta(microseconds=1))
+            out[sub.id] = before[key] or slot - timedelta(days=1)
         return out
 
     async def _deliver(
-        self,
-        sub: DigestSubscription,
-        slot: datetime,
-        base: DigestReport,
-        since: datetime,
-        now: datetime,
+        self, sub: DigestSubscription, slot: datetime, card: dict[str, Any], summary: str
     ) -> Delivery:
         assert self.sender is not None
         try:
-            report = replace(base)
-            await add_changes(report, since)
-            reply = digest_reply(report, page=1, page_size=self.settings.page_size)
-            card = render(reply)
-            result = await self.sender.post_card(
-                Target.of(sub.conversation), card, _summary(report)
-            )
+            result = await self.sender.post_card(Target.of(sub.conversation), card, summary)
         except Exception as exc:  # a bug or outage for one digest must not stop the others
             log.exception("digest delivery failed", extra={"digest_id": sub.id})
             result = SendResult(SendOutcome.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
