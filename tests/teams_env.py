@@ -7,15 +7,19 @@ blocks, facts and table cells.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
+import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from app import create_app
@@ -25,6 +29,7 @@ from bot.domain.change import Origin
 from bot.domain.models import ProductKind
 from bot.domain.naming import set_naming_rule
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity, shared_tls
+from tests.fakes._server import ThreadedServer
 
 APP_ID = "6a0d8f3e-2b1c-4c6d-9e7f-1a2b3c4d5e6f"
 APP_SECRET = "teams-test-secret"
@@ -100,6 +105,12 @@ def auth_settings(
     return replace(settings, **overrides)
 
 
+@dataclass(frozen=True)
+class Posted:
+    status: int
+    body: Any  # the JSON answer (an invoke response), if any
+
+
 @dataclass
 class RunningBot:
     """The app on 127.0.0.1:<port>, and a client that posts activities to it."""
@@ -112,12 +123,20 @@ class RunningBot:
         return str(self.server.make_url("/api/messages"))
 
     async def post(
-        self, activity: dict[str, Any], token: str | None = None
-    ) -> aiohttp.ClientResponse:
+        self,
+        activity: dict[str, Any],
+        token: str | None = None,
+        *,
+        authorization: str | None = None,
+    ) -> Posted:
+        """POST an activity with `Bearer token` (or a raw Authorization header)."""
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        if authorization is not None:
+            headers["Authorization"] = authorization
         async with self.http.post(self.messages_url, json=activity, headers=headers) as resp:
-            await resp.read()
-            return resp
+            body = await resp.read()
+            parsed = json.loads(body) if resp.content_type == "application/json" else None
+            return Posted(resp.status, parsed)
 
     async def get(self, path: str) -> tuple[int, Any]:
         async with self.http.get(str(self.server.make_url(path))) as resp:
@@ -231,3 +250,64 @@ async def seed_ledger() -> None:
     await ledger.add_subscription(SEED, "ACME-01", "Contoso Ltd")
     await ledger.add_product(SEED, "TEAMS-SEATS", ProductKind.TEAMS_SEATS, 10)
     await ledger.add_product(SEED, "SIP-CHANNELS", ProductKind.SIP_CHANNELS, 30)
+
+
+# ----- a slow upstream ------------------------------------------------------------------------
+
+
+class HeldProxy(ThreadedServer):
+    """HTTPS relay (own thread) to `upstream` that holds chosen requests until `release()`.
+
+    Answers are rewritten so that the upstream's own links point back through the relay. While
+    a request of the bot's is held, the test can check that the bot's event loop still serves
+    other requests — which it could not if the bot waited in a blocking call on that loop.
+    """
+
+    def __init__(
+        self, upstream: str, hold: Callable[[web.Request], bool], max_hold: float = 15
+    ) -> None:
+        super().__init__(https=True)
+        self.upstream = upstream.rstrip("/")
+        self._hold = hold
+        self._max_hold = max_hold
+        self._released = threading.Event()
+        self.held = threading.Event()
+        self.waiting = 0  # requests being held right now
+        self._client: aiohttp.ClientSession | None = None
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def wait_held(self) -> None:
+        assert await asyncio.to_thread(self.held.wait, 10), "nothing was held"
+
+    def build_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        return app
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        if self._hold(request):
+            self.waiting += 1
+            self.held.set()
+            await asyncio.to_thread(self._released.wait, self._max_hold)
+            self.waiting -= 1
+        if self._client is None:
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=shared_tls().client_ssl_context())
+            )
+        body = await request.read()
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in {"host", "content-length"}
+        }
+        async with self._client.request(
+            request.method, self.upstream + request.path_qs, data=body, headers=headers
+        ) as resp:
+            payload = (await resp.read()).replace(self.upstream.encode(), self.base_url.encode())
+            return web.Response(body=payload, status=resp.status, content_type=resp.content_type)
+
+    def stop(self) -> None:
+        if self._client is not None and self._loop is not None:
+            self.call(self._client.close())
+            self._client = None
+        super().stop()

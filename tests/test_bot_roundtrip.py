@@ -263,6 +263,9 @@ async def test_form_submitted_through_action_execute(turns: Turns) -> None:
     del invoke["text"]
     resp = await turns.bot.post(invoke, turns.token())
     assert resp.status == 200
+    assert resp.body["statusCode"] == 200
+    assert resp.body["type"] == "application/vnd.microsoft.card.adaptive"
+    assert ["Allocated", "0", "5"] in table(resp.body["value"])
     allocation = await Allocation.get(product__name="TEAMS-SEATS", subscription__code="ACME-01")
     assert allocation.quantity == 5
     event = await AuditEvent.get(action="allocation.allocate")

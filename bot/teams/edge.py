@@ -199,7 +199,11 @@ class Edge:
     settings: Settings
     adapter: CloudAdapter
     bot: Bot
+    # Outbound: trusted service URLs + reused connector clients (replies, adapter proactive).
     connectors: ConnectorPool
+    # The bot's own tokens (None in local development mode); proactive senders use
+    # `credentials.connector_token` with `connectors.trusted.trusts`.
+    credentials: ClientCredentials | None = None
     signing_keys: SigningKeys | None = None
     services: dict[str, Any] = field(default_factory=dict)
 
@@ -313,4 +317,4 @@ def build_edge(
         if settings.dev_mode
         else SigningKeys.install(settings.botframework_openid_metadata, session)
     )
-    return Edge(settings, adapter, bot, connectors, keys, front_door)
+    return Edge(settings, adapter, bot, connectors, credentials, keys, front_door)
