@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 
@@ -46,14 +47,13 @@ from bot.domain.digests import (
     REMOVED,
     SENT,
     DigestReport,
-    Schedule,
     add_changes,
     build_report,
     schedule_of,
     take_snapshot,
 )
 from bot.domain.models import DigestDelivery, DigestSubscription, SchedulerLease
-from bot.teams.proactive import ProactiveSender, SendOutcome, SendResult, Target
+from bot.teams.proactive import ProactiveSender, SendOutcome, SendResult, Target, TokenSource
 from bot.teams.render import render
 
 log = logging.getLogger("bot.scheduler")
@@ -201,10 +201,13 @@ class Scheduler:
             # A row another instance inserted first stays theirs (the insert is skipped).
             await DigestDelivery.bulk_create(fresh, ignore_conflicts=True)
         for r in existing.values():
-            if r["status"] == PENDING and r["claimed_at"] < now - STALE_CLAIM:
+            stale = r["claimed_at"] is None or r["claimed_at"] < now - STALE_CLAIM
+            if r["status"] == PENDING and stale:
                 # Left pending by an instance that died mid-send: take it over.
                 await DigestDelivery.filter(
-                    id=r["id"], status=PENDING, claimed_at__lt=now - STALE_CLAIM
+                    Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - STALE_CLAIM),
+                    id=r["id"],
+                    status=PENDING,
                 ).update(claimed_by=self.holder, claimed_at=now)
         mine = set(
             await DigestDelivery.filter(
@@ -351,15 +354,30 @@ def _summary(report: DigestReport) -> str:
     return ", ".join(parts)
 
 
-__all__ = ["Delivery", "Schedule", "Scheduler", "TickReport", "main"]
+__all__ = ["Delivery", "Scheduler", "TickReport", "main", "run_scheduler"]
 
 
 # ----- standalone: python -m bot.scheduler -------------------------------------------------
 
 
-async def _main(ticks: int | None) -> None:
-    import aiohttp
+async def run_scheduler(
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    token: TokenSource | None,
+    is_trusted: Callable[[str], bool],
+    *,
+    ticks: int | None = None,
+) -> None:
+    """The scheduler as a background task of the app: runs until cancelled.
 
+    `session` is the app's shared HTTP session, `token` the bot's Bot Connector token source
+    (None in local development mode), `is_trusted` the trusted service URL check.
+    """
+    sender = ProactiveSender(session, token=token, is_trusted=is_trusted)
+    await Scheduler(settings, sender).run(ticks)
+
+
+async def _main(ticks: int | None) -> None:
     from bot.auth.credentials import ClientCredentials, client_ssl_context
     from bot.domain import db
     from bot.domain.naming import set_naming_rule
@@ -373,12 +391,8 @@ async def _main(ticks: int | None) -> None:
     connector = aiohttp.TCPConnector(ssl=client_ssl_context())
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
-            sender = ProactiveSender(
-                session,
-                token=credentials.connector_token if credentials else None,
-                is_trusted=trusted.trusts,
-            )
-            await Scheduler(settings, sender).run(ticks)
+            token = credentials.connector_token if credentials else None
+            await run_scheduler(settings, session, token, trusted.trusts, ticks=ticks)
     finally:
         if credentials is not None:
             credentials.close()

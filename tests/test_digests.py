@@ -35,6 +35,7 @@ from tests.cardcheck.schema import (
     card_size,
     universal_action_problems,
 )
+from tests.cardcheck import check_cards
 from tests.ledger_state import origin
 
 OPS = origin()
@@ -295,6 +296,9 @@ async def test_digest_card_is_valid_small_and_pages_when_large() -> None:
     huge = render(digest_reply(report, page=1, page_size=60))
     assert card_problems(huge) == []
     assert "did not fit in a card" in _texts(huge)
+    # The official renderer (when installed) reads them without complaint; screenshots go to
+    # test-artifacts/cards/.
+    check_cards({"digest-page-1": card, "digest-page-3": last}, conventions=True)
 
 
 def _walk(node: Any) -> Any:

@@ -202,6 +202,43 @@ async def test_a_slot_missed_while_down_is_sent_once_if_still_recent(
 
 
 @pytest.mark.usefixtures("database")
+async def test_a_claim_left_by_a_dead_instance_is_taken_over_once_stale(
+    session: aiohttp.ClientSession, credentials: ClientCredentials, connector: FakeBotConnector
+) -> None:
+    """An instance claimed the 08:00 slot and died before posting (its row stays pending)."""
+    crashed = await subscribe(connector, "19:crashed@thread.tacv2")
+    busy = await subscribe(connector, "19:busy@thread.tacv2")
+    slot = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    await DigestDelivery.create(
+        digest_id=crashed.id,
+        slot=slot,
+        status="pending",
+        claimed_by="dead:1:x",
+        claimed_at=slot + timedelta(seconds=2),
+    )
+    clock = Clock(slot + timedelta(minutes=20))
+    # The other claim is recent: its instance may still be sending it.
+    await DigestDelivery.create(
+        digest_id=busy.id,
+        slot=slot,
+        status="pending",
+        claimed_by="slow:2:y",
+        claimed_at=clock.now - timedelta(minutes=1),
+    )
+    scheduler = Scheduler(SETTINGS, make_sender(session, credentials, connector), clock=clock)
+    assert (await scheduler.tick()).deliveries == []  # 20 min: not stale yet
+    clock.now = slot + timedelta(minutes=33)
+    assert [(d.digest_id, d.status) for d in (await scheduler.tick()).deliveries] == [
+        (crashed.id, "sent")
+    ]
+    assert posted(connector) == {"19:crashed@thread.tacv2": 1}
+    row = await DigestDelivery.get(digest_id=crashed.id)
+    assert (row.status, row.claimed_by) == ("sent", scheduler.holder)
+    clock.now += timedelta(minutes=1)
+    assert (await scheduler.tick()).deliveries == []
+
+
+@pytest.mark.usefixtures("database")
 async def test_slots_before_the_subscription_are_not_sent(
     session: aiohttp.ClientSession, credentials: ClientCredentials, connector: FakeBotConnector
 ) -> None:

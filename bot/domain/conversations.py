@@ -12,6 +12,7 @@ to a digest is (see `digests.subscribe`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from tortoise.exceptions import IntegrityError
@@ -91,6 +92,6 @@ async def find(conversation_id: str) -> ConversationRef | None:
 async def mark_inactive(conversation_id: str) -> bool:
     """The bot was removed or blocked there: stop posting. True if it was active."""
     changed = await ConversationRef.filter(conversation_id=conversation_id, active=True).update(
-        active=False
+        active=False, updated_at=datetime.now(UTC)
     )
     return changed > 0

@@ -73,6 +73,7 @@ def bar(share: float, style: str) -> dict[str, Any]:
             "width": 100 - filled,
             "style": "emphasis",
             "minHeight": "8px",
+            "spacing": "None",
             "items": [],
         },
     ]
