@@ -27,7 +27,7 @@ from bot.commands.dispatch import run_text
 from bot.commands.registry import Context
 from bot.config import Settings
 from bot.domain import conversations
-from bot.teams.cards import after_reply, card_activity, handle_card_action
+from bot.teams.cards import after_reply, card_activity, handle_card_action, same_answer
 from bot.teams.render import render
 
 log = logging.getLogger("bot.teams.bot")
@@ -107,6 +107,7 @@ class FusionBot(ActivityHandler):
             return
         actor = actor_from(activity, "chat")
         reply = await run_text(text, self._context(actor))
+        reply = await same_answer(reply)  # a redelivered activity: what the first one did
         sent = await turn_context.send_activity(card_activity(render(reply)))
         await after_reply(turn_context, reply, sent.id if sent else None)
 

@@ -185,16 +185,27 @@ async def _submit_form(data: dict[str, Any], ctx: Context) -> Reply:
         form.title = f"{spec.summary}: not done"
         form.ok = False
         return form
-    if isinstance(reply, Message) and isinstance(reply.data, dict) and reply.data.get("duplicate"):
-        return await same_answer(reply)
-    return reply
+    return await same_answer(reply, "This form was already sent; nothing was changed again.")
 
 
-async def same_answer(duplicate: Message) -> Reply:
-    """For a form sent again: what the first submission did, not a second change."""
-    events = duplicate.data.get("outcome") if isinstance(duplicate.data, dict) else None
+def is_duplicate(reply: Reply) -> bool:
+    return (
+        isinstance(reply, Message)
+        and isinstance(reply.data, dict)
+        and bool(reply.data.get("duplicate"))
+    )
+
+
+async def same_answer(
+    reply: Reply, note: str = "This was already done; nothing was changed again."
+) -> Reply:
+    """For a request carried out before (a redelivered activity, a form sent again): what the
+    first one did — its before → after, or its approval request as it now stands — instead of
+    a bare "already done". Any other reply is returned as it is."""
+    if not is_duplicate(reply):
+        return reply
+    events = reply.data.get("outcome")
     events = events if isinstance(events, list) else []
-    note = "This form was already sent; nothing was changed again."
     for event in events:
         if isinstance(event, dict) and event.get("action") == "approval.request":
             after = event.get("after") or {}
@@ -205,9 +216,9 @@ async def same_answer(duplicate: Message) -> Reply:
             return approval_reply(request, note)
     first = events[0] if events and isinstance(events[0], dict) else None
     if first is None:
-        return duplicate
+        return reply
     return Changed(
-        title=f"Already done: {first.get('action', '')} {first.get('target', '')}".strip(),
+        title="Already done",
         text=note,
         target=str(first.get("target", "")),
         before=first.get("before") if isinstance(first.get("before"), dict) else None,
