@@ -102,12 +102,12 @@ start_stack() {
   say "seeding the demo catalog"
   "$PY" -m bot.demo >"$work/demo.log" 2>&1 || { cat "$work/demo.log" >&2; die "demo seed failed"; }
 
-  say "starting the bot on http://127.0.0.1:$BOT_PORT/api/messages"
+  say "starting the bot (in the namespace: http://127.0.0.1:$BOT_PORT/api/messages)"
   "$PY" "$ROOT/app.py" >"$work/bot.log" 2>&1 &
   pids+=($!)
   wait_http "http://127.0.0.1:$BOT_PORT/healthz" "${pids[-1]}" "the bot" "$work/bot.log"
 
-  say "starting the Agents Playground on http://127.0.0.1:$PLAYGROUND_PORT_INSIDE"
+  say "starting the Agents Playground (in the namespace: http://127.0.0.1:$PLAYGROUND_PORT_INSIDE)"
   (cd "$work" && TEAMSAPPTESTER_BROWSER=none M365_AGENTS_PLAYGROUND_LOGFILE="$work/playground.log" \
     exec "$NODE" "$PLAYGROUND_CLI" start --disable-telemetry --channel-id msteams \
       --app-endpoint "http://127.0.0.1:$BOT_PORT/api/messages" \
@@ -158,6 +158,11 @@ case "$cmd" in
   open)
     port=${PLAYGROUND_PORT:-56150}
     export DATABASE_URL=${DATABASE_URL:-sqlite://$ROOT/fusion.sqlite3}
+    # shellcheck disable=SC2046
+    unshare $(unshare_args) true 2>/dev/null || die "cannot make a loopback-only network namespace \
+here ($(unshare $(unshare_args) true 2>&1 | head -n 1)). Linux only; as a non-root user it needs \
+unprivileged user namespaces (some distributions restrict them: sysctl \
+kernel.apparmor_restrict_unprivileged_userns), otherwise run it as root."
     run=$(mktemp -d)
     chmod 755 "$run"
     sock=$run/playground.sock
