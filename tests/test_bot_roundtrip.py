@@ -304,3 +304,44 @@ async def test_another_tenant_is_refused_politely(
         assert texts(card)[0] == "Not available here"
         assert "TEAMS-SEATS" not in " ".join(texts(card))
         assert await snapshot() == before
+
+
+NOT_AN_ACTIVITY: list[Any] = [
+    [],
+    "text",
+    5,
+    {"type": None},
+    {"type": "message", "entities": "not a list"},
+    {"type": "message", "from": "x", "conversation": 3, "serviceUrl": 7},
+    {"type": "message", "timestamp": "not a date"},
+]
+
+ODD_BUT_HANDLED: list[tuple[dict[str, Any], int]] = [
+    ({"type": "no-such-type"}, 201),
+    ({"type": "message", "text": 12, "conversation": {"id": 5}}, 201),
+    ({"type": "message", "entities": [{"type": "mention", "mentioned": "x", "text": 5}]}, 201),
+    ({"type": "message", "channelData": "x", "value": [1]}, 201),
+    ({"type": "invoke", "name": "adaptiveCard/action", "value": "x"}, 400),
+    (
+        {
+            "type": "invoke",
+            "name": "adaptiveCard/action",
+            "value": {"action": {"type": "Action.Submit"}},
+        },
+        400,
+    ),
+    ({"type": "invoke", "name": "no/such/invoke", "value": {}}, 501),
+    ({"type": "conversationUpdate", "membersRemoved": [{"id": None}]}, 201),
+    ({"type": "installationUpdate", "action": 5}, 201),
+]
+
+
+async def test_bodies_of_any_shape_never_get_a_500(empty_db_url: str) -> None:
+    with FakeBotConnector(None) as plain:
+        async with running_bot(dev_settings(empty_db_url, plain)) as bot:
+            for body in NOT_AN_ACTIVITY:
+                assert (await bot.post(body)).status == 400, body  # type: ignore[arg-type]
+            for fields, status in ODD_BUT_HANDLED:
+                activity = message("help", plain.service_url)
+                activity.update(fields)
+                assert (await bot.post(activity)).status == status, fields

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 from botbuilder.core import ActivityHandler, TurnContext
@@ -116,6 +117,17 @@ class FusionBot(ActivityHandler):
     ) -> AdaptiveCardInvokeResponse | None:
         actor = actor_from(turn_context.activity, "card")
         return await handle_card_action(turn_context, actor, self._context(actor))
+
+    def _create_adaptive_card_invoke_error_response(
+        self, status_code: HTTPStatus, code: str, message: str
+    ) -> AdaptiveCardInvokeResponse:
+        # The stock one puts an Exception object in `value`, which cannot be serialized (the
+        # malformed invoke would get HTTP 500); Universal Actions expect {code, message}.
+        return AdaptiveCardInvokeResponse(
+            status_code=int(status_code),
+            type="application/vnd.microsoft.error",
+            value={"code": code, "message": message},
+        )
 
     async def _track_conversation(self, activity: Activity) -> None:
         """Keep the conversation reference current (or mark it gone when the bot is removed)."""
