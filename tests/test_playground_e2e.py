@@ -200,11 +200,11 @@ def test_playground_drives_the_bot_in_headless_chromium(
     # Shown in the chat: the product as added, the allocation before → after, the usage table.
     assert _row(cards["product-add"], "Capacity", 3) == ["Capacity", "—", "250"]
     assert "0 → 40" in " ".join(cards["allocate"])
-    # Usage columns: product, kind, capacity, allocated, in use, free, used; then per subscription.
-    assert _row(cards["usage"], "FR-GEO-NUMBERS", 7) == [
-        "FR-GEO-NUMBERS", "numbers", "250", "40", "0", "210", "16%"]
-    assert _row(cards["usage"], "FR-GEO-NUMBERS", 11)[7:] == ["└ CONTOSO-01", "40", "0", "40"]
-    assert _row(cards["usage"], "GB-GEO-NUMBERS", 7)[2:5] == ["500", "100", "3"]  # the demo seed
+    # Usage columns: product, capacity, allocated, in use, free, used; then per subscription.
+    assert _row(cards["usage"], "FR-GEO-NUMBERS", 6) == [
+        "FR-GEO-NUMBERS", "250", "40", "0", "210", "16%"]
+    assert _row(cards["usage"], "FR-GEO-NUMBERS", 10)[6:] == ["└ CONTOSO-01", "40", "0", "40"]
+    assert _row(cards["usage"], "GB-GEO-NUMBERS", 6)[1:4] == ["500", "100", "3"]  # the demo seed
 
     # And in the ledger: one allocation, audited as a chat change by the Playground's user.
     cli = _cli(database_url, tmp_path)

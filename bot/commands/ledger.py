@@ -369,13 +369,14 @@ async def usage(ctx: Context, args: UsageArgs) -> Reply:
     report = await usage_report(product_name, subscription_code)
     rows: list[list[str]] = []
     for u in report:
-        rows.append([u.name, u.kind, f"{u.capacity:,}", f"{u.allocated:,}", f"{u.in_use:,}",
+        # Six narrow columns: the card must read well in a narrow chat pane too.
+        rows.append([u.name, f"{u.capacity:,}", f"{u.allocated:,}", f"{u.in_use:,}",
                      f"{u.capacity - u.allocated:,}", f"{u.utilisation:.0%}"])
         for s in u.subscriptions:
-            rows.append([f"  └ {s.code}", "", "", f"{s.allocated:,}", f"{s.in_use:,}", f"{s.free:,}", ""])
+            rows.append([f"  └ {s.code}", "", f"{s.allocated:,}", f"{s.in_use:,}", f"{s.free:,}", ""])
     title = "Usage" + (f" of {args.target}" if args.target else "")
     return paged(
-        title, ["Product / subscription", "Kind", "Capacity", "Allocated", "In use", "Free", "Used"],
+        title, ["Product / subscription", "Capacity", "Allocated", "In use", "Free", "Used"],
         rows, [u.as_json() for u in report], args.page, ctx.settings.page_size * 2,
         f"usage {args.target}" if args.target else "usage",
         note="" if rows else "Nothing allocated yet.",
