@@ -227,7 +227,13 @@ class Edge:
             activity = None
         if activity is None or not activity.type:
             raise web.HTTPBadRequest(text="the body is not a Bot Framework activity")
-        CORRELATION_ID.set(str(activity.id)[:200] if activity.id else None)
+        correlation = CORRELATION_ID.set(str(activity.id)[:200] if activity.id else None)
+        try:
+            return await self._turn(request, activity)
+        finally:
+            CORRELATION_ID.reset(correlation)
+
+    async def _turn(self, request: web.Request, activity: Activity) -> web.StreamResponse:
         try:
             invoke_response: InvokeResponse | None = await self.adapter.process_activity(
                 request.headers.get("Authorization", ""), activity, self.bot.on_turn
