@@ -304,6 +304,7 @@ async def test_another_tenant_is_refused_politely(
         assert texts(card)[0] == "Not available here"
         assert "TEAMS-SEATS" not in " ".join(texts(card))
         assert await snapshot() == before
+        assert await ConversationRef.all().count() == 0  # no reference kept for that tenant
 
 
 NOT_AN_ACTIVITY: list[Any] = [

@@ -130,12 +130,16 @@ class FusionBot(ActivityHandler):
         )
 
     async def _track_conversation(self, activity: Activity) -> None:
-        """Keep the conversation reference current (or mark it gone when the bot is removed)."""
+        """Keep the conversation reference current (or mark it gone when the bot is removed).
+
+        Conversations of tenants the bot does not serve are not kept."""
         if not activity.conversation or not activity.conversation.id or not activity.service_url:
             return
         try:
             if _bot_removed(activity):
                 await conversations.mark_inactive(activity.conversation.id)
+                return
+            if not self._policy.tenant_allowed(actor_from(activity, "chat")).allowed:
                 return
             reference = TurnContext.get_conversation_reference(activity).serialize()
             await conversations.remember(reference, tenant_of(activity), activity.service_url)
