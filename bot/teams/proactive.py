@@ -19,6 +19,9 @@ a second per app per tenant. Going over is answered HTTP 429. So:
 - nothing is sent, and no token is asked for, unless the service URL is trusted
   (FUSION_TRUSTED_SERVICE_URLS); redirects are not followed, so the token goes nowhere else.
 
+The limits are counted per process: digests are posted by the one scheduler leader, so that is
+where the volume is; replies to typed commands go through the edge's connector, not here.
+
 Each send is one request after another, never two copies of the same activity in flight. A
 request that timed out may still have been delivered (HTTP gives no way to know); it is
 retried like a 5xx, which is the one case where a copy can appear twice.
