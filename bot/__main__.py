@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shlex
 import sys
 import uuid
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from bot.auth.actor import Actor
 from bot.auth.policy import OperatorPolicy
 from bot.commands.approvals import ApprovalGate
-from bot.commands.dispatch import run_text
+from bot.commands.dispatch import run_words
 from bot.commands.registry import Context
 from bot.commands.reply import Approval, Changed, Error, Form, Message, Progress, Reply, Table
 from bot.config import ConfigError, Settings
@@ -127,8 +126,8 @@ async def main(argv: list[str]) -> int:
             actor=actor, settings=settings, policy=OperatorPolicy(),
             services={"approvals": ApprovalGate()},
         )
-        # The shell already split the words; quote them again so the one grammar reads them.
-        reply = await run_text(shlex.join(words), ctx)
+        # The shell already split the words: they go to the same grammar as typed text.
+        reply = await run_words(words, ctx)
     finally:
         await db.close_database()
     if isinstance(reply, Form):

@@ -167,7 +167,6 @@ BAD: list[tuple[str, str, tuple[str, ...]]] = [
     ("product add LIC --license --country GB", USAGE, ("Only numbers",)),
     # unbalanced quotes
     ('customer add "Contoso', USAGE, ("quote is not closed",)),
-    ("customer add Contoso'", USAGE, ("quote is not closed",)),
     ("customer add “Contoso", USAGE, ("quote is not closed",)),
     ('"', USAGE, ("quote is not closed",)),
     # names that break the naming rule

@@ -122,6 +122,8 @@ def test_usage_notation() -> None:
         ("customer add “Contoso Ltd”", ["customer", "add", "Contoso Ltd"]),  # Teams, phones
         ("customer add ‘Contoso Ltd’", ["customer", "add", "Contoso Ltd"]),
         ("customer add O’Brien", ["customer", "add", "O’Brien"]),  # an apostrophe, not a quote
+        ("reject AB12 it's too much", ["reject", "AB12", "it's", "too", "much"]),
+        ('user add a@b.example --name="Ada L"', ["user", "add", "a@b.example", "--name=Ada L"]),
         ("customer add “O’Brien Ltd”", ["customer", "add", "O’Brien Ltd"]),
         ('customer add "Say \\"hi\\""', ["customer", "add", 'Say "hi"']),
         ("customer  add\u00a0Contoso\t", ["customer", "add", "Contoso"]),

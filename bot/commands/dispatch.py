@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from bot.commands import catalog as _catalog  # noqa: F401  (registers every command)
 from bot.commands.args import describe_errors
-from bot.commands.grammar import Parsed, UsageError, match, tokenize
+from bot.commands.grammar import Parsed, UsageError, check_words, match, tokenize
 from bot.commands.registry import REGISTRY, Access, CommandSpec, Context, find
 from bot.commands.reply import Error, Form, Message, Reply
 from bot.domain.change import OUTAGE
@@ -35,6 +35,15 @@ async def run_text(text: str, ctx: Context) -> Reply:
     """Run one typed command."""
     try:
         tokens = tokenize(text)
+    except UsageError as exc:
+        return Error(title="Could not read that", text=exc.message, code="usage")
+    return await run_words(tokens, ctx)
+
+
+async def run_words(tokens: list[str], ctx: Context) -> Reply:
+    """Run a command already split into words (the CLI gets them from the shell)."""
+    try:
+        check_words(tokens)
     except UsageError as exc:
         return Error(title="Could not read that", text=exc.message, code="usage")
     if not tokens:

@@ -21,7 +21,6 @@ is wrong; the dispatcher shows it with the usage.
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
 
 MAX_COMMAND_LENGTH = 4000
@@ -115,22 +114,56 @@ class Parsed:
     options: dict[str, str | bool] = field(default_factory=dict)
 
 
+def check_words(words: list[str]) -> None:
+    """Words that came already split (the CLI): the same limits as typed text."""
+    if sum(len(w) + 1 for w in words) > MAX_COMMAND_LENGTH:
+        raise UsageError(f"The command is longer than {MAX_COMMAND_LENGTH} characters.")
+    if any(_CONTROL.search(w) for w in words):
+        raise UsageError("The command contains control or invalid characters; type it without them.")
+
+
 def tokenize(text: str) -> list[str]:
+    """Split a typed command into words. A quote opens a quoted word only at the start of a
+    word or right after `=` (`--name="Ada L"`); elsewhere (it's, O'Brien) it is a letter."""
     if len(text) > MAX_COMMAND_LENGTH:
         raise UsageError(f"The command is {len(text)} characters long; at most {MAX_COMMAND_LENGTH}.")
     if _CONTROL.search(text):
         raise UsageError("The command contains control or invalid characters; type it without them.")
-    # Teams and phones turn quotes into typographic ones; treat them as plain quotes — except
-    # an apostrophe inside a word (O’Brien), which stays part of the word.
+    # Teams and phones turn quotes into typographic ones; treat them as plain quotes.
     text = text.translate(str.maketrans({"“": '"', "”": '"', "‘": "'", "\u00a0": " "}))
     text = _CLOSING_QUOTE.sub("'", text)
-    try:
-        lexer = shlex.shlex(text, posix=True, punctuation_chars=False)
-        lexer.whitespace_split = True
-        lexer.commenters = ""
-        return list(lexer)
-    except ValueError as exc:
-        raise UsageError(f"Could not read the command: {exc} (a quote is not closed?)") from exc
+    words: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i].isspace():
+            i += 1
+            continue
+        word: list[str] = []
+        while i < n and not text[i].isspace():
+            ch = text[i]
+            if ch in "\"'" and (not word or word[-1] == "="):
+                i = _quoted(text, i, word)
+                continue
+            word.append(ch)
+            i += 1
+        words.append("".join(word))
+    return words
+
+
+def _quoted(text: str, start: int, word: list[str]) -> int:
+    """Read a quoted section into `word`; inside double quotes, \\" and \\\\ are escapes."""
+    quote = text[start]
+    i = start + 1
+    while i < len(text):
+        ch = text[i]
+        if ch == quote:
+            return i + 1
+        if ch == "\\" and quote == '"' and i + 1 < len(text) and text[i + 1] in '"\\':
+            ch = text[i + 1]
+            i += 1
+        word.append(ch)
+        i += 1
+    raise UsageError(f"Could not read the command: a quote is not closed ({quote} at position {start + 1}).")
 
 
 def match(pattern: Pattern, tokens: list[str], command: str) -> Parsed:
