@@ -260,7 +260,7 @@ async def test_report_queries_do_not_grow_with_the_data() -> None:
     await take_snapshot(datetime.now(UTC).date())
     with count_queries() as big:
         await digests.build_report(datetime.now(UTC), 90, since=datetime.now(UTC) - timedelta(1))
-    assert small.count == big.count == 12, big.statements
+    assert small.count == big.count <= 12, big.statements
 
 
 # ----- the card --------------------------------------------------------------------------
