@@ -25,6 +25,7 @@ from bot.auth.credentials import ClientCredentials, client_ssl_context
 from bot.config import ConfigError, Settings
 from bot.domain import db
 from bot.domain.naming import set_naming_rule
+from bot.scheduler import run_scheduler
 from bot.teams.cards import front_door_services
 from bot.teams.connector import TrustedServiceUrls
 from bot.teams.edge import CORRELATION_ID, Edge, build_edge
@@ -150,10 +151,23 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "database": "ok"})
 
 
-def create_app(settings: Settings) -> web.Application:
+async def _scheduler(app: web.Application) -> None:
+    """Digests, usage snapshots, approval expiry and quarantine release (one leader at a time)."""
+    edge = app[EDGE]
+    await run_scheduler(
+        app[SETTINGS],
+        app[HTTP],
+        edge.credentials.connector_token if edge.credentials else None,
+        edge.connectors.trusted.trusts,
+    )
+
+
+def create_app(settings: Settings, *, schedule: bool = False) -> web.Application:
+    """The bot's web app. `schedule` runs the scheduler beside it (`python app.py` does; an app
+    embedded in a test runs no background work unless it asks)."""
     app = web.Application()
     app[SETTINGS] = settings
-    app[BACKGROUND_TASKS] = []
+    app[BACKGROUND_TASKS] = [_scheduler] if schedule else []
     app.cleanup_ctx.extend([_database, _http, _edge, _background])
     app.router.add_post("/api/messages", messages)
     app.router.add_get("/healthz", healthz)
@@ -172,7 +186,7 @@ def main() -> int:
         "starting",
         extra={"host": settings.host, "port": settings.port, "dev_mode": settings.dev_mode},
     )
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    web.run_app(create_app(settings, schedule=settings.scheduler_enabled), host=settings.host, port=settings.port, print=None)
     return 0
 
 

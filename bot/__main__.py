@@ -38,7 +38,8 @@ def split_globals(argv: list[str]) -> tuple[bool, str | None, list[str]]:
             as_json = True
         elif arg == "--as":
             if i + 1 >= len(argv):
-                raise SystemExit("--as needs a UPN\n" + USAGE)
+                print("--as needs a UPN\n" + USAGE, file=sys.stderr)
+                raise SystemExit(2)
             operator = argv[i + 1]
             i += 1
         elif arg.startswith("--as="):

@@ -101,6 +101,27 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql", "asyncpg", "psycopg")
+
+
+def _database_url(url: str) -> str:
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep or scheme.lower() not in DATABASE_SCHEMES:
+        raise ConfigError(
+            "DATABASE_URL must be sqlite://PATH or postgres://USER:PASS@HOST:PORT/DB, "
+            f"got {scheme!r}"
+        )
+    if scheme.lower() == "sqlite":
+        path = rest.split("?", 1)[0]
+        folder = Path(path).parent
+        # Checked here: the database driver waits forever on a file it cannot create.
+        if path != ":memory:" and not folder.is_dir():
+            raise ConfigError(
+                f"DATABASE_URL: the folder {str(folder)!r} of the SQLite file does not exist"
+            )
+    return url.strip()
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite://fusion.sqlite3"
@@ -131,6 +152,7 @@ class Settings:
     graph_retry_seconds: float = 10.0
     alert_threshold_percent: int = 90
     digest_enabled: bool = True
+    scheduler_enabled: bool = True
     scheduler_interval_seconds: int = 30
     migrate_on_start: bool = True
     page_size: int = 25
@@ -173,7 +195,7 @@ class Settings:
 
         trusted = _csv(env.get("FUSION_TRUSTED_SERVICE_URLS")) or cloud.trusted_service_urls
         settings = cls(
-            database_url=env.get("DATABASE_URL") or "sqlite://fusion.sqlite3",
+            database_url=_database_url(env.get("DATABASE_URL") or "sqlite://fusion.sqlite3"),
             host=env.get("HOST") or "127.0.0.1",
             port=_int(env, "PORT", 3978, minimum=0),
             app_id=(env.get("MicrosoftAppId") or "").strip(),
@@ -202,6 +224,7 @@ class Settings:
             graph_retry_seconds=float(_int(env, "FUSION_GRAPH_RETRY_SECONDS", 10)),
             alert_threshold_percent=_int(env, "FUSION_ALERT_THRESHOLD_PERCENT", 90, minimum=1),
             digest_enabled=_bool(env, "FUSION_DIGESTS", True),
+            scheduler_enabled=_bool(env, "FUSION_SCHEDULER", True),
             scheduler_interval_seconds=_int(env, "FUSION_SCHEDULER_INTERVAL_SECONDS", 30, 1),
             migrate_on_start=_bool(env, "FUSION_MIGRATE_ON_START", True),
             page_size=_int(env, "FUSION_PAGE_SIZE", 25, minimum=1),
