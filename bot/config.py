@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -71,13 +72,25 @@ DEFAULT_NAMING_RULE = r"[A-Z0-9]+(?:-[A-Z0-9]+)*"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _csv(value: str | None) -> tuple[str, ...]:
     if not value:
         return ()
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None
+) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -87,6 +100,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -197,7 +212,7 @@ class Settings:
         settings = cls(
             database_url=_database_url(env.get("DATABASE_URL") or "sqlite://fusion.sqlite3"),
             host=env.get("HOST") or "127.0.0.1",
-            port=_int(env, "PORT", 3978, minimum=0),
+            port=_int(env, "PORT", 3978, minimum=0, maximum=65535),
             app_id=(env.get("MicrosoftAppId") or "").strip(),
             app_password=env.get("MicrosoftAppPassword") or "",
             app_tenant_id=(env.get("MicrosoftAppTenantId") or "").strip(),
@@ -222,7 +237,9 @@ class Settings:
             quarantine_days=_int(env, "FUSION_QUARANTINE_DAYS", 30),
             membership_cache_seconds=_int(env, "FUSION_MEMBERSHIP_CACHE_SECONDS", 300),
             graph_retry_seconds=float(_int(env, "FUSION_GRAPH_RETRY_SECONDS", 10)),
-            alert_threshold_percent=_int(env, "FUSION_ALERT_THRESHOLD_PERCENT", 90, minimum=1),
+            alert_threshold_percent=_int(
+                env, "FUSION_ALERT_THRESHOLD_PERCENT", 90, minimum=1, maximum=100
+            ),
             digest_enabled=_bool(env, "FUSION_DIGESTS", True),
             scheduler_enabled=_bool(env, "FUSION_SCHEDULER", True),
             scheduler_interval_seconds=_int(env, "FUSION_SCHEDULER_INTERVAL_SECONDS", 30, 1),
@@ -234,7 +251,7 @@ class Settings:
 
     def check(self) -> None:
         """Refuse combinations that would open the bot to the world."""
-        if self.dev_mode and self.host not in LOOPBACK_HOSTS:
+        if self.dev_mode and not is_loopback(self.host):
             raise ConfigError(
                 "local development mode (no MicrosoftAppId) accepts unauthenticated requests, "
                 f"so it only listens on loopback; HOST={self.host!r} is refused. "
