@@ -16,7 +16,7 @@ import pytest
 
 from bot.domain import db, ledger
 from bot.domain.change import Origin
-from bot.domain.models import ProductKind, SubscriptionMode
+from bot.domain.models import AuditEvent, ProductKind, SubscriptionMode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -297,3 +297,24 @@ def test_configuration_and_database_problems_are_clear(cli: CLI, tmp_path: Path)
     assert "FUSION_CLOUD" in err
     err = cli.fails("usage", env={"DATABASE_URL": "postgres://postgres@127.0.0.1:1/none"}, status=3)
     assert "not answering" in err and "Try again" in err
+
+
+def test_audit_verify_exits_non_zero_on_a_broken_chain(cli: CLI, empty_db_url: str) -> None:
+    seed_directly(empty_db_url)
+    assert cli.json("audit", "verify") == {"intact": True, "checked": 6, "problem": None}
+
+    async def tamper() -> None:
+        await db.open_database(empty_db_url, migrate=False)
+        try:
+            await AuditEvent.filter(id=3).update(actor_name="Mallory")
+        finally:
+            await db.close_database()
+
+    asyncio.run(tamper())
+    broken = json.loads(cli.fails("--json", "audit", "verify"))
+    assert broken == {
+        "intact": False,
+        "checked": 2,
+        "problem": "event 3: contents do not match its hash",
+    }
+    assert "Audit chain broken" in cli.fails("audit", "verify")
