@@ -193,12 +193,13 @@ async def usage_report(
             status=product.status.value,
             capacity=product.capacity,
         )
+        use = {a["subscription_id"]: used(product, a["subscription_id"]) for a in held}
         row.subscriptions = [
-            SubscriptionUsage(a["subscription__code"], a["quantity"], used(product, a["subscription_id"]))
+            SubscriptionUsage(a["subscription__code"], a["quantity"], use[a["subscription_id"]])
             for a in shown
         ]
         # Pool totals describe the whole product even when one subscription is asked for.
         row.allocated = total_by.get(product.id, 0)
-        row.in_use = sum(used(product, a["subscription_id"]) for a in held)
+        row.in_use = sum(use.values())
         report.append(row)
     return report
