@@ -67,8 +67,9 @@ def describe(account: Account) -> str:
 
 
 async def find_account(upn: str, conn: BaseDBAsyncClient | None = None) -> Account:
-    """The account with this UPN (any case), or NotFound with the nearest UPNs."""
-    account = await by_upn(upn).using_db(conn).first()
+    """The account with this UPN (any case) and its subscription, or NotFound with the nearest
+    UPNs."""
+    account = await by_upn(upn).select_related("subscription").using_db(conn).first()
     if account is not None:
         return account
     local, _, domain = upn.strip().lower().partition("@")

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from tortoise.backends.base.client import BaseDBAsyncClient
 
 from bot.domain.errors import Conflict
-from bot.domain.ledger import lock_allocation
 from bot.domain.models import (
     Allocation,
     NumberType,
@@ -113,12 +112,17 @@ async def lock_entitlements(
 ) -> dict[int, Entitlement]:
     """Lock the allocation rows (ascending product id) and count what is in use: by product id."""
     unique = {p.id: p for p in products}
+    # One statement: PostgreSQL locks the rows in the order it returns them, ascending product id.
+    allocations = await (
+        Allocation.filter(subscription_id=subscription.id, product_id__in=list(unique))
+        .order_by("product_id")
+        .select_for_update()
+        .using_db(conn)
+    )
+    allocated = {a.product_id: a.quantity for a in allocations}
     found: dict[int, Entitlement] = {}
     for product_id in sorted(unique):
         product = unique[product_id]
-        allocation = await lock_allocation(conn, subscription.id, product_id)
         used = await in_use(conn, subscription.id, product)
-        found[product_id] = Entitlement(
-            subscription, product, allocation.quantity if allocation else 0, used
-        )
+        found[product_id] = Entitlement(subscription, product, allocated.get(product_id, 0), used)
     return found

@@ -42,7 +42,6 @@ from bot.domain.models import (
     ProductKind,
     ServicePack,
     ServicePackLicense,
-    Subscription,
 )
 from bot.domain.naming import check_name
 
@@ -279,17 +278,15 @@ async def _grant(ch: Change, upn: str, products: list[Product], pack: str | None
     refused (nothing to do), so "succeeded" always means something was assigned.
     """
     account = await find_account(upn, ch.conn)
-    sub = await Subscription.filter(id=account.subscription_id).using_db(ch.conn).get()
+    sub = account.subscription
     entitlements = await lock_entitlements(ch.conn, sub, products)
     # Read under the allocation locks, which every assignment of these licenses here takes.
-    held_ids = set(
-        await LicenseAssignment.filter(
-            account_id=account.id, product_id__in=[p.id for p in products]
-        )
+    held = dict(
+        await LicenseAssignment.filter(account_id=account.id)
         .using_db(ch.conn)
-        .values_list("product_id", flat=True)
+        .values_list("product_id", "product__name")
     )
-    missing = [p for p in products if p.id not in held_ids]
+    missing = [p for p in products if p.id not in held]
     if not missing:
         what = f"every license of {pack}" if pack is not None else products[0].name
         raise Conflict(f"{account.upn} already holds {what}; nothing to add.")
@@ -302,7 +299,7 @@ async def _grant(ch: Change, upn: str, products: list[Product], pack: str | None
             shortages.append(exc.message)
     if shortages:
         raise Conflict(" ".join(shortages))
-    before = await _held(ch, account.id)
+    before = sorted(str(name) for name in held.values())
     try:
         await LicenseAssignment.bulk_create(
             [LicenseAssignment(product_id=p.id, account_id=account.id) for p in missing],

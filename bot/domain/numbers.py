@@ -450,7 +450,7 @@ async def _prepare(
     conn: BaseDBAsyncClient, account: Account, country: str, number_type: NumberType
 ) -> _Draw:
     """Lock what a number for `account` draws on and check what does not depend on the number."""
-    sub = await Subscription.filter(id=account.subscription_id).using_db(conn).get()
+    sub = account.subscription
     require_active(sub)
     numbers_product = await pool_product(
         conn, sub, ProductKind.NUMBERS, country=country, number_type=number_type
