@@ -51,10 +51,14 @@ async def reset(url: str) -> None:
         finally:
             await admin.close()
     else:
-        path = Path(url.split("://", 1)[1].split("?", 1)[0])
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
+        await asyncio.to_thread(_remove_sqlite_files, url)
     await db.open_database(url, migrate=True)
+
+
+def _remove_sqlite_files(url: str) -> None:
+    path = url.split("://", 1)[1].split("?", 1)[0]
+    for suffix in ("", "-wal", "-shm"):
+        Path(path + suffix).unlink(missing_ok=True)
 
 
 async def timed(call: Callable[[], Awaitable[object]]) -> float:
@@ -93,13 +97,10 @@ async def bench(url: str, rounds: int) -> dict[str, float]:
                     lambda u=upns: licensing.assign_pack(OPS, "BENCH-PACK", u, dry_run=True)
                 )
             )
-            outcome: list[licensing.BulkOutcome] = []
-
-            async def assign(u: list[str] = upns) -> None:
-                outcome.append(await licensing.assign_pack(OPS, "BENCH-PACK", u))
-
-            real.append(await timed(assign))
-            assert len(outcome[0].succeeded) == ACCOUNTS, outcome[0].failed[:3]
+            start = time.perf_counter()
+            outcome = await licensing.assign_pack(OPS, "BENCH-PACK", upns)
+            real.append(time.perf_counter() - start)
+            assert len(outcome.succeeded) == ACCOUNTS, outcome.failed[:3]
 
         listing = await timed(lambda: numbers.list_numbers(page=200, size=25))
         return {
