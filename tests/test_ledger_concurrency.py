@@ -34,7 +34,8 @@ POOL = "CONC-POOL"
 
 async def run_workers(url: str, plans: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Start one process per plan, release them at the same moment, gather their results."""
-    pooled = f"{url}{'&' if '?' in url else '?'}maxsize=20"
+    # A pool large enough for the tasks to really run at once (SQLite has one connection).
+    pooled = url if url.startswith("sqlite") else f"{url}{'&' if '?' in url else '?'}maxsize=20"
     procs = {}
     for name, plan in plans.items():
         proc = await asyncio.create_subprocess_exec(
@@ -252,6 +253,30 @@ async def test_releases_race_allocations_and_never_go_below_in_use(pg_database: 
     await assert_audit_matches(results, baseline)
     assert await replay(POOL, capacity, {}) == (capacity, allocated)
     await check_invariants()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_processes_sharing_a_sqlite_file_take_turns(database: str) -> None:
+    """The embedded default: the bot and the CLI on one SQLite file. Writers queue for the
+    file's write lock instead of failing with "database is locked"."""
+    capacity = 150
+    codes = await setup_pool(capacity, subscriptions=4)
+    baseline = await AuditEvent.all().count()
+    plans = {
+        name: [
+            {"op": "allocate", "quantity": 1, "product": POOL, "subscription": codes[i % 4]}
+            for i in range(100)
+        ]
+        for name in ("p1", "p2")
+    }
+    results = await run_workers(database, plans)  # fails on any "unavailable"
+    ok = [r for r in results if r["ok"]]
+    assert len(ok) == capacity
+    _, allocated = await pool_state()
+    assert sum(allocated.values()) == capacity
+    await assert_audit_matches(results, baseline)
+    assert await replay(POOL, capacity, {}) == (capacity, allocated)
 
 
 async def test_concurrent_allocations_in_one_process(database: str) -> None:

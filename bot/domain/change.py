@@ -125,12 +125,21 @@ async def _append_audit(conn: BaseDBAsyncClient, origin: Origin, events: list[Ev
     await AuditHead.filter(id=1).using_db(conn).update(last_id=last_id, last_hash=prev)
 
 
+async def _take_write_lock(conn: BaseDBAsyncClient) -> None:
+    """SQLite: hold the write lock from the start. A transaction that reads first and writes
+    later cannot wait for another process's write (SQLITE_BUSY at once, busy_timeout or not);
+    one that writes first queues behind it. So the bot and the CLI on one file take turns."""
+    await conn.execute_query("UPDATE audit_head SET last_id = last_id WHERE id = 0")
+
+
 @asynccontextmanager
 async def change(origin: Origin, *, dry_run: bool = False) -> AsyncIterator[Change]:
     """Run a change in one transaction with its audit; roll back for a dry run."""
     key = None if dry_run else origin.idempotency_key
     try:
         async with db.transaction() as conn:
+            if db.dialect() == "sqlite":
+                await _take_write_lock(conn)
             if key is not None:
                 try:
                     await RequestKey.create(key=key[:255], using_db=conn)
