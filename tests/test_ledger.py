@@ -11,10 +11,19 @@ from typing import Any
 
 import pytest
 
-from bot.config import DEFAULT_NAMING_RULE
+from bot.commands.dispatch import run_text
+from bot.commands.reply import Error, Table
+from bot.config import DEFAULT_NAMING_RULE, Settings
 from bot.domain import ledger
-from bot.domain.change import verify_chain
-from bot.domain.errors import AlreadyExists, Conflict, DomainError, InvalidInput, NotFound
+from bot.domain.change import Origin, verify_chain
+from bot.domain.errors import (
+    AlreadyExists,
+    Conflict,
+    DomainError,
+    Duplicate,
+    InvalidInput,
+    NotFound,
+)
 from bot.domain.models import (
     Account,
     AccountKind,
@@ -33,7 +42,7 @@ from bot.domain.models import (
 )
 from bot.domain.naming import set_naming_rule
 from bot.domain.usage import in_use, usage_report
-from tests.ledger_state import check_invariants, origin, snapshot
+from tests.ledger_state import check_invariants, context, origin, snapshot
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -560,3 +569,72 @@ async def test_dry_run_shows_before_and_after_and_changes_nothing() -> None:
     )
     count = await AuditEvent.all().count()
     assert await verify_chain() == (True, count, "")
+
+
+# ----- replays ----------------------------------------------------------------------------
+
+
+async def test_a_replayed_request_has_one_effect() -> None:
+    await seed()
+    keyed = Origin("oid-ops", "Olivia Ops", "chat", "activity-42", idempotency_key="activity-42")
+    # A dry run does not use up the key.
+    await ledger.allocate(keyed, 2, "TEAMS-SEATS", "ACME-01", dry_run=True)
+    await ledger.allocate(keyed, 2, "TEAMS-SEATS", "ACME-01")
+    state = await snapshot()
+    with pytest.raises(Duplicate) as info:
+        await ledger.allocate(keyed, 2, "TEAMS-SEATS", "ACME-01")
+    assert info.value.outcome == [
+        {
+            "action": "allocation.allocate",
+            "target": "allocation:ACME-01/TEAMS-SEATS",
+            "before": {"allocated": 0, "product_allocated": 0},
+            "after": {"allocated": 2, "product_allocated": 2},
+        }
+    ]
+    assert await snapshot() == state
+    # A refused request does not use up its key either: corrected, it goes through.
+    retry = Origin("oid-ops", "Olivia Ops", "chat", "activity-43", idempotency_key="activity-43")
+    await refused(lambda: ledger.allocate(retry, 9, "TEAMS-SEATS", "ACME-01"), Conflict)
+    await ledger.allocate(retry, 8, "TEAMS-SEATS", "ACME-01")
+    assert await allocated("TEAMS-SEATS", "ACME-01") == 10
+
+
+# ----- lists through the command gate -----------------------------------------------------
+
+
+async def test_lists_page_and_filter() -> None:
+    await seed()
+    ctx = context(settings=Settings(page_size=2))
+    for name in ("Fabrikam", "Northwind", "Tailspin", "Woodgrove"):
+        await ledger.add_customer(OPS, name)
+    await ledger.add_subscription(OPS, "NW-01", "Northwind")
+
+    first = await run_text("customers", ctx)
+    assert isinstance(first, Table)
+    assert [r[0] for r in first.rows] == ["Contoso Ltd", "Fabrikam"]
+    assert (first.page, first.pages, first.next_command) == (1, 3, "customers --page 2")
+    assert [c["name"] for c in first.data] == [
+        "Contoso Ltd",
+        "Fabrikam",
+        "Northwind",
+        "Tailspin",
+        "Woodgrove",
+    ]
+    assert first.next_command is not None
+    last = await run_text("customers --page 3", ctx)
+    assert isinstance(last, Table) and [r[0] for r in last.rows] == ["Woodgrove"]
+    assert last.next_command is None
+    beyond = await run_text("customers --page 9", ctx)
+    assert isinstance(beyond, Table) and beyond.page == 3
+
+    subs = await run_text('subscriptions --customer "contoso ltd"', context())
+    assert isinstance(subs, Table) and [s["code"] for s in subs.data] == ["ACME-01", "ACME-02"]
+    subs = await run_text("subscriptions --customer northwind", context())
+    assert isinstance(subs, Table) and [s["code"] for s in subs.data] == ["NW-01"]
+    missing = await run_text("subscriptions --customer Nortwind", context())
+    assert isinstance(missing, Error) and missing.suggestions == ["Northwind"]
+
+    products = await run_text("products --kind numbers --country gb", context())
+    assert isinstance(products, Table) and [p["name"] for p in products.data] == ["NUMBERS-GB-GEO"]
+    empty = await run_text("products --country US", context())
+    assert isinstance(empty, Table) and empty.rows == [] and "product add" in empty.note
