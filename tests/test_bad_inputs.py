@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bot.commands.dispatch import run_fields, run_text
 from bot.commands.reply import Changed, Error, Form, Reply
+from bot.domain.change import verify_chain
 from bot.domain.models import AuditEvent
 from tests.ledger_state import check_invariants, context, dev_context, snapshot
 
@@ -239,6 +240,19 @@ async def test_valid_unicode_names_are_accepted() -> None:
         reply = await run_text(f'customer add "{name}"', context())
         assert isinstance(reply, Changed) and reply.after and reply.after["name"] == name
     await check_invariants()
+    assert (await verify_chain())[0]  # hashed and stored alike on both databases
+
+
+async def test_a_name_is_one_name_however_its_accents_are_encoded() -> None:
+    await seed()
+    composed, decomposed = "Z\u00fcrich AG", "Zu\u0308rich AG"
+    assert (await run_text(f'customer add "{decomposed}"', context())).ok
+    before = await snapshot()
+    reply = await run_text(f'customer add "{composed}"', context())
+    assert isinstance(reply, Error) and reply.code == "exists"
+    assert await snapshot() == before
+    reply = await run_text(f'subscription add ZUR-01 --customer "{composed}" --dry-run', context())
+    assert isinstance(reply, Changed) and reply.after and reply.after["customer"] == composed
 
 
 async def test_someone_who_is_not_an_administrator_changes_nothing_and_learns_nothing() -> None:

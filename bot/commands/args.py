@@ -57,7 +57,7 @@ def _keyword(value: Any) -> Any:
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be text")
-    value = value.strip()
+    value = unicodedata.normalize("NFC", value.strip())
     if not value:
         raise ValueError("is empty")
     if any(unicodedata.category(ch) in {"Cc", "Cs"} and not ch.isspace() for ch in value):

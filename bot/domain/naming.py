@@ -42,7 +42,8 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 def check_free_text(text: str, what: str, max_len: int = MAX_NAME) -> str:
-    text = text.strip()
+    # One spelling per name: "Zürich" typed composed or decomposed is the same customer.
+    text = unicodedata.normalize("NFC", text.strip())
     if not text:
         raise InvalidInput(f"The {what} is empty.")
     if len(text) > max_len:
