@@ -7,6 +7,7 @@ with a clear reason and the database (ledger rows, audit trail, chain head) is e
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -40,7 +41,7 @@ from bot.domain.models import (
     Subscription,
     SubscriptionMode,
 )
-from bot.domain.naming import set_naming_rule
+from bot.domain.naming import MAX_QUANTITY, set_naming_rule
 from bot.domain.usage import in_use, usage_report
 from tests.ledger_state import check_invariants, context, origin, snapshot
 
@@ -356,16 +357,8 @@ async def test_allocate_names_what_it_cannot_find() -> None:
     assert isinstance(error, NotFound) and error.suggestions == ["TEAMS-SEATS"]
     error = await refused(lambda: ledger.allocate(OPS, 1, "TEAMS-SEATS", "ACME-1"), NotFound)
     assert isinstance(error, NotFound) and "ACME-01" in error.suggestions
-    for bad in (0, -3, ledger_max() + 1):
-        await refused(
-            lambda bad=bad: ledger.allocate(OPS, bad, "TEAMS-SEATS", "ACME-01"), InvalidInput
-        )
-
-
-def ledger_max() -> int:
-    from bot.domain.naming import MAX_QUANTITY
-
-    return MAX_QUANTITY
+    for bad in (0, -3, MAX_QUANTITY + 1):
+        await refused(partial(ledger.allocate, OPS, bad, "TEAMS-SEATS", "ACME-01"), InvalidInput)
 
 
 async def test_release_gives_units_back_to_the_pool() -> None:

@@ -135,7 +135,7 @@ async def assert_audit_matches(results: list[dict[str, Any]], baseline_events: i
     """One audit event per successful attempt, carrying that attempt's correlation id."""
     done = sorted(r["correlation_id"] for r in results if r["ok"])
     events = await AuditEvent.filter(id__gt=baseline_events).order_by("id")
-    assert sorted(e.correlation_id for e in events) == done
+    assert sorted(e.correlation_id or "" for e in events) == done
     assert {e.source for e in events} <= {"system"}
     ok, checked, problem = await verify_chain()
     assert (ok, problem) == (True, "")
