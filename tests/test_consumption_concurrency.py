@@ -282,3 +282,28 @@ async def test_overlapping_pack_assignments_never_split_a_pack(pooled: str) -> N
             assert upn in held and "already holds every license" in why or upn not in held
     await check_invariants()
     assert (await verify_chain())[0]
+
+
+async def test_a_reservation_passes_over_a_number_another_admin_holds(pooled: str) -> None:
+    """Rows another transaction has locked are skipped, not waited for."""
+    await customer_with(["ACME-01"])
+    await ledger.add_product(OPS, "NUMBERS-GB-GEO", ProductKind.NUMBERS, 1000, country="GB")
+    await ledger.allocate(OPS, 10, "NUMBERS-GB-GEO", "ACME-01")
+    await numbers.add_numbers(OPS, "+442071234000-+442071234009")
+    first = await PhoneNumber.get(e164="+442071234000")
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def admin_assigning_the_first_number() -> None:
+        async with db.transaction() as conn:
+            await PhoneNumber.filter(id=first.id).select_for_update().using_db(conn).get()
+            held.set()
+            await release.wait()
+
+    other = asyncio.create_task(admin_assigning_the_first_number())
+    await held.wait()
+    try:
+        out = await asyncio.wait_for(numbers.reserve(OPS, 3, "GB", None, "ACME-01"), 10)
+    finally:
+        release.set()
+        await other
+    assert out.after["reserved"] == ["+442071234001", "+442071234002", "+442071234003"]

@@ -395,19 +395,21 @@ async def reserve(
         entitlement = (await lock_entitlements(ch.conn, sub, [product]))[product.id]
         entitlement.require(quantity)
         await lock_pool(ch.conn, cc, nt)
+        # `.only()`, not `.values_list()`: Tortoise drops FOR UPDATE from values queries.
         picked = await _lock(
             PhoneNumber.filter(_free(moment), country=cc, number_type=nt)
             .order_by("e164")
             .limit(quantity)
+            .only("id", "e164")
             .using_db(ch.conn),
             skip_locked=True,
-        ).values_list("id", "e164")
+        )
         if len(picked) < quantity:
             raise Conflict(
                 f"Only {len(picked):,} {cc} {nt.value} numbers are available in the inventory; "
                 f"{quantity:,} asked. Add numbers with `numbers add`."
             )
-        ids = [row[0] for row in picked]
+        ids = [row.id for row in picked]
         changed = (
             await PhoneNumber.filter(_free(moment), id__in=ids)
             .using_db(ch.conn)
@@ -415,7 +417,7 @@ async def reserve(
         )
         if changed != quantity:
             raise Conflict("Someone else took some of these numbers at the same moment; try again.")
-        e164s = [row[1] for row in picked]
+        e164s = [row.e164 for row in picked]
         before = {"in_use": entitlement.used, "allocated": entitlement.allocated}
         after = {
             "in_use": entitlement.used + quantity,
@@ -460,6 +462,7 @@ async def _prepare(
         products.append(await pool_product(conn, sub, ProductKind.TEAMS_SEATS))
     entitlements = await lock_entitlements(conn, sub, products)
     # Checked under the allocation locks, which every assignment in this subscription takes.
+    # (A resource account takes no seat lock; the unique index on the holder backs it up.)
     existing = await PhoneNumber.filter(holder_id=account.id).using_db(conn).first()
     if existing is not None:
         raise Conflict(f"{account.upn} already holds {existing.e164}: release it first.")
@@ -668,14 +671,14 @@ async def release_quarantined(now: datetime | None = None, origin: Origin = SYST
     async with change(origin) as ch:
         due = await (
             PhoneNumber.filter(state=NumberState.QUARANTINED, quarantined_until__lte=moment)
+            .only("id", "e164")
             .select_for_update()
             .using_db(ch.conn)
-            .values_list("id", "e164")
         )
         if not due:
             return 0
         await (
-            PhoneNumber.filter(id__in=[d[0] for d in due])
+            PhoneNumber.filter(id__in=[d.id for d in due])
             .using_db(ch.conn)
             .update(state=NumberState.AVAILABLE, quarantined_until=None)
         )
@@ -683,6 +686,6 @@ async def release_quarantined(now: datetime | None = None, origin: Origin = SYST
             "number.unquarantine",
             "numbers",
             {"state": NumberState.QUARANTINED.value, "count": len(due)},
-            {"state": NumberState.AVAILABLE.value, "numbers": sorted(d[1] for d in due)},
+            {"state": NumberState.AVAILABLE.value, "numbers": sorted(d.e164 for d in due)},
         )
     return len(due)
