@@ -142,7 +142,6 @@ class AssignArgs(Args):
     "Assign a number to a Teams user or resource account",
     AssignArgs,
     mutating=True,
-    more_usage=("number assign next CC [--type T] to UPN",),
     form=(
         FormField("e164", "Number (+E164)"),
         FormField("upn", "User or resource account (UPN)"),
