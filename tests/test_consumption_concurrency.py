@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
@@ -117,8 +118,8 @@ async def users(subscription: str, count: int, prefix: str = "user") -> list[str
 
 
 async def allocation_lock(conn: BaseDBAsyncClient, product: str, subscription: str) -> None:
-    p = await Product.get(name=product).using_db(conn)
-    sub = await Subscription.get(code=subscription).using_db(conn)
+    p = await Product.filter(name=product).using_db(conn).get()
+    sub = await Subscription.filter(code=subscription).using_db(conn).get()
     await ledger.lock_allocation(conn, sub.id, p.id)
 
 
@@ -139,7 +140,7 @@ async def test_racing_for_the_last_teams_seats(pooled: str) -> None:
 
     raced = await race(
         lambda conn: allocation_lock(conn, "NUMBERS-GB-GEO", "ACME-01"),
-        [lambda u=u: numbers.assign_next(OPS, "GB", None, u) for u in racers],
+        [partial(numbers.assign_next, OPS, "GB", None, u) for u in racers],
     )
 
     ok, refused = split(raced.results)
@@ -167,7 +168,7 @@ async def test_racing_for_the_last_numbers_across_subscriptions(pooled: str) -> 
 
     raced = await race(
         lambda conn: numbers.lock_pool(conn, "GB", NumberType.GEOGRAPHIC),
-        [lambda u=u: numbers.assign_next(OPS, "GB", None, u) for u in racers],
+        [partial(numbers.assign_next, OPS, "GB", None, u) for u in racers],
     )
 
     ok, refused = split(raced.results)
@@ -199,7 +200,7 @@ async def test_racing_for_one_particular_number(pooled: str) -> None:
         await PhoneNumber.filter(id=target.id).select_for_update().using_db(conn).get()
 
     raced = await race(
-        hold_number, [lambda u=u: numbers.assign_number(OPS, "+442071234000", u) for u in racers]
+        hold_number, [partial(numbers.assign_number, OPS, "+442071234000", u) for u in racers]
     )
 
     ok, refused = split(raced.results)
@@ -218,7 +219,7 @@ async def test_racing_for_the_last_license_units(pooled: str) -> None:
 
     raced = await race(
         lambda conn: allocation_lock(conn, "M365-E5", "ACME-01"),
-        [lambda u=u: licensing.assign_license(OPS, "M365-E5", [u]) for u in racers],
+        [partial(licensing.assign_license, OPS, "M365-E5", [u]) for u in racers],
     )
 
     assigned = [r for r in raced.results if r.succeeded]
@@ -240,7 +241,7 @@ async def test_racing_reservations_take_exactly_what_the_inventory_holds(pooled:
 
     raced = await race(
         lambda conn: numbers.lock_pool(conn, "GB", NumberType.GEOGRAPHIC),
-        [lambda c=c: numbers.reserve(OPS, 3, "GB", None, c) for c in codes],
+        [partial(numbers.reserve, OPS, 3, "GB", None, c) for c in codes],
     )
 
     ok, refused = split(raced.results)

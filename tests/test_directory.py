@@ -4,7 +4,7 @@ gate (the same handlers Teams and the CLI use), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -16,14 +16,14 @@ from bot.domain.models import Account, AccountKind, AuditEvent, ProductKind, Sip
 from bot.domain.usage import usage_report
 from tests.ledger_state import check_invariants, context, dev_context, origin, snapshot
 
+E = TypeVar("E", bound=DomainError)
+
 pytestmark = pytest.mark.usefixtures("database")
 
 OPS = origin()
 
 
-async def refused(
-    call: Callable[[], Awaitable[Any]], error: type[DomainError], *words: str
-) -> DomainError:
+async def refused(call: Callable[[], Awaitable[Any]], error: type[E], *words: str) -> E:
     before = await snapshot()
     with pytest.raises(error) as info:
         await call()

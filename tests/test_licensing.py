@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -34,6 +34,8 @@ from bot.domain.models import (
 from bot.domain.usage import usage_report
 from tests.ledger_state import check_invariants, context, origin, snapshot
 
+E = TypeVar("E", bound=DomainError)
+
 pytestmark = pytest.mark.usefixtures("database")
 
 OPS = origin()
@@ -50,9 +52,7 @@ async def state() -> dict[str, Any]:
     }
 
 
-async def refused(
-    call: Callable[[], Awaitable[Any]], error: type[DomainError], *words: str
-) -> DomainError:
+async def refused(call: Callable[[], Awaitable[Any]], error: type[E], *words: str) -> E:
     before = await state()
     with pytest.raises(error) as info:
         await call()

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -33,6 +33,8 @@ from bot.domain.models import (
 from bot.domain.usage import in_use, usage_report
 from tests.ledger_state import check_invariants, origin, snapshot
 
+E = TypeVar("E", bound=DomainError)
+
 pytestmark = pytest.mark.usefixtures("database")
 
 OPS = origin()
@@ -50,9 +52,7 @@ async def state() -> dict[str, Any]:
     }
 
 
-async def refused(
-    call: Callable[[], Awaitable[Any]], error: type[DomainError], *words: str
-) -> DomainError:
+async def refused(call: Callable[[], Awaitable[Any]], error: type[E], *words: str) -> E:
     """`call` is refused with `error` (its message containing `words`) and changes nothing."""
     before = await state()
     with pytest.raises(error) as info:
@@ -219,7 +219,8 @@ async def test_reserve_takes_numbers_and_entitlements() -> None:
     assert out.after["reserved"] == ["+442071234000", "+442071234001", "+442071234002"]
     assert await used("NUMBERS-GB-GEO") == 3
     n = await number("+442071234001")
-    assert n.state is NumberState.RESERVED and n.subscription.code == "ACME-01" and n.holder is None
+    assert n.state is NumberState.RESERVED and n.holder is None
+    assert n.subscription is not None and n.subscription.code == "ACME-01"
     await check_invariants()
 
 
@@ -280,7 +281,8 @@ async def test_assign_to_a_user_uses_an_entitlement_and_a_seat() -> None:
     assert out.after["holder"] == "alice@contoso.com" and out.after["seats_in_use"] == 1
     assert await used("NUMBERS-GB-GEO") == 1 and await used("TEAMS-SEATS") == 1
     n = await number("+442071234010")
-    assert n.state is NumberState.ASSIGNED and n.holder.upn == "alice@contoso.com"
+    assert n.state is NumberState.ASSIGNED
+    assert n.holder is not None and n.holder.upn == "alice@contoso.com"
     event = await AuditEvent.filter(action="number.assign").get()
     assert event.target == "number:+442071234010" and event.after["holder"] == "alice@contoso.com"
 
@@ -421,7 +423,8 @@ async def test_release_quarantines_and_frees_the_seat_and_entitlement() -> None:
     )
     later = now + timedelta(days=30)
     await numbers.assign_number(OPS, "+442071234000", "bob@contoso.com", now=later)
-    assert (await number("+442071234000")).holder.upn == "bob@contoso.com"
+    holder = (await number("+442071234000")).holder
+    assert holder is not None and holder.upn == "bob@contoso.com"
 
 
 async def test_assign_next_passes_over_numbers_in_quarantine() -> None:
