@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -90,11 +91,19 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         await db.close_database()
 
 
+PROXY_VARIABLES = (
+    "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"
+)
+
+
 async def _http(app: web.Application) -> AsyncIterator[None]:
     # One session for every outbound call: kept-alive connections, TLS trust from the environment.
     connector = aiohttp.TCPConnector(ssl=client_ssl_context(), limit=100)
+    # trust_env makes aiohttp look up ~/.netrc and the proxy variables in a worker thread for
+    # every request (two thread hops per reply); only worth it when a proxy is configured.
+    proxied = any(os.environ.get(name) for name in PROXY_VARIABLES)
     async with aiohttp.ClientSession(
-        connector=connector, timeout=HTTP_TIMEOUT, trust_env=True
+        connector=connector, timeout=HTTP_TIMEOUT, trust_env=proxied
     ) as session:
         app[HTTP] = session
         yield
@@ -167,7 +176,8 @@ def create_app(settings: Settings, *, schedule: bool = False) -> web.Application
     embedded in a test runs no background work unless it asks)."""
     app = web.Application()
     app[SETTINGS] = settings
-    app[BACKGROUND_TASKS] = [_scheduler] if schedule else []
+    background: list[BackgroundTask] = [_scheduler] if schedule else []
+    app[BACKGROUND_TASKS] = background
     app.cleanup_ctx.extend([_database, _http, _edge, _background])
     app.router.add_post("/api/messages", messages)
     app.router.add_get("/healthz", healthz)
@@ -186,7 +196,12 @@ def main() -> int:
         "starting",
         extra={"host": settings.host, "port": settings.port, "dev_mode": settings.dev_mode},
     )
-    web.run_app(create_app(settings, schedule=settings.scheduler_enabled), host=settings.host, port=settings.port, print=None)
+    web.run_app(
+        create_app(settings, schedule=settings.scheduler_enabled),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+    )
     return 0
 
 

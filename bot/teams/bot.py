@@ -3,18 +3,22 @@
 A typed message has the bot's @mention stripped and runs through the one command dispatcher;
 a card button (Action.Execute invoke, or the Action.Submit fallback that arrives as a message
 with a `value`) goes to `bot.teams.cards`. The caller is built from the authenticated activity
-(Entra object id, name, tenant, conversation), never from card data. Every turn refreshes the
-stored conversation reference that proactive posts (digests, approvals) use.
+(Entra object id, name, tenant, conversation), never from card data. Turns keep the stored
+conversation reference that proactive posts (digests, approvals) use up to date: a turn whose
+conversation, sender and service URL look as they did on a turn of the last minute skips the
+database (most turns do); anything new, and every conversation at least once a minute, is
+stored (which also makes a conversation marked inactive active again).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from botbuilder.core import ActivityHandler, TurnContext
+from botbuilder.core import ActivityHandler, InvokeResponse, TurnContext
 from botbuilder.schema import (
     Activity,
     ActivityTypes,
@@ -32,6 +36,11 @@ from bot.teams.cards import after_reply, card_activity, handle_card_action, same
 from bot.teams.render import render
 
 log = logging.getLogger("bot.teams.bot")
+
+#: How long a stored conversation reference is taken as current without looking again.
+REFERENCE_FRESH_SECONDS = 60.0
+#: Conversations whose last stored reference this process remembers.
+REFERENCES_KEPT = 10_000
 
 
 def tenant_of(activity: Activity) -> str | None:
@@ -87,6 +96,8 @@ class FusionBot(ActivityHandler):
         self._settings = settings
         self._policy = policy
         self._services = services
+        # conversation id -> (what its stored reference was made from, when it was stored)
+        self._stored: dict[str, tuple[tuple[Any, ...], float]] = {}
 
     def _context(self, actor: Actor) -> Context:
         return Context(
@@ -118,6 +129,18 @@ class FusionBot(ActivityHandler):
         actor = actor_from(turn_context.activity, "card")
         return await handle_card_action(turn_context, actor, self._context(actor))
 
+    @staticmethod
+    def _create_invoke_response(body: object = None) -> InvokeResponse:
+        # The stock one serializes the response with msrest, which walks every node of the
+        # card to make this same dict.
+        if isinstance(body, AdaptiveCardInvokeResponse) and isinstance(body.value, dict):
+            payload = {"statusCode": body.status_code, "type": body.type, "value": body.value}
+            return InvokeResponse(
+                status=int(HTTPStatus.OK),
+                body={k: v for k, v in payload.items() if v is not None},
+            )
+        return ActivityHandler._create_invoke_response(body)
+
     def _create_adaptive_card_invoke_error_response(
         self, status_code: HTTPStatus, code: str, message: str
     ) -> AdaptiveCardInvokeResponse:
@@ -135,16 +158,56 @@ class FusionBot(ActivityHandler):
         Conversations of tenants the bot does not serve are not kept."""
         if not activity.conversation or not activity.conversation.id or not activity.service_url:
             return
+        cid = activity.conversation.id
         try:
             if _bot_removed(activity):
-                await conversations.mark_inactive(activity.conversation.id)
+                self._stored.pop(cid, None)
+                await conversations.mark_inactive(cid)
                 return
             if not self._policy.tenant_allowed(actor_from(activity, "chat")).allowed:
                 return
+            seen = _reference_source(activity)
+            stored = self._stored.get(cid)
+            now = time.monotonic()
+            fresh = stored is not None and now - stored[1] < REFERENCE_FRESH_SECONDS
+            if fresh and stored is not None and stored[0] == seen:
+                return
             reference = TurnContext.get_conversation_reference(activity).serialize()
             await conversations.remember(reference, tenant_of(activity), activity.service_url)
+            self._stored.pop(cid, None)
+            if len(self._stored) >= REFERENCES_KEPT:
+                del self._stored[next(iter(self._stored))]
+            self._stored[cid] = (seen, now)
         except Exception:  # the command still runs; only later proactive posts are affected
+            self._stored.pop(cid, None)
             log.warning("could not store the conversation reference", exc_info=True)
+
+
+def _account(account: Any) -> tuple[Any, ...]:
+    if account is None:
+        return ()
+    return (account.id, account.name, getattr(account, "aad_object_id", None), account.role)
+
+
+def _reference_source(activity: Activity) -> tuple[Any, ...]:
+    """What a stored conversation reference is made from (all but the per-activity fields)."""
+    conversation = activity.conversation
+    return (
+        activity.service_url,
+        activity.channel_id,
+        tenant_of(activity),
+        _account(activity.from_property),
+        _account(activity.recipient),
+        (
+            conversation.id,
+            conversation.name,
+            conversation.conversation_type,
+            conversation.is_group,
+            conversation.tenant_id,
+        )
+        if conversation
+        else (),
+    )
 
 
 def _bot_removed(activity: Activity) -> bool:

@@ -12,6 +12,8 @@ reply — and signs each request with a blocking msal call on the event loop. He
   one `ConnectorClient` per service URL, made once and reused, whose pipeline checks every
   request URL against the trusted bases, then attaches the bot's cached token, then sends it
   on the app's shared aiohttp session (kept-alive connections, TLS trust from the environment).
+  Its serializer hands a card over as the JSON it already is: msrest would otherwise walk every
+  node of every card (the largest single cost of a reply in the profile).
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from botframework.connector import models
 from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import ConnectorFactory, MicrosoftAppCredentials
 from botframework.connector.bot_framework_sdk_client_async import (
     BotFrameworkConnectorConfiguration,
 )
+from botframework.connector.models import Activity
+from msrest import Serializer
 from msrest.pipeline import AsyncHTTPPolicy, AsyncHTTPSender, AsyncPipeline, Request, Response
 from msrest.pipeline.universal import RawDeserializer
 from msrest.universal_http import ClientRequest
@@ -179,6 +184,40 @@ class _SessionSender(AsyncHTTPSender):  # type: ignore[misc]
         return Response(request, _SessionResponse(http, resp, body))
 
 
+class _CardSerializer(Serializer):  # type: ignore[misc]
+    """msrest's serializer, except that an activity's attachment contents that are plain JSON
+    (dicts, as `bot.teams.render` makes every card) go into the body as they are.
+
+    msrest serializes such a value by visiting every node of it to produce the same dict; only
+    the activity around the cards goes through msrest.
+    """
+
+    def body(self, data: Any, data_type: str, **kwargs: Any) -> Any:
+        if data_type != "Activity" or not isinstance(data, Activity) or not data.attachments:
+            return super().body(data, data_type, **kwargs)
+        cards = [
+            (attachment, attachment.content)
+            for attachment in data.attachments
+            if isinstance(attachment.content, dict)
+        ]
+        try:
+            for attachment, _ in cards:
+                attachment.content = None
+            body = super().body(data, data_type, **kwargs)
+        finally:
+            for attachment, content in cards:
+                attachment.content = content
+        serialized = body.get("attachments") or []
+        if len(serialized) != len(data.attachments):
+            return super().body(data, data_type, **kwargs)
+        by_identity = {id(attachment): card for attachment, card in cards}
+        for attachment, out in zip(data.attachments, serialized, strict=True):
+            card = by_identity.get(id(attachment))
+            if card is not None:
+                out["content"] = card
+        return body
+
+
 class ConnectorPool(ConnectorFactory):
     """Connector clients for trusted service URLs, one per URL, made once and reused."""
 
@@ -224,7 +263,12 @@ class ConnectorPool(ConnectorFactory):
         )
         config.add_user_agent(USER_AGENT)
         log.info("connector client created", extra={"service_url": service_url})
-        return ConnectorClient(None, custom_configuration=config)
+        client = ConnectorClient(None, custom_configuration=config)
+        serializer = _CardSerializer(
+            {k: v for k, v in vars(models).items() if isinstance(v, type)}
+        )
+        client.conversations._serialize = serializer
+        return client
 
     @property
     def client_count(self) -> int:

@@ -9,6 +9,11 @@ claim against the activity. Stock botbuilder turns many of these failures into b
 `requests.get` inside a coroutine; `SigningKeys` replaces it with a fetch on the app's aiohttp
 session.
 
+The Bot Connector sends the same token with every activity for about an hour, and checking
+it (signature, key endorsement, claims) is most of the cost of authentication: a token that
+passed every check is remembered, with the channel and service URL it was checked for, until
+it expires or the signing keys change. Anything else goes through the full check again.
+
 Outbound, connectors come from `ConnectorPool` (trusted service URLs only, reused clients).
 
 With no MicrosoftAppId (local development mode) nothing is authenticated — the settings refuse
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,6 +67,10 @@ from bot.teams.connector import ConnectorPool, TrustedServiceUrls, UntrustedServ
 log = logging.getLogger("bot.teams.edge")
 
 KEYS_TIMEOUT_SECONDS = 10
+#: botbuilder's clock skew allowance when it checks a token's lifetime.
+CLOCK_SKEW_SECONDS = 300
+#: Distinct (token, channel, service URL) triples remembered as checked.
+CHECKED_TOKENS = 256
 
 #: The id of the activity being served: the correlation id of every log line of its turn.
 CORRELATION_ID: ContextVar[str | None] = ContextVar("correlation_id", default=None)
@@ -109,13 +119,31 @@ class _NotAChannelToken(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """A token that passed every check for one channel and service URL."""
+
+    claims: dict[str, Any]
+    audience: str | None
+    caller_id: str | None
+    valid_until: float  # time.time(): its exp plus botbuilder's clock skew
+    keys: datetime  # the signing keys it was checked against (their last refresh)
+
+
 class ChannelAuthentication(BotFrameworkAuthentication):
     """botbuilder's validation for tokens from the Bot Framework channel; every failure a
     PermissionError (the adapter's 401). Connectors come from the `ConnectorPool`."""
 
-    def __init__(self, settings: Settings, connectors: ConnectorPool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        connectors: ConnectorPool,
+        signing_keys: SigningKeys | None = None,
+    ) -> None:
         self._settings = settings
         self._connectors = connectors
+        self._signing_keys = signing_keys
+        self._checked: dict[tuple[str, str, str], _Checked] = {}
         configuration = SimpleNamespace(
             TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL=settings.botframework_openid_metadata,
             TO_BOT_FROM_CHANNEL_TOKEN_ISSUER=settings.channel_issuer,
@@ -157,15 +185,49 @@ class ChannelAuthentication(BotFrameworkAuthentication):
             # Without these botbuilder skips the serviceurl and endorsement checks.
             if not activity.service_url or not activity.channel_id:
                 raise PermissionError("activity without serviceUrl or channelId")
+            key = (token, activity.channel_id, activity.service_url)
+            remembered = self._remembered(key)
+            if remembered is not None:
+                return remembered
             result = await self._inner.authenticate_request(activity, auth_header)
             claims = result.claims_identity.claims if result.claims_identity else {}
             if claims.get(AuthenticationConstants.SERVICE_URL_CLAIM) != activity.service_url:
                 raise PermissionError("serviceurl claim does not match the activity")
+            self._remember(key, result)
             return result
         except PermissionError:
             raise
         except Exception as exc:  # botbuilder raises bare Exception, jwt errors, KeyError...
             raise PermissionError(f"invalid token: {type(exc).__name__}: {exc}") from exc
+
+    def _remember(self, key: tuple[str, str, str], result: AuthenticateRequestResult) -> None:
+        claims = dict(result.claims_identity.claims)
+        exp = claims.get("exp")
+        if self._signing_keys is None or not isinstance(exp, (int, float)):
+            return
+        if len(self._checked) >= CHECKED_TOKENS:
+            del self._checked[next(iter(self._checked))]
+        self._checked[key] = _Checked(
+            claims,
+            result.audience,
+            result.caller_id,
+            float(exp) + CLOCK_SKEW_SECONDS,
+            self._signing_keys.last_updated,
+        )
+
+    def _remembered(self, key: tuple[str, str, str]) -> AuthenticateRequestResult | None:
+        checked = self._checked.get(key)
+        if checked is None:
+            return None
+        keys = self._signing_keys
+        if keys is None or checked.keys != keys.last_updated or time.time() >= checked.valid_until:
+            del self._checked[key]  # expired, or the keys changed: check it in full again
+            return None
+        result = AuthenticateRequestResult()
+        result.claims_identity = ClaimsIdentity(dict(checked.claims), True)
+        result.audience = checked.audience
+        result.caller_id = checked.caller_id
+        return result
 
     async def authenticate_streaming_request(
         self, auth_header: str, channel_id_header: str
@@ -311,16 +373,16 @@ def build_edge(
     connectors = ConnectorPool(
         trusted, session, credentials.connector_token if credentials else None
     )
-    adapter = CloudAdapter(ChannelAuthentication(settings, connectors))
+    keys = (
+        None
+        if settings.dev_mode
+        else SigningKeys.install(settings.botframework_openid_metadata, session)
+    )
+    adapter = CloudAdapter(ChannelAuthentication(settings, connectors, keys))
     adapter.on_turn_error = _on_turn_error
     graph = GraphClient(session, settings, credentials.graph_token) if credentials else None
     front_door = dict(services or {})
     if graph is not None:
         front_door["graph"] = graph
     bot = FusionBot(settings, build_policy(settings, graph), front_door)
-    keys = (
-        None
-        if settings.dev_mode
-        else SigningKeys.install(settings.botframework_openid_metadata, session)
-    )
     return Edge(settings, adapter, bot, connectors, credentials, keys, front_door)

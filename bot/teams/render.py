@@ -551,18 +551,34 @@ def card_size(card: Mapping[str, Any]) -> int:
     return len(json.dumps(card, separators=(",", ":"), ensure_ascii=True))
 
 
-def render(reply: Reply, *, actionable: bool = True) -> dict:
+class Card(dict):  # type: ignore[type-arg]
+    """A rendered Adaptive Card: complete when made and never changed afterwards.
+
+    botbuilder deep-copies every activity it sends (and the invoke response), card included;
+    for a card that is never changed a copy is the card itself, so copies share it.
+    """
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Card:
+        return self
+
+
+def render(reply: Reply, *, actionable: bool = True) -> Card:
     """The Adaptive Card (1.5, as a dict) for a reply; never over MAX_CARD_BYTES.
 
     `actionable=False` leaves the Approve / Reject buttons off a pending approval (the view of
     someone who may not decide it).
     """
+    size = None
     if isinstance(reply, Table):
         card = _table(reply)
         keep = len(reply.rows)
-        while card_size(card) > MAX_CARD_BYTES and keep > 0:
+        size = card_size(card)
+        while size > MAX_CARD_BYTES and keep > 0:
             keep = keep * 3 // 4 if keep > 4 else keep - 1
             card = _table(reply, keep_rows=keep)
+            size = card_size(card)
     elif isinstance(reply, Changed):
         card = _changed(reply)
     elif isinstance(reply, Error):
@@ -581,7 +597,7 @@ def render(reply: Reply, *, actionable: bool = True) -> dict:
         card = _message(reply)
     else:
         card = bind(template("message"), {"tone": "accent", "title": reply.title})
-    if card_size(card) > MAX_CARD_BYTES:
+    if (card_size(card) if size is None else size) > MAX_CARD_BYTES:
         # Only pathological input gets here (e.g. thousands of facts): say so in a small card.
         card = bind(
             template("message"),
@@ -592,7 +608,7 @@ def render(reply: Reply, *, actionable: bool = True) -> dict:
                 "--json`) or narrow the request.",
             },
         )
-    return card
+    return Card(card)
 
 
 def attachment(card: Mapping[str, Any]) -> dict:
