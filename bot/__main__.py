@@ -65,8 +65,12 @@ def to_text(reply: Reply) -> str:
     elif isinstance(reply, Changed):
         keys = list(dict.fromkeys([*(reply.before or {}), *(reply.after or {})]))
         for key in keys:
-            old = (reply.before or {}).get(key, "—")
-            new = (reply.after or {}).get(key, "—")
+            old = (reply.before or {}).get(key)
+            new = (reply.after or {}).get(key)
+            if old is None and new is None:
+                continue
+            old = "—" if old is None else old
+            new = "—" if new is None else new
             lines.append(f"  {key}: {old} → {new}")
     elif isinstance(reply, Error):
         lines.append(reply.text)
