@@ -30,6 +30,7 @@ from bot.auth.actor import Actor
 from bot.auth.policy import Policy
 from bot.commands.dispatch import run_text
 from bot.commands.registry import Context
+from bot.commands.reply import Reply
 from bot.config import Settings
 from bot.domain import conversations
 from bot.teams.cards import after_reply, card_activity, handle_card_action, same_answer
@@ -41,6 +42,32 @@ log = logging.getLogger("bot.teams.bot")
 REFERENCE_FRESH_SECONDS = 60.0
 #: Conversations whose last stored reference this process remembers.
 REFERENCES_KEPT = 10_000
+
+
+class CardInPlace:
+    """The turn's answer as one card: a bulk operation posts it with its first progress report
+    and updates it as it goes; the final answer replaces it (or is posted, when nothing was)."""
+
+    def __init__(self, turn_context: TurnContext) -> None:
+        self._turn = turn_context
+        self.activity_id: str | None = None
+
+    async def show(self, reply: Reply) -> str | None:
+        activity = card_activity(render(reply))
+        if self.activity_id is None:
+            sent = await self._turn.send_activity(activity)
+            self.activity_id = sent.id if sent else None
+        else:
+            activity.id = self.activity_id
+            await self._turn.update_activity(activity)
+        return self.activity_id
+
+    async def show_progress(self, reply: Reply) -> None:
+        # Progress is a courtesy: a failed update must not stop the bulk operation itself.
+        try:
+            await self.show(reply)
+        except Exception:
+            log.warning("could not show progress", exc_info=True)
 
 
 def tenant_of(activity: Activity) -> str | None:
@@ -99,10 +126,9 @@ class FusionBot(ActivityHandler):
         # conversation id -> (what its stored reference was made from, when it was stored)
         self._stored: dict[str, tuple[tuple[Any, ...], float]] = {}
 
-    def _context(self, actor: Actor) -> Context:
-        return Context(
-            actor=actor, settings=self._settings, policy=self._policy, services=self._services
-        )
+    def _context(self, actor: Actor, **turn_services: Any) -> Context:
+        services = {**self._services, **turn_services} if turn_services else self._services
+        return Context(actor=actor, settings=self._settings, policy=self._policy, services=services)
 
     async def on_turn(self, turn_context: TurnContext) -> None:
         await self._track_conversation(turn_context.activity)
@@ -118,10 +144,10 @@ class FusionBot(ActivityHandler):
             await handle_card_action(turn_context, actor, self._context(actor))
             return
         actor = actor_from(activity, "chat")
-        reply = await run_text(text, self._context(actor))
+        card = CardInPlace(turn_context)
+        reply = await run_text(text, self._context(actor, progress=card.show_progress))
         reply = await same_answer(reply)  # a redelivered activity: what the first one did
-        sent = await turn_context.send_activity(card_activity(render(reply)))
-        await after_reply(turn_context, reply, sent.id if sent else None)
+        await after_reply(turn_context, reply, await card.show(reply))
 
     async def on_adaptive_card_invoke(
         self, turn_context: TurnContext, invoke_value: AdaptiveCardInvokeValue
