@@ -103,10 +103,10 @@ async def open_form(spec: CommandSpec, ctx: Context) -> Reply:
 
 def _fields(spec: CommandSpec, parsed: Parsed) -> dict[str, Any]:
     data: dict[str, Any] = {}
-    for word, value in parsed.values.items():
-        data[spec.field_for(word)] = value
-    for option, value in parsed.options.items():
-        data[spec.field_for(option)] = value
+    for word, words in parsed.values.items():
+        data[spec.field_for(word)] = words
+    for option, setting in parsed.options.items():
+        data[spec.field_for(option)] = setting
     return data
 
 

@@ -130,7 +130,7 @@ def tokenize(text: str) -> list[str]:
     if _CONTROL.search(text):
         raise UsageError("The command contains control or invalid characters; type it without them.")
     # Teams and phones turn quotes into typographic ones; treat them as plain quotes.
-    text = text.translate(str.maketrans({"“": '"', "”": '"', "‘": "'", "\u00a0": " "}))
+    text = text.translate(str.maketrans("“”‘\u00a0", "\"\"' "))
     text = _CLOSING_QUOTE.sub("'", text)
     words: list[str] = []
     i, n = 0, len(text)

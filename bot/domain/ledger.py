@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.models import Model
 
 from bot.domain.change import Origin, change
 from bot.domain.errors import AlreadyExists, Conflict, InvalidInput, NotFound
@@ -77,32 +78,37 @@ def product_view(p: Product) -> dict[str, Any]:
 # ----- look-ups --------------------------------------------------------------------------
 
 
+async def _names(model: type[Model], field: str, conn: BaseDBAsyncClient | None) -> list[str]:
+    """Every value of a name column: the candidates for "did you mean"."""
+    return [str(v) for v in await model.all().using_db(conn).values_list(field, flat=True)]
+
+
 async def find_product(name: str, conn: BaseDBAsyncClient | None = None) -> Product:
     product = await Product.filter(name__iexact=name).using_db(conn).first()
     if product is None:
-        raise NotFound("product", name, await Product.all().using_db(conn).values_list("name", flat=True))
+        raise NotFound("product", name, await _names(Product, "name", conn))
     return product
 
 
 async def find_subscription(code: str, conn: BaseDBAsyncClient | None = None) -> Subscription:
     sub = await Subscription.filter(code__iexact=code).using_db(conn).first()
     if sub is None:
-        raise NotFound(
-            "subscription", code, await Subscription.all().using_db(conn).values_list("code", flat=True)
-        )
+        raise NotFound("subscription", code, await _names(Subscription, "code", conn))
     return sub
 
 
 async def find_customer(name: str, conn: BaseDBAsyncClient | None = None) -> Customer:
     customer = await Customer.filter(name__iexact=name).using_db(conn).first()
     if customer is None:
-        raise NotFound("customer", name, await Customer.all().using_db(conn).values_list("name", flat=True))
+        raise NotFound("customer", name, await _names(Customer, "name", conn))
     return customer
 
 
 async def allocated_total(conn: BaseDBAsyncClient, product_id: int) -> int:
-    rows = await Allocation.filter(product_id=product_id).using_db(conn).values_list("quantity", flat=True)
-    return int(sum(rows))
+    rows = await Allocation.filter(product_id=product_id).using_db(conn).values_list(
+        "quantity", flat=True
+    )
+    return sum(int(cast(int, q)) for q in rows)
 
 
 async def lock_product(conn: BaseDBAsyncClient, product_id: int) -> Product:

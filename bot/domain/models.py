@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from tortoise import fields
 from tortoise.models import Model
@@ -238,10 +239,10 @@ class ApprovalRequest(Model):
 
     id = fields.CharField(max_length=16, primary_key=True)
     action = fields.CharField(max_length=40)
-    payload = fields.JSONField()
+    payload: Any = fields.JSONField()
     summary = fields.CharField(max_length=500)
-    before = fields.JSONField(null=True)
-    after = fields.JSONField(null=True)
+    before: Any = fields.JSONField(null=True)
+    after: Any = fields.JSONField(null=True)
     requester_id = fields.CharField(max_length=64)
     requester_name = fields.CharField(max_length=255, default="")
     status = fields.CharEnumField(ApprovalStatus, max_length=20, default=ApprovalStatus.PENDING)
@@ -268,8 +269,8 @@ class AuditEvent(Model):
     source = fields.CharField(max_length=20)
     action = fields.CharField(max_length=60)
     target = fields.CharField(max_length=255)
-    before = fields.JSONField(null=True)
-    after = fields.JSONField(null=True)
+    before: Any = fields.JSONField(null=True)
+    after: Any = fields.JSONField(null=True)
     correlation_id = fields.CharField(max_length=255, null=True, db_index=True)
     prev_hash = fields.CharField(max_length=64)
     hash = fields.CharField(max_length=64)
@@ -293,7 +294,7 @@ class RequestKey(Model):
     """An activity id or card submission already carried out: the same one again has no effect."""
 
     key = fields.CharField(max_length=255, primary_key=True)
-    outcome = fields.JSONField(null=True)
+    outcome: Any = fields.JSONField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 
     class Meta:
@@ -305,7 +306,7 @@ class ConversationRef(Model):
 
     id = fields.IntField(primary_key=True)
     conversation_id = fields.CharField(max_length=512, unique=True)
-    reference = fields.JSONField()
+    reference: Any = fields.JSONField()
     tenant_id = fields.CharField(max_length=64, null=True)
     service_url = fields.CharField(max_length=512)
     active = fields.BooleanField(default=True)

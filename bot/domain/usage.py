@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.functions import Count, Sum
@@ -49,7 +49,7 @@ async def in_use(conn: BaseDBAsyncClient | None, subscription_id: int, product: 
         rows = await SipTrunk.filter(subscription_id=subscription_id).using_db(conn).values_list(
             "channels", flat=True
         )
-        return int(sum(rows))
+        return sum(int(cast(int, c)) for c in rows)
     if product.kind is ProductKind.LICENSE:
         return await LicenseAssignment.filter(
             product_id=product.id, account__subscription_id=subscription_id
