@@ -57,7 +57,9 @@ def to_text(reply: Reply) -> str:
         for row in reply.rows:
             widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=False)]
         lines.append("  ".join(c.ljust(w) for c, w in zip(reply.columns, widths, strict=False)))
-        lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in reply.rows)
+        lines.extend(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in reply.rows
+        )
         if reply.pages > 1:
             lines.append(f"page {reply.page} of {reply.pages}; next: {reply.next_command}")
         if reply.note:
@@ -123,12 +125,17 @@ async def main(argv: list[str]) -> int:
         if not db.is_outage(exc):
             raise
         await db.close_database()
-        print(f"The database is not answering ({type(exc).__name__}: {exc}); nothing was changed. "
-              "Try again in a moment.", file=sys.stderr)
+        print(
+            f"The database is not answering ({type(exc).__name__}: {exc}); nothing was changed. "
+            "Try again in a moment.",
+            file=sys.stderr,
+        )
         return 3
     try:
         ctx = Context(
-            actor=actor, settings=settings, policy=OperatorPolicy(),
+            actor=actor,
+            settings=settings,
+            policy=OperatorPolicy(),
             services={"approvals": ApprovalGate()},
         )
         # The shell already split the words: they go to the same grammar as typed text.
@@ -136,8 +143,14 @@ async def main(argv: list[str]) -> int:
     finally:
         await db.close_database()
     if isinstance(reply, Form):
-        reply = Error(title=f"Usage: {reply.command}", text="Arguments are missing.", usage=reply.usage)
-    out = json.dumps(to_json(reply), indent=2, ensure_ascii=False, default=str) if as_json else to_text(reply)
+        reply = Error(
+            title=f"Usage: {reply.command}", text="Arguments are missing.", usage=reply.usage
+        )
+    out = (
+        json.dumps(to_json(reply), indent=2, ensure_ascii=False, default=str)
+        if as_json
+        else to_text(reply)
+    )
     if reply.ok:
         print(out)
         return 0

@@ -199,14 +199,18 @@ class Settings:
 
         cloud_name = env.get("FUSION_CLOUD", "public").strip().lower() or "public"
         if cloud_name not in CLOUDS:
-            raise ConfigError(f"FUSION_CLOUD must be one of {', '.join(CLOUDS)}, got {cloud_name!r}")
+            raise ConfigError(
+                f"FUSION_CLOUD must be one of {', '.join(CLOUDS)}, got {cloud_name!r}"
+            )
         cloud = CLOUDS[cloud_name]
 
         naming_rule = env.get("FUSION_NAMING_RULE") or DEFAULT_NAMING_RULE
         try:
             re.compile(naming_rule)
         except re.error as exc:
-            raise ConfigError(f"FUSION_NAMING_RULE is not a valid regular expression: {exc}") from exc
+            raise ConfigError(
+                f"FUSION_NAMING_RULE is not a valid regular expression: {exc}"
+            ) from exc
 
         trusted = _csv(env.get("FUSION_TRUSTED_SERVICE_URLS")) or cloud.trusted_service_urls
         settings = cls(
@@ -225,7 +229,9 @@ class Settings:
             approvals_channel=env.get("FUSION_APPROVALS_CHANNEL") or "",
             dev_admins=_csv(env.get("FUSION_DEV_ADMINS")),
             cloud=cloud_name,
-            login_authority=(env.get("FUSION_LOGIN_AUTHORITY") or cloud.login_authority).rstrip("/"),
+            login_authority=(env.get("FUSION_LOGIN_AUTHORITY") or cloud.login_authority).rstrip(
+                "/"
+            ),
             graph_url=(env.get("FUSION_GRAPH_URL") or cloud.graph_url).rstrip("/"),
             botframework_openid_metadata=env.get("FUSION_BOTFRAMEWORK_OPENID_METADATA")
             or cloud.botframework_openid_metadata,

@@ -95,8 +95,14 @@ async def seed(origin: Origin) -> list[str]:
     for p in PRODUCTS:
         try:
             await ledger.add_product(
-                origin, p.name, p.kind, p.capacity,
-                country=p.country, number_type=p.number_type, unit=p.unit, sku=p.sku,
+                origin,
+                p.name,
+                p.kind,
+                p.capacity,
+                country=p.country,
+                number_type=p.number_type,
+                unit=p.unit,
+                sku=p.sku,
             )
             lines.append(f"added    product {p.name}")
         except AlreadyExists:
@@ -113,9 +119,7 @@ async def seed(origin: Origin) -> list[str]:
         except AlreadyExists:
             lines.append(f"kept     subscription {code}")
 
-    held = {
-        (s.code, u.name): s.allocated for u in await usage_report() for s in u.subscriptions
-    }
+    held = {(s.code, u.name): s.allocated for u in await usage_report() for s in u.subscriptions}
     for code, product, target in ALLOCATIONS:
         missing = target - held.get((code, product), 0)
         if missing <= 0:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from bot.config import DEFAULT_NAMING_RULE
 from bot.domain import db
 from bot.domain.naming import set_naming_rule
-from bot.config import DEFAULT_NAMING_RULE
 from tests import dbutil
 from tests.fakes.network_guard import install_loopback_guard
 

@@ -14,7 +14,9 @@ from bot.domain import db
 GENESIS = "0" * 64
 # The server to test against. Each test session makes its own database on it (named after
 # the session's process id), so parallel sessions never drop each other's database.
-SERVER_URL = os.environ.get("FUSION_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/fusion_test")
+SERVER_URL = os.environ.get(
+    "FUSION_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/fusion_test"
+)
 POSTGRES_URL = f"{SERVER_URL.rsplit('/', 1)[0]}/{SERVER_URL.rsplit('/', 1)[1]}_{os.getpid()}"
 REQUIRE_POSTGRES = os.environ.get("FUSION_REQUIRE_POSTGRES", "") == "1"
 
@@ -71,13 +73,14 @@ def drop(url: str) -> None:
 def prepare(url: str) -> None:
     """Create a fresh database and apply every migration (in its own event loop)."""
 
+    if db.connection_name(url) == "sqlite":
+        path = Path(url.split("://", 1)[1].split("?", 1)[0])
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+
     async def run() -> None:
         if db.connection_name(url) == "postgres":
             await _create_postgres_database(url)
-        else:
-            path = Path(url.split("://", 1)[1].split("?", 1)[0])
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
         await db.open_database(url, migrate=True)
         await db.close_database()
 

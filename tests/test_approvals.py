@@ -50,13 +50,20 @@ _ids = itertools.count(1)
 
 
 def actor(who: str) -> Actor:
-    return Actor(object_id=who, name=who.title(), tenant_id="tenant-1", source="chat",
-                 correlation_id=f"act-{next(_ids)}", conversation_id=CONVERSATION)
+    return Actor(
+        object_id=who,
+        name=who.title(),
+        tenant_id="tenant-1",
+        source="chat",
+        correlation_id=f"act-{next(_ids)}",
+        conversation_id=CONVERSATION,
+    )
 
 
 def context(who: str) -> Context:
-    return Context(actor=actor(who), settings=SETTINGS, policy=POLICY,
-                   services={"approvals": ApprovalGate()})
+    return Context(
+        actor=actor(who), settings=SETTINGS, policy=POLICY, services={"approvals": ApprovalGate()}
+    )
 
 
 def turn(activity: Activity) -> tuple[TurnContext, TestAdapter]:
@@ -71,16 +78,22 @@ def turn(activity: Activity) -> tuple[TurnContext, TestAdapter]:
 
 def execute(who: str, verb: str, data: Any) -> Activity:
     return Activity(
-        type="invoke", name="adaptiveCard/action", reply_to_id=CARD_MESSAGE,
+        type="invoke",
+        name="adaptiveCard/action",
+        reply_to_id=CARD_MESSAGE,
         from_property=ChannelAccount(id=f"29:{who}", aad_object_id=who, name=who.title()),
-        value={"action": {"type": "Action.Execute", "verb": verb, "data": data},
-               "trigger": "manual"},
+        value={
+            "action": {"type": "Action.Execute", "verb": verb, "data": data},
+            "trigger": "manual",
+        },
     )
 
 
 def submit(who: str, data: Any) -> Activity:
     return Activity(
-        type="message", reply_to_id=CARD_MESSAGE, value=data,
+        type="message",
+        reply_to_id=CARD_MESSAGE,
+        value=data,
         from_property=ChannelAccount(id=f"29:{who}", aad_object_id=who, name=who.title()),
     )
 
@@ -109,9 +122,9 @@ async def allocated() -> int:
 async def state() -> dict[str, Any]:
     return {
         **await snapshot(),
-        "approvals": await ApprovalRequest.all().order_by("id").values(
-            "id", "status", "decided_by_id", "decided_at", "reason", "expires_at"
-        ),
+        "approvals": await ApprovalRequest.all()
+        .order_by("id")
+        .values("id", "status", "decided_by_id", "decided_at", "reason", "expires_at"),
     }
 
 
@@ -202,9 +215,11 @@ async def test_approve_by_card_carries_out_the_change_and_updates_the_card() -> 
     await seed()
     request = await request_allocation()
     await approvals.set_card(request.request_id, CONVERSATION, "msg-original")
-    card, adapter = await click("bob", r.VERB_APPROVE, {"verb": r.VERB_APPROVE,
-                                                        "request_id": request.request_id,
-                                                        "reason": "budget ok"})
+    card, adapter = await click(
+        "bob",
+        r.VERB_APPROVE,
+        {"verb": r.VERB_APPROVE, "request_id": request.request_id, "reason": "budget ok"},
+    )
     assert await allocated() == 500
     said = texts(card)
     assert "APPROVED" in said and "Bob" in said and "budget ok" in said
@@ -230,15 +245,21 @@ async def test_reject_by_submit_fallback_keeps_the_ledger_and_records_the_reason
     await seed()
     request = await request_allocation()
     before = await snapshot()
-    tc, adapter = turn(submit("carol", {"verb": r.VERB_REJECT, "request_id": request.request_id,
-                                        "reason": "too many"}))
+    tc, adapter = turn(
+        submit(
+            "carol", {"verb": r.VERB_REJECT, "request_id": request.request_id, "reason": "too many"}
+        )
+    )
     assert await handle_card_action(tc, actor("carol"), context("carol")) is None
     # Action.Submit: the clicked card is replaced by the outcome.
     [updated] = adapter.updated_activities
     assert updated.id == CARD_MESSAGE and "REJECTED" in texts(updated.attachments[0].content)
     stored = await ApprovalRequest.get(id=request.request_id)
     assert (stored.status, stored.reason, stored.decided_by_id) == (
-        ApprovalStatus.REJECTED, "too many", "carol")
+        ApprovalStatus.REJECTED,
+        "too many",
+        "carol",
+    )
     after = await snapshot()
     assert after["allocations"] == before["allocations"]
     [decision] = await decisions()
@@ -321,32 +342,72 @@ async def test_expired_requests_are_shown_as_such_and_cannot_be_decided() -> Non
 
 REFUSALS = [
     # (case, who, verb, data factory, words the answer contains)
-    ("requester approves own request", "ada", r.VERB_APPROVE,
-     lambda rid: {"request_id": rid}, "cannot decide it"),
-    ("requester rejects own request", "ada", r.VERB_REJECT,
-     lambda rid: {"request_id": rid}, "cannot decide it"),
+    (
+        "requester approves own request",
+        "ada",
+        r.VERB_APPROVE,
+        lambda rid: {"request_id": rid},
+        "cannot decide it",
+    ),
+    (
+        "requester rejects own request",
+        "ada",
+        r.VERB_REJECT,
+        lambda rid: {"request_id": rid},
+        "cannot decide it",
+    ),
     ("not an approver", "mallory", r.VERB_APPROVE, lambda rid: {"request_id": rid}, "Not allowed"),
-    ("unknown request id", "bob", r.VERB_APPROVE, lambda rid: {"request_id": "zzzzzzzzzz"},
-     "No approval request"),
-    ("request id of another type", "bob", r.VERB_APPROVE, lambda rid: {"request_id": 12345},
-     "does not name an approval request"),
-    ("request id as an object", "bob", r.VERB_APPROVE,
-     lambda rid: {"request_id": {"$ne": None}}, "does not name an approval request"),
+    (
+        "unknown request id",
+        "bob",
+        r.VERB_APPROVE,
+        lambda rid: {"request_id": "zzzzzzzzzz"},
+        "No approval request",
+    ),
+    (
+        "request id of another type",
+        "bob",
+        r.VERB_APPROVE,
+        lambda rid: {"request_id": 12345},
+        "does not name an approval request",
+    ),
+    (
+        "request id as an object",
+        "bob",
+        r.VERB_APPROVE,
+        lambda rid: {"request_id": {"$ne": None}},
+        "does not name an approval request",
+    ),
     ("no request id", "bob", r.VERB_APPROVE, lambda rid: {}, "does not name an approval request"),
-    ("reason of a wrong type", "bob", r.VERB_APPROVE,
-     lambda rid: {"request_id": rid, "reason": {"x": 1}}, "wrong kind"),
+    (
+        "reason of a wrong type",
+        "bob",
+        r.VERB_APPROVE,
+        lambda rid: {"request_id": rid, "reason": {"x": 1}},
+        "wrong kind",
+    ),
     ("unknown verb", "bob", "approval.force", lambda rid: {"request_id": rid}, "Unknown action"),
     ("verb missing", "bob", "", lambda rid: {"request_id": rid}, "Unknown action"),
-    ("a change smuggled into a page button", "bob", r.VERB_PAGE,
-     lambda rid: {"command": f"approve {rid}"}, "does not name a list"),
-    ("identity in the card data is ignored", "mallory", r.VERB_APPROVE,
-     lambda rid: {"request_id": rid, "from": "bob", "actor": "bob", "object_id": "bob"},
-     "Not allowed"),
+    (
+        "a change smuggled into a page button",
+        "bob",
+        r.VERB_PAGE,
+        lambda rid: {"command": f"approve {rid}"},
+        "does not name a list",
+    ),
+    (
+        "identity in the card data is ignored",
+        "mallory",
+        r.VERB_APPROVE,
+        lambda rid: {"request_id": rid, "from": "bob", "actor": "bob", "object_id": "bob"},
+        "Not allowed",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "who", "verb", "data", "words"), REFUSALS,
-                         ids=[c[0] for c in REFUSALS])
+@pytest.mark.parametrize(
+    ("case", "who", "verb", "data", "words"), REFUSALS, ids=[c[0] for c in REFUSALS]
+)
 @both_databases
 async def test_refused_card_actions_change_nothing(
     case: str, who: str, verb: str, data: Any, words: str
@@ -446,8 +507,13 @@ async def test_request_in_chat_decided_in_the_approvals_channel_through_the_app(
     chat = "a:alice-personal-chat"
     connector = FakeBotConnector(None).start()
     try:
-        settings = dev_settings(empty_db_url, connector, dev_admins=(ADMIN_OID, bob),
-                                approval_threshold=5, approvals_channel=channel)
+        settings = dev_settings(
+            empty_db_url,
+            connector,
+            dev_admins=(ADMIN_OID, bob),
+            approval_threshold=5,
+            approvals_channel=channel,
+        )
         async with running_bot(settings) as app:
             await seed_ledger()
 
@@ -468,13 +534,23 @@ async def test_request_in_chat_decided_in_the_approvals_channel_through_the_app(
             assert request.card_activity_id == reply.activity_id
             assert await allocated() == 0
 
-            click = message("", connector.service_url, sender=bob, conversation=channel,
-                            type="invoke", name="adaptiveCard/action",
-                            replyToId=copy.activity_id,
-                            value={"action": {"type": "Action.Execute", "verb": r.VERB_APPROVE,
-                                              "data": {"verb": r.VERB_APPROVE,
-                                                       "request_id": request.id}},
-                                   "trigger": "manual"})
+            click = message(
+                "",
+                connector.service_url,
+                sender=bob,
+                conversation=channel,
+                type="invoke",
+                name="adaptiveCard/action",
+                replyToId=copy.activity_id,
+                value={
+                    "action": {
+                        "type": "Action.Execute",
+                        "verb": r.VERB_APPROVE,
+                        "data": {"verb": r.VERB_APPROVE, "request_id": request.id},
+                    },
+                    "trigger": "manual",
+                },
+            )
             del click["text"]
             answer = await app.post(click)
             assert answer.status == 200 and answer.body["statusCode"] == 200

@@ -55,10 +55,16 @@ _ids = itertools.count(1)
 
 
 def context(who: str = "ada") -> Context:
-    actor = Actor(object_id=who, name={"ada": "Ada Lovelace", "bob": "Bob Kahn"}.get(who, who),
-                  tenant_id="t", correlation_id=f"c-{next(_ids)}", conversation_id="conv")
-    return Context(actor=actor, settings=SETTINGS, policy=POLICY,
-                   services={"approvals": ApprovalGate()})
+    actor = Actor(
+        object_id=who,
+        name={"ada": "Ada Lovelace", "bob": "Bob Kahn"}.get(who, who),
+        tenant_id="t",
+        correlation_id=f"c-{next(_ids)}",
+        conversation_id="conv",
+    )
+    return Context(
+        actor=actor, settings=SETTINGS, policy=POLICY, services={"approvals": ApprovalGate()}
+    )
 
 
 async def say(text: str, who: str = "ada") -> Reply:
@@ -84,10 +90,20 @@ async def seed() -> None:
     await ledger.add_subscription(ops, "FAB-01", "Fabrikam, Inc.")
     await ledger.add_product(ops, "TEAMS-SEATS", ProductKind.TEAMS_SEATS, 1000)
     await ledger.add_product(ops, "SIP-CHANNELS", ProductKind.SIP_CHANNELS, 200)
-    for country, kind in [("GB", NumberType.GEOGRAPHIC), ("GB", NumberType.MOBILE),
-                          ("US", NumberType.TOLL_FREE), ("DE", NumberType.NATIONAL)]:
-        await ledger.add_product(ops, f"NUMBERS-{country}-{kind.value.upper()}",
-                                 ProductKind.NUMBERS, 500, country=country, number_type=kind)
+    for country, kind in [
+        ("GB", NumberType.GEOGRAPHIC),
+        ("GB", NumberType.MOBILE),
+        ("US", NumberType.TOLL_FREE),
+        ("DE", NumberType.NATIONAL),
+    ]:
+        await ledger.add_product(
+            ops,
+            f"NUMBERS-{country}-{kind.value.upper()}",
+            ProductKind.NUMBERS,
+            500,
+            country=country,
+            number_type=kind,
+        )
     for i in range(24):
         await ledger.add_product(ops, f"M365-ADDON-{i:02}", ProductKind.LICENSE, None)
     await ledger.allocate(ops, 90, "TEAMS-SEATS", "ACME-01")
@@ -121,27 +137,49 @@ async def approval_in(status: str) -> Approval:
 def every_reply_type() -> dict[str, Reply]:
     """One constructed reply of each type (also the ones no command produces yet)."""
     return {
-        "type-message": Message(title="Who you are", text="Plain information.",
-                                facts=[("Name", "Ada Lovelace"), ("Approver", "yes")]),
+        "type-message": Message(
+            title="Who you are",
+            text="Plain information.",
+            facts=[("Name", "Ada Lovelace"), ("Approver", "yes")],
+        ),
         "type-table": Table(title="A list", columns=["Name", "Count"], rows=[["A", "1"]]),
         "type-changed": Changed(title="Changed", target="X", before={"a": 1}, after={"a": 2}),
         "type-error": Error(title="Usage: x", text="Something is missing.", usage="x N"),
-        "type-form": Form(title="A form", command="allocate", usage="allocate N", form_id="f" * 16,
-                          fields=[FormField("quantity", "How many", kind="number"),
-                                  FormField("flag", "A toggle", kind="toggle", required=False)]),
-        "type-approval": Approval(title="Approval", request_id="abcdefghjk", summary="Something",
-                                  requester="Ada", before={"x": 1}, after={"x": 500},
-                                  expires_at="2030-01-01 00:00 UTC"),
+        "type-form": Form(
+            title="A form",
+            command="allocate",
+            usage="allocate N",
+            form_id="f" * 16,
+            fields=[
+                FormField("quantity", "How many", kind="number"),
+                FormField("flag", "A toggle", kind="toggle", required=False),
+            ],
+        ),
+        "type-approval": Approval(
+            title="Approval",
+            request_id="abcdefghjk",
+            summary="Something",
+            requester="Ada",
+            before={"x": 1},
+            after={"x": 500},
+            expires_at="2030-01-01 00:00 UTC",
+        ),
         "type-progress-running": Progress(
-            title="Assigning pack GOLD to 40 users", done=14, total=40, finished=False,
+            title="Assigning pack GOLD to 40 users",
+            done=14,
+            total=40,
+            finished=False,
             succeeded=[f"user{i}@contoso.com" for i in range(12)],
-            failed=[("user12@contoso.com", "no Teams seat left in ACME-01"),
-                    ("user13@contoso.com", "no such user")],
+            failed=[
+                ("user12@contoso.com", "no Teams seat left in ACME-01"),
+                ("user13@contoso.com", "no such user"),
+            ],
         ),
         "type-progress-done": Progress(
-            title="Pack GOLD assigned", done=3, total=3, succeeded=["a@contoso.com",
-                                                                    "b@contoso.com",
-                                                                    "c@contoso.com"],
+            title="Pack GOLD assigned",
+            done=3,
+            total=3,
+            succeeded=["a@contoso.com", "b@contoso.com", "c@contoso.com"],
             text="All three users now hold every license of GOLD.",
         ),
     }
@@ -165,8 +203,9 @@ async def gallery() -> dict[str, dict[str, Any]]:
     out["allocate"] = await say("allocate 10 TEAMS-SEATS to FAB-01")
     out["allocate-dry-run"] = await say("allocate 25 SIP-CHANNELS to ACME-01 --dry-run")
     out["release"] = await say("release 5 TEAMS-SEATS from FAB-01")
-    out["product-add"] = await say("product add NUMBERS-FR-GEO --kind numbers --country FR "
-                                   "--capacity 50 --sku FR-GEO-50")
+    out["product-add"] = await say(
+        "product add NUMBERS-FR-GEO --kind numbers --country FR --capacity 50 --sku FR-GEO-50"
+    )
     out["capacity-dry-run-over-threshold"] = await say(
         "product capacity SIP-CHANNELS 900 --dry-run"
     )
@@ -179,9 +218,16 @@ async def gallery() -> dict[str, dict[str, Any]]:
     out["form-allocate"] = await say("allocate")
     out["form-product-add"] = await say("product add")
     out["form-subscription-add"] = await say("subscription add")
-    submitted, _ = await run_action(r.VERB_FORM_SUBMIT, {
-        "command": "allocate", "form_id": "form-with-errors", "quantity": "0",
-        "product": "TEAMS-SEATS"}, context())
+    submitted, _ = await run_action(
+        r.VERB_FORM_SUBMIT,
+        {
+            "command": "allocate",
+            "form_id": "form-with-errors",
+            "quantity": "0",
+            "product": "TEAMS-SEATS",
+        },
+        context(),
+    )
     out["form-with-errors"] = submitted
     for status in ("pending", "approved", "rejected", "expired", "failed"):
         out[f"approval-{status}"] = await approval_in(status)
@@ -190,16 +236,23 @@ async def gallery() -> dict[str, dict[str, Any]]:
     pending = await approval_in("pending")
     refused, own = await run_action(r.VERB_APPROVE, {"request_id": pending.request_id}, context())
     assert own is False  # the requester gets no buttons
-    outsider, _ = await run_action(r.VERB_APPROVAL_REFRESH, {"request_id": pending.request_id},
-                                   context("mallory"))
+    outsider, _ = await run_action(
+        r.VERB_APPROVAL_REFRESH, {"request_id": pending.request_id}, context("mallory")
+    )
     out["approval-refresh-outsider"] = outsider
-    duplicate = await run_text("allocate 1 TEAMS-SEATS to ACME-01",
-                               dataclasses.replace(context(), actor=dataclasses.replace(
-                                   context().actor, idempotency_key="activity-1")))
+    duplicate = await run_text(
+        "allocate 1 TEAMS-SEATS to ACME-01",
+        dataclasses.replace(
+            context(), actor=dataclasses.replace(context().actor, idempotency_key="activity-1")
+        ),
+    )
     out["allocate-once"] = duplicate
-    again = await run_text("allocate 1 TEAMS-SEATS to ACME-01",
-                           dataclasses.replace(context(), actor=dataclasses.replace(
-                               context().actor, idempotency_key="activity-1")))
+    again = await run_text(
+        "allocate 1 TEAMS-SEATS to ACME-01",
+        dataclasses.replace(
+            context(), actor=dataclasses.replace(context().actor, idempotency_key="activity-1")
+        ),
+    )
     assert isinstance(again, Message) and again.data["duplicate"]
     out["allocate-duplicate-delivery"] = again
     out["audit"] = await say("audit --limit 15")
@@ -255,13 +308,18 @@ async def test_every_card_renders_in_the_adaptivecards_renderer(
 ) -> None:
     cards = await gallery()
     report = await asyncio.to_thread(
-        cardcheck.check_cards, cards, render=True, conventions=True,
+        cardcheck.check_cards,
+        cards,
+        render=True,
+        conventions=True,
         out_dir=cardcheck.ARTIFACTS_DIR,
     )
     assert set(report) == set(cards)
     sizes = await asyncio.to_thread(
-        lambda: {name: Path(e["screenshot"] or "/nonexistent").stat().st_size
-                 for name, e in report.items()}
+        lambda: {
+            name: Path(e["screenshot"] or "/nonexistent").stat().st_size
+            for name, e in report.items()
+        }
     )
     for name, entry in report.items():
         assert entry["errors"] == [], name
@@ -270,7 +328,8 @@ async def test_every_card_renders_in_the_adaptivecards_renderer(
 
 def test_every_reply_type_has_a_card() -> None:
     types = {
-        obj for obj in vars(replies).values()
+        obj
+        for obj in vars(replies).values()
         if isinstance(obj, type) and issubclass(obj, Reply) and obj is not Reply
     }
     made = {type(reply) for reply in every_reply_type().values()}
@@ -282,24 +341,34 @@ def test_every_reply_type_has_a_card() -> None:
 
 
 def test_long_answers_are_cut_to_stay_under_the_limit() -> None:
-    big = Table(title="Numbers", columns=["Number", "State", "Holder"],
-                rows=[[f"+4420{i:08}", "assigned", "someone.with.a.long.name@contoso.com" * 3]
-                      for i in range(3000)])
+    big = Table(
+        title="Numbers",
+        columns=["Number", "State", "Holder"],
+        rows=[
+            [f"+4420{i:08}", "assigned", "someone.with.a.long.name@contoso.com" * 3]
+            for i in range(3000)
+        ],
+    )
     card = r.render(big)
     assert r.card_size(card) <= cardcheck.MAX_CARD_BYTES
     assert cardcheck.card_problems(card) == []
     assert "more rows are not shown" in json.dumps(card)
-    busy = Progress(title="Bulk", done=5000, total=5000,
-                    succeeded=[f"user{i}@contoso.com" for i in range(5000)],
-                    failed=[(f"x{i}", "why " * 50) for i in range(5000)])
+    busy = Progress(
+        title="Bulk",
+        done=5000,
+        total=5000,
+        succeeded=[f"user{i}@contoso.com" for i in range(5000)],
+        failed=[(f"x{i}", "why " * 50) for i in range(5000)],
+    )
     assert r.card_size(r.render(busy)) <= cardcheck.MAX_CARD_BYTES
     noisy = Error(title="E" * 10_000, text="x" * 100_000, usage="\n".join(["u" * 600] * 100))
     assert cardcheck.card_problems(r.render(noisy)) == []
 
 
 def test_user_text_is_inserted_as_text_never_read_as_a_template() -> None:
-    sneaky = Message(title="${actions}", text="${title} and ${tone}",
-                     facts=[("${text}", "${facts}")])
+    sneaky = Message(
+        title="${actions}", text="${title} and ${tone}", facts=[("${text}", "${facts}")]
+    )
     card = r.render(sneaky)
     assert card["body"][0]["items"][0]["text"] == "${actions}"
     assert card["body"][1]["text"] == "${title} and ${tone}"

@@ -29,13 +29,13 @@ from bot.domain.models import (
     UsageSnapshot,
 )
 from bot.teams.render import render
+from tests.cardcheck import check_cards
 from tests.cardcheck.schema import (
     MAX_CARD_BYTES,
     card_problems,
     card_size,
     universal_action_problems,
 )
-from tests.cardcheck import check_cards
 from tests.ledger_state import origin
 
 OPS = origin()

@@ -37,10 +37,16 @@ _ids = itertools.count(1)
 
 
 def context(who: str = "ada") -> Context:
-    actor = Actor(object_id=who, name=who.title(), tenant_id="t", correlation_id=f"a-{next(_ids)}",
-                  conversation_id="conv")
-    return Context(actor=actor, settings=SETTINGS, policy=POLICY,
-                   services={"approvals": ApprovalGate()})
+    actor = Actor(
+        object_id=who,
+        name=who.title(),
+        tenant_id="t",
+        correlation_id=f"a-{next(_ids)}",
+        conversation_id="conv",
+    )
+    return Context(
+        actor=actor, settings=SETTINGS, policy=POLICY, services={"approvals": ApprovalGate()}
+    )
 
 
 def _turn(activity: Activity) -> tuple[TurnContext, TestAdapter]:
@@ -57,10 +63,14 @@ def _turn(activity: Activity) -> tuple[TurnContext, TestAdapter]:
 async def execute(data: dict[str, Any], who: str = "ada") -> dict[str, Any]:
     """Click an Action.Execute button whose data (inputs merged in) is `data`."""
     verb = data.get("verb", "")
-    tc, _ = _turn(Activity(type="invoke", name="adaptiveCard/action",
-                           from_property=ChannelAccount(id=f"29:{who}", aad_object_id=who),
-                           value={"action": {"type": "Action.Execute", "verb": verb,
-                                             "data": data}}))
+    tc, _ = _turn(
+        Activity(
+            type="invoke",
+            name="adaptiveCard/action",
+            from_property=ChannelAccount(id=f"29:{who}", aad_object_id=who),
+            value={"action": {"type": "Action.Execute", "verb": verb, "data": data}},
+        )
+    )
     ctx = context(who)
     response = await handle_card_action(tc, ctx.actor, ctx)
     assert response is not None and response.status_code == 200
@@ -69,8 +79,13 @@ async def execute(data: dict[str, Any], who: str = "ada") -> dict[str, Any]:
 
 async def submit(data: dict[str, Any], who: str = "ada") -> dict[str, Any]:
     """The Action.Submit fallback: a message with `value`; the clicked card is replaced."""
-    tc, adapter = _turn(Activity(type="message", value=data,
-                                 from_property=ChannelAccount(id=f"29:{who}", aad_object_id=who)))
+    tc, adapter = _turn(
+        Activity(
+            type="message",
+            value=data,
+            from_property=ChannelAccount(id=f"29:{who}", aad_object_id=who),
+        )
+    )
     ctx = context(who)
     assert await handle_card_action(tc, ctx.actor, ctx) is None
     [updated] = adapter.updated_activities
@@ -151,8 +166,12 @@ async def test_a_change_typed_alone_opens_a_form_with_choices_from_the_data() ->
 
 async def test_submitting_the_same_form_twice_has_one_effect_and_the_same_answer() -> None:
     await seed()
-    data = {**button(await allocate_form(), "Submit"),
-            "quantity": "40", "product": "TEAMS-SEATS", "subscription": "ACME-01"}
+    data = {
+        **button(await allocate_form(), "Submit"),
+        "quantity": "40",
+        "product": "TEAMS-SEATS",
+        "subscription": "ACME-01",
+    }
     first = await execute(data)
     assert "Allocated 40" in texts(first) and await allocated() == 40
     again = await execute(data)  # e.g. a double click, or the same card on another device
@@ -168,8 +187,12 @@ async def test_submitting_the_same_form_twice_has_one_effect_and_the_same_answer
 
 async def test_the_submit_fallback_path_runs_the_command_too() -> None:
     await seed()
-    data = {**button(await allocate_form(), "Submit"),
-            "quantity": 7, "product": "TEAMS-SEATS", "subscription": "ACME-02"}
+    data = {
+        **button(await allocate_form(), "Submit"),
+        "quantity": 7,
+        "product": "TEAMS-SEATS",
+        "subscription": "ACME-02",
+    }
     card = await submit(data)
     assert "Allocated 7" in texts(card) and await allocated() == 7
     [event] = await AuditEvent.filter(action="allocation.allocate")
@@ -190,8 +213,12 @@ async def test_dry_run_button_previews_without_using_up_the_form() -> None:
 async def test_invalid_values_come_back_next_to_the_fields_with_the_values_kept() -> None:
     await seed()
     card = await allocate_form()
-    data = {**button(card, "Submit"), "quantity": "-3", "product": "TEAMS-SEATS",
-            "subscription": ""}
+    data = {
+        **button(card, "Submit"),
+        "quantity": "-3",
+        "product": "TEAMS-SEATS",
+        "subscription": "",
+    }
     before = await snapshot()
     again = await execute(data)
     assert await snapshot() == before
@@ -213,8 +240,12 @@ async def test_invalid_values_come_back_next_to_the_fields_with_the_values_kept(
 async def test_a_refusal_by_the_ledger_shows_the_form_again_with_the_reason() -> None:
     await seed()
     card = await allocate_form()
-    data = {**button(card, "Submit"), "quantity": "2000", "product": "TEAMS-SEATS",
-            "subscription": "ACME-01"}
+    data = {
+        **button(card, "Submit"),
+        "quantity": "2000",
+        "product": "TEAMS-SEATS",
+        "subscription": "ACME-01",
+    }
     again = await execute(data)
     assert "Only 1000" in texts(again) and inputs(again)["quantity"]["value"] == 2000.0
     tampered = {**data, "quantity": "1", "product": "NOPE"}
@@ -232,8 +263,12 @@ async def test_a_rule_across_fields_is_shown_above_the_form() -> None:
 
 async def test_a_form_above_the_threshold_asks_for_approval_once() -> None:
     await seed()
-    data = {**button(await allocate_form(), "Submit"),
-            "quantity": "500", "product": "TEAMS-SEATS", "subscription": "ACME-01"}
+    data = {
+        **button(await allocate_form(), "Submit"),
+        "quantity": "500",
+        "product": "TEAMS-SEATS",
+        "subscription": "ACME-01",
+    }
     first = await execute(data)
     assert "APPROVAL NEEDED" in texts(first)
     again = await execute(data)
@@ -259,8 +294,13 @@ async def test_tampered_submissions_are_refused_and_change_nothing(
     case: str, change: dict[str, Any], words: str
 ) -> None:
     await seed()
-    data = {**button(await allocate_form(), "Submit"),
-            "quantity": "5", "product": "TEAMS-SEATS", "subscription": "ACME-01", **change}
+    data = {
+        **button(await allocate_form(), "Submit"),
+        "quantity": "5",
+        "product": "TEAMS-SEATS",
+        "subscription": "ACME-01",
+        **change,
+    }
     before = await snapshot()
     card = await execute(data)
     assert words in texts(card), texts(card)
@@ -269,8 +309,12 @@ async def test_tampered_submissions_are_refused_and_change_nothing(
 
 async def test_a_non_admin_cannot_use_a_form_they_got_hold_of() -> None:
     await seed()
-    data = {**button(await allocate_form(), "Submit"),
-            "quantity": "5", "product": "TEAMS-SEATS", "subscription": "ACME-01"}
+    data = {
+        **button(await allocate_form(), "Submit"),
+        "quantity": "5",
+        "product": "TEAMS-SEATS",
+        "subscription": "ACME-01",
+    }
     before = await snapshot()
     card = await execute(data, who="mallory")
     assert "Not allowed" in texts(card) and "TEAMS-SEATS" not in texts(card)
@@ -309,10 +353,15 @@ async def test_a_redelivered_command_gets_what_the_first_one_did() -> None:
     assert r.render(again)["body"][-1] == r.render(first)["body"][-1]  # the same before → after
     assert "Already done" in texts(r.render(again))
     # Above the threshold, the answer is the approval request as it stands.
-    held = await run_text("allocate 300 TEAMS-SEATS to ACME-02",
-                          replace(ctx, actor=replace(ctx.actor, idempotency_key="activity-43")))
-    held_again = await same_answer(await run_text(
+    held = await run_text(
         "allocate 300 TEAMS-SEATS to ACME-02",
-        replace(ctx, actor=replace(ctx.actor, idempotency_key="activity-43"))))
+        replace(ctx, actor=replace(ctx.actor, idempotency_key="activity-43")),
+    )
+    held_again = await same_answer(
+        await run_text(
+            "allocate 300 TEAMS-SEATS to ACME-02",
+            replace(ctx, actor=replace(ctx.actor, idempotency_key="activity-43")),
+        )
+    )
     assert held_again.request_id == held.request_id  # type: ignore[attr-defined]
     assert await ApprovalRequest.all().count() == 1

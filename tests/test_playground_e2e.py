@@ -57,8 +57,12 @@ async def test_demo_seed_fills_every_kind_and_a_second_run_changes_nothing(datab
     assert {u["kind"] for u in first} == {k.value for k in ProductKind}
     by_name = {u["name"]: u for u in first}
     contoso_numbers = {s["code"]: s for s in by_name["GB-GEO-NUMBERS"]["subscriptions"]}
-    assert contoso_numbers["CONTOSO-01"] == {"code": "CONTOSO-01", "allocated": 80, "in_use": 3,
-                                             "free": 77}
+    assert contoso_numbers["CONTOSO-01"] == {
+        "code": "CONTOSO-01",
+        "allocated": 80,
+        "in_use": 3,
+        "free": 77,
+    }
     assert by_name["SIP-CHANNELS"]["in_use"] == 20
     assert (await verify_chain())[0]
 
@@ -79,8 +83,15 @@ def test_demo_command_seeds_the_configured_database_once(tmp_path: Path) -> None
     env = {**os.environ, "DATABASE_URL": f"sqlite://{tmp_path / 'demo.sqlite3'}"}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, text=True,
-                              capture_output=True, timeout=120, check=False)
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
 
     first, second = run("-m", "bot.demo"), run("-m", "bot.demo")
     assert first.returncode == 0, first.stderr
@@ -107,7 +118,11 @@ def _ensure_node_modules() -> None:
         return
     done = subprocess.run(
         ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=E2E, text=True, capture_output=True, timeout=NPM_CI_TIMEOUT, check=False,
+        cwd=E2E,
+        text=True,
+        capture_output=True,
+        timeout=NPM_CI_TIMEOUT,
+        check=False,
     )
     if done.returncode != 0:
         pytest.fail(f"npm ci in tests/e2e failed:\n{done.stdout}\n{done.stderr}")
@@ -122,8 +137,9 @@ def _missing() -> str | None:
     _ensure_node_modules()
     if not PLAYGROUND_CLI.is_file():
         return "the Playground's node modules are missing and npm is not installed (make node-deps)"
-    probe = subprocess.run([*_unshare_prefix(), "true"], capture_output=True, text=True,
-                           timeout=20, check=False)
+    probe = subprocess.run(
+        [*_unshare_prefix(), "true"], capture_output=True, text=True, timeout=20, check=False
+    )
     if probe.returncode != 0:
         return f"cannot make a network namespace: {probe.stderr.strip() or probe.returncode}"
     return None
@@ -140,16 +156,27 @@ def playground_tools() -> None:
 
 
 STEPS = [
-    {"name": "help", "send": "help",
-     "expect": ["product add NAME", "allocate N PRODUCT to SUBSCRIPTION", "usage"]},
-    {"name": "product-add",
-     "send": "product add FR-GEO-NUMBERS --kind numbers --country FR --capacity 250"
-             " --sku NUM-FR-GEO",
-     "expect": ["FR-GEO-NUMBERS", "250", "NUM-FR-GEO"]},
-    {"name": "allocate", "send": "allocate 40 FR-GEO-NUMBERS to CONTOSO-01",
-     "expect": ["FR-GEO-NUMBERS", "CONTOSO-01", "40"]},
-    {"name": "typo", "send": "allocate 5 FR-GEO-NUMBER to CONTOSO-01",
-     "expect": ["Did you mean", "FR-GEO-NUMBERS"]},
+    {
+        "name": "help",
+        "send": "help",
+        "expect": ["product add NAME", "allocate N PRODUCT to SUBSCRIPTION", "usage"],
+    },
+    {
+        "name": "product-add",
+        "send": "product add FR-GEO-NUMBERS --kind numbers --country FR --capacity 250"
+        " --sku NUM-FR-GEO",
+        "expect": ["FR-GEO-NUMBERS", "250", "NUM-FR-GEO"],
+    },
+    {
+        "name": "allocate",
+        "send": "allocate 40 FR-GEO-NUMBERS to CONTOSO-01",
+        "expect": ["FR-GEO-NUMBERS", "CONTOSO-01", "40"],
+    },
+    {
+        "name": "typo",
+        "send": "allocate 5 FR-GEO-NUMBER to CONTOSO-01",
+        "expect": ["Did you mean", "FR-GEO-NUMBERS"],
+    },
     {"name": "usage", "send": "usage", "expect": ["Usage", "FR-GEO-NUMBERS", "GB-GEO-NUMBERS"]},
 ]
 
@@ -162,7 +189,7 @@ def _cells(card_text: str) -> list[str]:
 def _row(cells: list[str], first: str, width: int) -> list[str]:
     assert first in cells, f"{first!r} not in the card: {cells}"
     at = cells.index(first)
-    return cells[at: at + width]
+    return cells[at : at + width]
 
 
 @pytest.mark.browser
@@ -176,13 +203,22 @@ def test_playground_drives_the_bot_in_headless_chromium(
     steps = tmp_path / "steps.json"
     steps.write_text(json.dumps(STEPS))
     database_url = f"sqlite://{tmp_path / 'playground.sqlite3'}"
-    env = {**os.environ, "DATABASE_URL": database_url, "FUSION_DEV_ADMINS": PLAYGROUND_USER,
-           "PLAYGROUND_PYTHON": sys.executable, "PLAYGROUND_WORKDIR": str(tmp_path / "work")}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "FUSION_DEV_ADMINS": PLAYGROUND_USER,
+        "PLAYGROUND_PYTHON": sys.executable,
+        "PLAYGROUND_WORKDIR": str(tmp_path / "work"),
+    }
 
     try:
         run = subprocess.run(
             [*_unshare_prefix(), str(E2E / "playground.sh"), "drive", str(steps), str(out)],
-            cwd=tmp_path, env=env, text=True, capture_output=True, timeout=RUN_TIMEOUT,
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=RUN_TIMEOUT,
             check=False,
         )
         out.mkdir(exist_ok=True)
@@ -192,7 +228,8 @@ def test_playground_drives_the_bot_in_headless_chromium(
         if out.is_dir():
             shutil.copytree(out, artifacts / "playground", dirs_exist_ok=True)
     assert run.returncode == 0, (
-        f"the Playground run failed; see {artifacts / 'playground'}:\n{run.stdout}\n{run.stderr}")
+        f"the Playground run failed; see {artifacts / 'playground'}:\n{run.stdout}\n{run.stderr}"
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and [s["name"] for s in summary["steps"]] == [s["name"] for s in STEPS]
     cards = {s["name"]: _cells(s["card"]) for s in summary["steps"]}
@@ -202,7 +239,13 @@ def test_playground_drives_the_bot_in_headless_chromium(
     assert "0 → 40" in " ".join(cards["allocate"])
     # Usage columns: product, capacity, allocated, in use, free, used; then per subscription.
     assert _row(cards["usage"], "FR-GEO-NUMBERS", 6) == [
-        "FR-GEO-NUMBERS", "250", "40", "0", "210", "16%"]
+        "FR-GEO-NUMBERS",
+        "250",
+        "40",
+        "0",
+        "210",
+        "16%",
+    ]
     assert _row(cards["usage"], "FR-GEO-NUMBERS", 10)[6:] == ["└ CONTOSO-01", "40", "0", "40"]
     assert _row(cards["usage"], "GB-GEO-NUMBERS", 6)[1:4] == ["500", "100", "3"]  # the demo seed
 
@@ -210,9 +253,14 @@ def test_playground_drives_the_bot_in_headless_chromium(
     cli = _cli(database_url, tmp_path)
     fr = next(u for u in cli("--json", "usage", "FR-GEO-NUMBERS"))
     assert (fr["allocated"], fr["subscriptions"]) == (
-        40, [{"code": "CONTOSO-01", "allocated": 40, "in_use": 0, "free": 40}])
-    event = next(e for e in cli("--json", "audit", "--limit", "20")
-                 if e["action"] == "allocation.allocate" and "FR-GEO-NUMBERS" in e["target"])
+        40,
+        [{"code": "CONTOSO-01", "allocated": 40, "in_use": 0, "free": 40}],
+    )
+    event = next(
+        e
+        for e in cli("--json", "audit", "--limit", "20")
+        if e["action"] == "allocation.allocate" and "FR-GEO-NUMBERS" in e["target"]
+    )
     assert (event["source"], event["actor_id"]) == ("chat", PLAYGROUND_USER)
     assert event["correlation_id"]  # the activity id of the Playground's message
     for name in ("conversation", *(f"{i:02d}-{s['name']}" for i, s in enumerate(STEPS, 1))):
@@ -222,8 +270,13 @@ def test_playground_drives_the_bot_in_headless_chromium(
 def _cli(database_url: str, cwd: Path) -> Callable[..., Any]:
     def run(*args: str) -> Any:
         done = subprocess.run(
-            [sys.executable, "-m", "bot", *args], cwd=cwd, text=True, capture_output=True,
-            env={**os.environ, "DATABASE_URL": database_url}, timeout=60, check=False,
+            [sys.executable, "-m", "bot", *args],
+            cwd=cwd,
+            text=True,
+            capture_output=True,
+            env={**os.environ, "DATABASE_URL": database_url},
+            timeout=60,
+            check=False,
         )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)

@@ -67,8 +67,11 @@ class ApprovalGate:
             return None
         product = await ledger.find_product(args.product)
         subscription = await ledger.find_subscription(args.subscription)
-        payload = {"quantity": args.quantity, "product": product.name,
-                   "subscription": subscription.code}
+        payload = {
+            "quantity": args.quantity,
+            "product": product.name,
+            "subscription": subscription.code,
+        }
         return await self._hold(ctx, approvals.ALLOCATE, payload, args.dry_run)
 
     async def hold_capacity(self, ctx: Context, args: CapacityArgs) -> Reply | None:
@@ -90,7 +93,9 @@ class ApprovalGate:
             )
             return preview
         request = await approvals.request_change(
-            ctx.actor.origin(), action, payload,
+            ctx.actor.origin(),
+            action,
+            payload,
             ttl_hours=ctx.settings.approval_ttl_hours,
             conversation_id=ctx.actor.conversation_id,
         )
@@ -105,8 +110,9 @@ class ApprovalGate:
             try:
                 await post(reply)
             except Exception:  # the request stands; the channel copy is a courtesy
-                log.exception("could not post approval request %s to the approvals channel",
-                              request.id)
+                log.exception(
+                    "could not post approval request %s to the approvals channel", request.id
+                )
         return reply
 
 
@@ -133,7 +139,8 @@ async def approvals_list(ctx: Context, args: ApprovalsArgs) -> Reply:
             r.summary,
             r.requester_name or r.requester_id,
             when(r.created_at) or "",
-            r.status.value if r.status is not ApprovalStatus.PENDING
+            r.status.value
+            if r.status is not ApprovalStatus.PENDING
             else f"pending until {when(r.expires_at)}",
         ]
         for r in found
@@ -142,8 +149,12 @@ async def approvals_list(ctx: Context, args: ApprovalsArgs) -> Reply:
     title = "Approval requests" if args.all else "Pending approvals"
     empty = "No approval requests." if args.all else "Nothing waits for approval."
     table: Table = paged(
-        title, ["Request", "Change", "Requested by", "Requested", "Status"], rows,
-        [approvals.view(r) for r in found], args.page, size,
+        title,
+        ["Request", "Change", "Requested by", "Requested", "Status"],
+        rows,
+        [approvals.view(r) for r in found],
+        args.page,
+        size,
         "approvals --all" if args.all else "approvals",
         note="Decide with `approve ID` or `reject ID [REASON]`." if rows else empty,
     )
@@ -168,7 +179,10 @@ _DECIDE_FORM = (
 
 async def _decide(ctx: Context, args: DecideArgs, approve: bool) -> Reply:
     decided = await approvals.decide(
-        ctx.actor.origin(), args.id, approve=approve, reason=args.reason_text(),
+        ctx.actor.origin(),
+        args.id,
+        approve=approve,
+        reason=args.reason_text(),
         dry_run=args.dry_run,
     )
     if decided.dry_run:
@@ -182,17 +196,29 @@ async def _decide(ctx: Context, args: DecideArgs, approve: bool) -> Reply:
         return Changed(
             title=f"Dry run — {decided.request.id} would be rejected; nothing changed.",
             target=f"approval:{decided.request.id}",
-            before=before, after=after, dry_run=True,
-            data={"action": "approval.reject", "target": decided.request.id,
-                  "before": before, "after": after, "dry_run": True},
+            before=before,
+            after=after,
+            dry_run=True,
+            data={
+                "action": "approval.reject",
+                "target": decided.request.id,
+                "before": before,
+                "after": after,
+                "dry_run": True,
+            },
         )
     text = decided.outcome.message if decided.outcome else ""
     reply = approval_reply(decided.request, text)
     if decided.outcome is not None:
-        reply.data = {**reply.data, "result": {
-            "action": decided.outcome.action, "target": decided.outcome.target,
-            "before": decided.outcome.before, "after": decided.outcome.after,
-        }}
+        reply.data = {
+            **reply.data,
+            "result": {
+                "action": decided.outcome.action,
+                "target": decided.outcome.target,
+                "before": decided.outcome.before,
+                "after": decided.outcome.after,
+            },
+        }
     return reply
 
 

@@ -1,7 +1,13 @@
 """Imports every command module so that each registers its commands."""
 
-from bot.commands import general, ledger  # noqa: F401
-from bot.commands import approvals  # noqa: F401
-from bot.commands import sync  # noqa: F401
-from bot.commands import digests  # noqa: F401
-from bot.commands import directory, licensing, numbers, trunks  # noqa: F401
+from bot.commands import (  # noqa: F401  # noqa: F401
+    approvals,  # noqa: F401
+    digests,  # noqa: F401
+    directory,
+    general,
+    ledger,
+    licensing,
+    numbers,
+    sync,  # noqa: F401
+    trunks,
+)

@@ -70,7 +70,9 @@ async def run_fields(name: str, data: dict[str, Any], ctx: Context) -> Reply:
     """Run a command from a card submission: `data` is untrusted client data."""
     spec = REGISTRY.get(name) if isinstance(name, str) else None
     if spec is None:
-        return Error(title="Unknown action", text="This card asks for an action the bot does not have.")
+        return Error(
+            title="Unknown action", text="This card asks for an action the bot does not have."
+        )
     refusal = await authorize(spec, ctx)
     if refusal is not None:
         return refusal
@@ -110,7 +112,9 @@ def _fields(spec: CommandSpec, parsed: Parsed) -> dict[str, Any]:
     return data
 
 
-async def _run(spec: CommandSpec, data: dict[str, Any], ctx: Context, *, from_form: bool = False) -> Reply:
+async def _run(
+    spec: CommandSpec, data: dict[str, Any], ctx: Context, *, from_form: bool = False
+) -> Reply:
     if not isinstance(data, dict):
         return usage_error(spec, "The submitted data is not a set of fields.")
     try:
@@ -135,7 +139,10 @@ async def _run(spec: CommandSpec, data: dict[str, Any], ctx: Context, *, from_fo
         )
     except NotFound as exc:
         return Error(
-            title="Not found", text=exc.message, code=exc.code, suggestions=exc.suggestions,
+            title="Not found",
+            text=exc.message,
+            code=exc.code,
+            suggestions=exc.suggestions,
         )
     except InvalidInput as exc:
         return usage_error(spec, exc.message)

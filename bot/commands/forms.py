@@ -43,15 +43,19 @@ async def _products() -> Choices:
 
 
 async def _active_products() -> Choices:
-    rows = await Product.filter(status=ProductStatus.ACTIVE).order_by("name").values_list(
-        "name", "kind"
+    rows = (
+        await Product.filter(status=ProductStatus.ACTIVE)
+        .order_by("name")
+        .values_list("name", "kind")
     )
     return [(f"{name} ({kind})", str(name)) for name, kind in rows]
 
 
 async def _licenses() -> Choices:
-    names = await Product.filter(kind=ProductKind.LICENSE).order_by("name").values_list(
-        "name", flat=True
+    names = (
+        await Product.filter(kind=ProductKind.LICENSE)
+        .order_by("name")
+        .values_list("name", flat=True)
     )
     return [(str(n), str(n)) for n in names]
 
@@ -72,9 +76,11 @@ async def _packs() -> Choices:
 
 
 async def _pending_approvals() -> Choices:
-    rows = await ApprovalRequest.filter(status=ApprovalStatus.PENDING).order_by(
-        "created_at"
-    ).values_list("id", "summary", "requester_name")
+    rows = (
+        await ApprovalRequest.filter(status=ApprovalStatus.PENDING)
+        .order_by("created_at")
+        .values_list("id", "summary", "requester_name")
+    )
     return [(f"{rid}: {summary} — {who}", str(rid)) for rid, summary, who in rows]
 
 

@@ -23,22 +23,48 @@ class HelpArgs(Args):
 async def help_(ctx: Context, args: HelpArgs) -> Reply:
     if args.topic:
         wanted = " ".join(args.topic).lower()
-        matches = [s for name, s in REGISTRY.items() if name == wanted or name.startswith(wanted + " ")]
+        matches = [
+            s for name, s in REGISTRY.items() if name == wanted or name.startswith(wanted + " ")
+        ]
         if not matches:
             from bot.domain.errors import did_you_mean
 
             guesses = did_you_mean(wanted, list(REGISTRY))
-            hint = (" Did you mean " + " or ".join(f"`{g}`" for g in guesses) + "?") if guesses else ""
-            return Error(title="Unknown command", text=f"There is no command {wanted!r}.{hint}",
-                         code="unknown-command", suggestions=guesses)
+            hint = (
+                (" Did you mean " + " or ".join(f"`{g}`" for g in guesses) + "?") if guesses else ""
+            )
+            return Error(
+                title="Unknown command",
+                text=f"There is no command {wanted!r}.{hint}",
+                code="unknown-command",
+                suggestions=guesses,
+            )
         rows = [[u, s.summary] for s in matches for u in s.usages]
-        data = [{"command": s.name, "usage": s.usages, "summary": s.summary, "admin_only":
-                 s.access is not Access.PUBLIC, "mutating": s.mutating} for s in matches]
-        return Table(title=f"Help: {wanted}", columns=["Usage", "What it does"], rows=rows, data=data)
+        data = [
+            {
+                "command": s.name,
+                "usage": s.usages,
+                "summary": s.summary,
+                "admin_only": s.access is not Access.PUBLIC,
+                "mutating": s.mutating,
+            }
+            for s in matches
+        ]
+        return Table(
+            title=f"Help: {wanted}", columns=["Usage", "What it does"], rows=rows, data=data
+        )
     specs = sorted(REGISTRY.values(), key=lambda s: s.name)
     rows = [[s.usage, s.summary] for s in specs]
-    data = [{"command": s.name, "usage": s.usages, "summary": s.summary,
-             "admin_only": s.access is not Access.PUBLIC, "mutating": s.mutating} for s in specs]
+    data = [
+        {
+            "command": s.name,
+            "usage": s.usages,
+            "summary": s.summary,
+            "admin_only": s.access is not Access.PUBLIC,
+            "mutating": s.mutating,
+        }
+        for s in specs
+    ]
     return Table(
         title="Fusion Products bot — commands",
         columns=["Command", "What it does"],
@@ -49,7 +75,13 @@ async def help_(ctx: Context, args: HelpArgs) -> Reply:
     )
 
 
-@command("whoami", "whoami", "Who the bot thinks you are, and what you may do", Args, access=Access.PUBLIC)
+@command(
+    "whoami",
+    "whoami",
+    "Who the bot thinks you are, and what you may do",
+    Args,
+    access=Access.PUBLIC,
+)
 async def whoami(ctx: Context, args: Args) -> Reply:
     tenant = ctx.policy.tenant_allowed(ctx.actor)
     admin = await ctx.policy.is_admin(ctx.actor) if tenant.allowed else tenant
@@ -137,7 +169,8 @@ async def audit_export(ctx: Context, args: Args) -> Reply:
     events = [e async for e in audit.export()]
     return Message(
         title="Audit export",
-        text=f"{len(events)} events. Use the CLI (`python -m bot audit export --json`) for the full file.",
+        text=f"{len(events)} events. "
+        "Use the CLI (`python -m bot audit export --json`) for the full file.",
         data=events,
     )
 

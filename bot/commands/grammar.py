@@ -119,18 +119,24 @@ def check_words(words: list[str]) -> None:
     if sum(len(w) + 1 for w in words) > MAX_COMMAND_LENGTH:
         raise UsageError(f"The command is longer than {MAX_COMMAND_LENGTH} characters.")
     if any(_CONTROL.search(w) for w in words):
-        raise UsageError("The command contains control or invalid characters; type it without them.")
+        raise UsageError(
+            "The command contains control or invalid characters; type it without them."
+        )
 
 
 def tokenize(text: str) -> list[str]:
     """Split a typed command into words. A quote opens a quoted word only at the start of a
     word or right after `=` (`--name="Ada L"`); elsewhere (it's, O'Brien) it is a letter."""
     if len(text) > MAX_COMMAND_LENGTH:
-        raise UsageError(f"The command is {len(text)} characters long; at most {MAX_COMMAND_LENGTH}.")
+        raise UsageError(
+            f"The command is {len(text)} characters long; at most {MAX_COMMAND_LENGTH}."
+        )
     if _CONTROL.search(text):
-        raise UsageError("The command contains control or invalid characters; type it without them.")
+        raise UsageError(
+            "The command contains control or invalid characters; type it without them."
+        )
     # Teams and phones turn quotes into typographic ones; treat them as plain quotes.
-    text = text.translate(str.maketrans("“”‘\u00a0", "\"\"' "))
+    text = text.translate(str.maketrans("“”‘\u00a0", '""\' '))
     text = _CLOSING_QUOTE.sub("'", text)
     words: list[str] = []
     i, n = 0, len(text)
@@ -163,7 +169,9 @@ def _quoted(text: str, start: int, word: list[str]) -> int:
             i += 1
         word.append(ch)
         i += 1
-    raise UsageError(f"Could not read the command: a quote is not closed ({quote} at position {start + 1}).")
+    raise UsageError(
+        f"Could not read the command: a quote is not closed ({quote} at position {start + 1})."
+    )
 
 
 def match(pattern: Pattern, tokens: list[str], command: str) -> Parsed:
@@ -207,7 +215,13 @@ def match(pattern: Pattern, tokens: list[str], command: str) -> Parsed:
 
 
 def _match_slots(
-    slots: tuple[Slot, ...], toks: list[str], i: int, parsed: Parsed, command: str, *, required: bool
+    slots: tuple[Slot, ...],
+    toks: list[str],
+    i: int,
+    parsed: Parsed,
+    command: str,
+    *,
+    required: bool,
 ) -> int:
     for slot in slots:
         if slot.kind == "keyword":
@@ -225,8 +239,10 @@ def _match_slots(
             if i >= len(toks) and slot.word not in parsed.values:
                 raise UsageError(f"{slot.word} is missing.", command)
             existing = parsed.values.get(slot.word)
-            items = list(existing) if isinstance(existing, list) else (
-                [existing] if isinstance(existing, str) else []
+            items = (
+                list(existing)
+                if isinstance(existing, list)
+                else ([existing] if isinstance(existing, str) else [])
             )
             parsed.values[slot.word] = items + toks[i:]
             i = len(toks)

@@ -102,8 +102,13 @@ async def products(ctx: Context, args: ProductsArgs) -> Reply:
         )
         data.append({**ledger.product_view(p), "allocated": allocated})
     return paged(
-        "Products", ["Name", "Kind", "Country/type", "Capacity", "Allocated", "Status"],
-        rows, data, args.page, ctx.settings.page_size, "products",
+        "Products",
+        ["Name", "Kind", "Country/type", "Capacity", "Allocated", "Status"],
+        rows,
+        data,
+        args.page,
+        ctx.settings.page_size,
+        "products",
         note="" if rows else "No products yet. Add one with `product add`.",
     )
 
@@ -123,7 +128,9 @@ class ProductAddArgs(Args):
         if self.license and self.kind not in (None, ProductKind.LICENSE):
             raise ValueError("use either --kind or --license, not both")
         if not self.license and self.kind is None:
-            raise ValueError("say what it is: --kind numbers|teams-seats|sip-channels|custom, or --license")
+            raise ValueError(
+                "say what it is: --kind numbers|teams-seats|sip-channels|custom, or --license"
+            )
         if self.kind is ProductKind.LICENSE:
             object.__setattr__(self, "license", True)
         return self
@@ -131,12 +138,14 @@ class ProductAddArgs(Args):
 
 @command(
     "product add",
-    "product add NAME [--kind K] [--license] [--country CC] [--type T] [--capacity N] [--unit U] [--sku REF]",
+    "product add NAME [--kind K] [--license] [--country CC] [--type T] [--capacity N] "
+    "[--unit U] [--sku REF]",
     "Add a product: a technical resource or a license",
     ProductAddArgs,
     mutating=True,
     more_usage=(
-        "product add NAME --kind numbers --country CC [--type geographic|national|mobile|toll-free] "
+        "product add NAME --kind numbers --country CC "
+        "[--type geographic|national|mobile|toll-free] "
         "--capacity N [--sku REF]",
         "product add NAME --kind teams-seats|sip-channels|custom [--unit U] --capacity N",
         "product add NAME --license [--capacity N] [--sku REF]",
@@ -144,13 +153,18 @@ class ProductAddArgs(Args):
     form=(
         FormField("name", "Name (e.g. NUMBERS-GB-GEO)"),
         FormField(
-            "kind", "Kind", kind="choice",
+            "kind",
+            "Kind",
+            kind="choice",
             choices=[(k.value, k.value) for k in ProductKind],
         ),
         FormField("capacity", "Capacity", kind="number", required=False),
         FormField("country", "Country (numbers only)", kind="choice", required=False),
         FormField(
-            "type", "Number type (numbers only)", kind="choice", required=False,
+            "type",
+            "Number type (numbers only)",
+            kind="choice",
+            required=False,
             choices=[(t.value, t.value) for t in NumberType],
         ),
         FormField("unit", "Unit (custom only)", required=False),
@@ -161,8 +175,14 @@ async def product_add(ctx: Context, args: ProductAddArgs) -> Reply:
     kind = ProductKind.LICENSE if args.license else args.kind
     assert kind is not None
     outcome = await ledger.add_product(
-        ctx.actor.origin(), args.name, kind, args.capacity,
-        country=args.country, number_type=args.type, unit=args.unit, sku=args.sku,
+        ctx.actor.origin(),
+        args.name,
+        kind,
+        args.capacity,
+        country=args.country,
+        number_type=args.type,
+        unit=args.unit,
+        sku=args.sku,
         dry_run=args.dry_run,
     )
     return changed(outcome)
@@ -180,7 +200,10 @@ class CapacityArgs(Args):
     CapacityArgs,
     mutating=True,
     fields={"N": "capacity"},
-    form=(FormField("name", "Product", kind="choice"), FormField("capacity", "New capacity", kind="number")),
+    form=(
+        FormField("name", "Product", kind="choice"),
+        FormField("capacity", "New capacity", kind="number"),
+    ),
 )
 async def product_capacity(ctx: Context, args: CapacityArgs) -> Reply:
     gate = ctx.services.get("approvals")
@@ -188,7 +211,11 @@ async def product_capacity(ctx: Context, args: CapacityArgs) -> Reply:
         held = await gate.hold_capacity(ctx, args)
         if held is not None:
             return held
-    return changed(await ledger.set_capacity(ctx.actor.origin(), args.name, args.capacity, dry_run=args.dry_run))
+    return changed(
+        await ledger.set_capacity(
+            ctx.actor.origin(), args.name, args.capacity, dry_run=args.dry_run
+        )
+    )
 
 
 class NameArgs(Args):
@@ -219,8 +246,16 @@ async def customers(ctx: Context, args: PageArgs) -> Reply:
     found = await Customer.all().order_by("name")
     rows = [[c.name, c.tenant_id or ""] for c in found]
     data = [{"name": c.name, "tenant": c.tenant_id} for c in found]
-    return paged("Customers", ["Name", "Tenant"], rows, data, args.page, ctx.settings.page_size, "customers",
-                 note="" if rows else "No customers yet. Add one with `customer add`.")
+    return paged(
+        "Customers",
+        ["Name", "Tenant"],
+        rows,
+        data,
+        args.page,
+        ctx.settings.page_size,
+        "customers",
+        note="" if rows else "No customers yet. Add one with `customer add`.",
+    )
 
 
 class CustomerAddArgs(Args):
@@ -234,10 +269,15 @@ class CustomerAddArgs(Args):
     "Add a customer",
     CustomerAddArgs,
     mutating=True,
-    form=(FormField("name", "Customer name"), FormField("tenant", "Entra tenant id", required=False)),
+    form=(
+        FormField("name", "Customer name"),
+        FormField("tenant", "Entra tenant id", required=False),
+    ),
 )
 async def customer_add(ctx: Context, args: CustomerAddArgs) -> Reply:
-    return changed(await ledger.add_customer(ctx.actor.origin(), args.name, args.tenant, dry_run=args.dry_run))
+    return changed(
+        await ledger.add_customer(ctx.actor.origin(), args.name, args.tenant, dry_run=args.dry_run)
+    )
 
 
 class SubscriptionsArgs(Args):
@@ -259,12 +299,24 @@ async def subscriptions(ctx: Context, args: SubscriptionsArgs) -> Reply:
     found = await query.order_by("code")
     rows = [[s.code, s.customer.name, s.mode.value, s.status.value] for s in found]
     data = [
-        {"code": s.code, "customer": s.customer.name, "mode": s.mode.value, "status": s.status.value}
+        {
+            "code": s.code,
+            "customer": s.customer.name,
+            "mode": s.mode.value,
+            "status": s.status.value,
+        }
         for s in found
     ]
-    return paged("Subscriptions", ["Code", "Customer", "Mode", "Status"], rows, data, args.page,
-                 ctx.settings.page_size, "subscriptions",
-                 note="" if rows else "No subscriptions yet. Add one with `subscription add`.")
+    return paged(
+        "Subscriptions",
+        ["Code", "Customer", "Mode", "Status"],
+        rows,
+        data,
+        args.page,
+        ctx.settings.page_size,
+        "subscriptions",
+        note="" if rows else "No subscriptions yet. Add one with `subscription add`.",
+    )
 
 
 class SubscriptionAddArgs(Args):
@@ -282,8 +334,13 @@ class SubscriptionAddArgs(Args):
     form=(
         FormField("code", "Code (e.g. ACME-01)"),
         FormField("customer", "Customer", kind="choice"),
-        FormField("mode", "Mode", kind="choice", required=False,
-                  choices=[(m.value, m.value) for m in SubscriptionMode]),
+        FormField(
+            "mode",
+            "Mode",
+            kind="choice",
+            required=False,
+            choices=[(m.value, m.value) for m in SubscriptionMode],
+        ),
     ),
 )
 async def subscription_add(ctx: Context, args: SubscriptionAddArgs) -> Reply:
@@ -326,8 +383,9 @@ async def allocate(ctx: Context, args: AllocationArgs) -> Reply:
         if held is not None:
             return held
     return changed(
-        await ledger.allocate(ctx.actor.origin(), args.quantity, args.product, args.subscription,
-                              dry_run=args.dry_run)
+        await ledger.allocate(
+            ctx.actor.origin(), args.quantity, args.product, args.subscription, dry_run=args.dry_run
+        )
     )
 
 
@@ -342,8 +400,9 @@ async def allocate(ctx: Context, args: AllocationArgs) -> Reply:
 )
 async def release(ctx: Context, args: AllocationArgs) -> Reply:
     return changed(
-        await ledger.release(ctx.actor.origin(), args.quantity, args.product, args.subscription,
-                             dry_run=args.dry_run)
+        await ledger.release(
+            ctx.actor.origin(), args.quantity, args.product, args.subscription, dry_run=args.dry_run
+        )
     )
 
 
@@ -370,14 +429,28 @@ async def usage(ctx: Context, args: UsageArgs) -> Reply:
     rows: list[list[str]] = []
     for u in report:
         # Six narrow columns: the card must read well in a narrow chat pane too.
-        rows.append([u.name, f"{u.capacity:,}", f"{u.allocated:,}", f"{u.in_use:,}",
-                     f"{u.capacity - u.allocated:,}", f"{u.utilisation:.0%}"])
+        rows.append(
+            [
+                u.name,
+                f"{u.capacity:,}",
+                f"{u.allocated:,}",
+                f"{u.in_use:,}",
+                f"{u.capacity - u.allocated:,}",
+                f"{u.utilisation:.0%}",
+            ]
+        )
         for s in u.subscriptions:
-            rows.append([f"  └ {s.code}", "", f"{s.allocated:,}", f"{s.in_use:,}", f"{s.free:,}", ""])
+            rows.append(
+                [f"  └ {s.code}", "", f"{s.allocated:,}", f"{s.in_use:,}", f"{s.free:,}", ""]
+            )
     title = "Usage" + (f" of {args.target}" if args.target else "")
     return paged(
-        title, ["Product / subscription", "Capacity", "Allocated", "In use", "Free", "Used"],
-        rows, [u.as_json() for u in report], args.page, ctx.settings.page_size * 2,
+        title,
+        ["Product / subscription", "Capacity", "Allocated", "In use", "Free", "Used"],
+        rows,
+        [u.as_json() for u in report],
+        args.page,
+        ctx.settings.page_size * 2,
         f"usage {args.target}" if args.target else "usage",
         note="" if rows else "Nothing allocated yet.",
     )

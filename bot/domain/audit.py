@@ -26,7 +26,9 @@ def parse_since(text: str) -> datetime:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError as exc:
-        raise InvalidInput(f"--since {text!r}: use 30m, 12h, 7d, 2w or a date such as 2026-11-01.") from exc
+        raise InvalidInput(
+            f"--since {text!r}: use 30m, 12h, 7d, 2w or a date such as 2026-11-01."
+        ) from exc
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 

@@ -24,7 +24,8 @@ def connection_name(database_url: str) -> str:
     if scheme == "sqlite":
         return "sqlite"
     raise ValueError(
-        f"DATABASE_URL must start with sqlite:// or postgres://, got {database_url.split(':', 1)[0]!r}"
+        "DATABASE_URL must start with sqlite:// or postgres://, "
+        f"got {database_url.split(':', 1)[0]!r}"
     )
 
 
@@ -90,9 +91,20 @@ def is_outage(exc: BaseException) -> bool:
         return True
     text = f"{type(exc).__module__}.{type(exc).__name__} {exc}".lower()
     markers = (
-        "connect", "closed", "terminat", "shutdown", "refused", "timeout", "database is locked",
-        "cannotconnectnow", "connectiondoesnotexist", "admin_shutdown", "too many clients",
+        "connect",
+        "closed",
+        "terminat",
+        "shutdown",
+        "refused",
+        "timeout",
+        "database is locked",
+        "cannotconnectnow",
+        "connectiondoesnotexist",
+        "admin_shutdown",
+        "too many clients",
     )
-    return isinstance(exc, OperationalError) and any(m in text for m in markers) or (
-        "asyncpg" in text and any(m in text for m in markers)
+    return (
+        isinstance(exc, OperationalError)
+        and any(m in text for m in markers)
+        or ("asyncpg" in text and any(m in text for m in markers))
     )

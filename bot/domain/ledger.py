@@ -105,8 +105,10 @@ async def find_customer(name: str, conn: BaseDBAsyncClient | None = None) -> Cus
 
 
 async def allocated_total(conn: BaseDBAsyncClient, product_id: int) -> int:
-    rows = await Allocation.filter(product_id=product_id).using_db(conn).values_list(
-        "quantity", flat=True
+    rows = (
+        await Allocation.filter(product_id=product_id)
+        .using_db(conn)
+        .values_list("quantity", flat=True)
     )
     return sum(int(cast(int, q)) for q in rows)
 
@@ -177,18 +179,28 @@ async def add_product(
         if await Product.filter(name__iexact=name).using_db(ch.conn).exists():
             raise AlreadyExists(f"A product named {name!r} already exists.")
         if kind is ProductKind.NUMBERS:
-            clash = await Product.filter(
-                kind=kind, country=country, number_type=number_type, status=ProductStatus.ACTIVE
-            ).using_db(ch.conn).first()
+            clash = (
+                await Product.filter(
+                    kind=kind, country=country, number_type=number_type, status=ProductStatus.ACTIVE
+                )
+                .using_db(ch.conn)
+                .first()
+            )
             if clash:
                 raise AlreadyExists(
                     f"{clash.name} already holds the {country} {number_type} numbers; "
                     "raise its capacity instead."
                 )
         if kind in SINGLE_POOL_KINDS:
-            clash = await Product.filter(kind=kind, status=ProductStatus.ACTIVE).using_db(ch.conn).first()
+            clash = (
+                await Product.filter(kind=kind, status=ProductStatus.ACTIVE)
+                .using_db(ch.conn)
+                .first()
+            )
             if clash:
-                raise AlreadyExists(f"{clash.name} is already the {kind} pool; raise its capacity instead.")
+                raise AlreadyExists(
+                    f"{clash.name} is already the {kind} pool; raise its capacity instead."
+                )
         product = await Product.create(
             using_db=ch.conn,
             name=name,
@@ -205,7 +217,9 @@ async def add_product(
     return Outcome("product.add", name, None, after, dry_run, f"Product {name} added.")
 
 
-async def set_capacity(origin: Origin, name: str, capacity: int, *, dry_run: bool = False) -> Outcome:
+async def set_capacity(
+    origin: Origin, name: str, capacity: int, *, dry_run: bool = False
+) -> Outcome:
     check_quantity(capacity, "capacity", allow_zero=True)
     async with change(origin, dry_run=dry_run) as ch:
         found = await find_product(name, ch.conn)
@@ -221,7 +235,11 @@ async def set_capacity(origin: Origin, name: str, capacity: int, *, dry_run: boo
         after = {"capacity": capacity}
         ch.record("product.capacity", f"product:{product.name}", before, after)
     return Outcome(
-        "product.capacity", product.name, before, after, dry_run,
+        "product.capacity",
+        product.name,
+        before,
+        after,
+        dry_run,
         f"Capacity of {product.name}: {before['capacity']} → {capacity}.",
     )
 
@@ -237,7 +255,11 @@ async def retire_product(origin: Origin, name: str, *, dry_run: bool = False) ->
         after = {"status": ProductStatus.RETIRED.value}
         ch.record("product.retire", f"product:{product.name}", before, after)
     return Outcome(
-        "product.retire", product.name, before, after, dry_run,
+        "product.retire",
+        product.name,
+        before,
+        after,
+        dry_run,
         f"{product.name} retired: no new allocations; existing ones stay until released.",
     )
 
@@ -247,13 +269,19 @@ async def delete_product(origin: Origin, name: str, *, dry_run: bool = False) ->
     async with change(origin, dry_run=dry_run) as ch:
         found = await find_product(name, ch.conn)
         product = await lock_product(ch.conn, found.id)
-        if await Allocation.filter(product_id=product.id, quantity__gt=0).using_db(ch.conn).exists():
+        if (
+            await Allocation.filter(product_id=product.id, quantity__gt=0)
+            .using_db(ch.conn)
+            .exists()
+        ):
             raise Conflict(f"{product.name} is allocated to subscriptions; retire it instead.")
         before = product_view(product)
         await Allocation.filter(product_id=product.id).using_db(ch.conn).delete()
         await product.delete(using_db=ch.conn)
         ch.record("product.delete", f"product:{product.name}", before, None)
-    return Outcome("product.delete", product.name, before, None, dry_run, f"{product.name} deleted.")
+    return Outcome(
+        "product.delete", product.name, before, None, dry_run, f"{product.name} deleted."
+    )
 
 
 # ----- customers and subscriptions -------------------------------------------------------
@@ -297,7 +325,12 @@ async def add_subscription(
 
 
 async def allocate(
-    origin: Origin, quantity: int, product_name: str, subscription_code: str, *, dry_run: bool = False
+    origin: Origin,
+    quantity: int,
+    product_name: str,
+    subscription_code: str,
+    *,
+    dry_run: bool = False,
 ) -> Outcome:
     check_quantity(quantity)
     async with change(origin, dry_run=dry_run) as ch:
@@ -316,20 +349,36 @@ async def allocate(
         allocation = await lock_allocation(ch.conn, sub.id, product.id)
         old = allocation.quantity if allocation else 0
         if allocation is None:
-            await Allocation.create(using_db=ch.conn, subscription=sub, product=product, quantity=quantity)
+            await Allocation.create(
+                using_db=ch.conn, subscription=sub, product=product, quantity=quantity
+            )
         else:
-            await Allocation.filter(id=allocation.id).using_db(ch.conn).update(quantity=old + quantity)
+            await (
+                Allocation.filter(id=allocation.id)
+                .using_db(ch.conn)
+                .update(quantity=old + quantity)
+            )
         before = {"allocated": old, "product_allocated": total}
         after = {"allocated": old + quantity, "product_allocated": total + quantity}
         ch.record("allocation.allocate", f"allocation:{sub.code}/{product.name}", before, after)
     return Outcome(
-        "allocation.allocate", f"{product.name} → {sub.code}", before, after, dry_run,
-        f"Allocated {quantity} {product.unit}(s) of {product.name} to {sub.code}: {old} → {old + quantity}.",
+        "allocation.allocate",
+        f"{product.name} → {sub.code}",
+        before,
+        after,
+        dry_run,
+        f"Allocated {quantity} {product.unit}(s) of {product.name} to {sub.code}: "
+        f"{old} → {old + quantity}.",
     )
 
 
 async def release(
-    origin: Origin, quantity: int, product_name: str, subscription_code: str, *, dry_run: bool = False
+    origin: Origin,
+    quantity: int,
+    product_name: str,
+    subscription_code: str,
+    *,
+    dry_run: bool = False,
 ) -> Outcome:
     check_quantity(quantity)
     async with change(origin, dry_run=dry_run) as ch:
@@ -339,7 +388,9 @@ async def release(
         allocation = await lock_allocation(ch.conn, sub.id, product.id)
         old = allocation.quantity if allocation else 0
         if allocation is None or quantity > old:
-            raise Conflict(f"{sub.code} holds only {old} of {product.name}; cannot release {quantity}.")
+            raise Conflict(
+                f"{sub.code} holds only {old} of {product.name}; cannot release {quantity}."
+            )
         used = await in_use(ch.conn, sub.id, product)
         if old - quantity < used:
             raise Conflict(
@@ -352,7 +403,11 @@ async def release(
         after = {"allocated": old - quantity, "product_allocated": total - quantity, "in_use": used}
         ch.record("allocation.release", f"allocation:{sub.code}/{product.name}", before, after)
     return Outcome(
-        "allocation.release", f"{product.name} ← {sub.code}", before, after, dry_run,
+        "allocation.release",
+        f"{product.name} ← {sub.code}",
+        before,
+        after,
+        dry_run,
         f"Released {quantity} of {product.name} from {sub.code}: {old} → {old - quantity}.",
     )
 

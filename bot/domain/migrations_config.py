@@ -1,4 +1,7 @@
-"""Configuration for Tortoise's own CLI: `tortoise -c bot.domain.migrations_config.TORTOISE_ORM makemigrations`."""
+"""Configuration for Tortoise's own CLI (`make migrations` uses it):
+
+    tortoise -c bot.domain.migrations_config.TORTOISE_ORM makemigrations
+"""
 
 import os
 

@@ -83,8 +83,12 @@ class Subscription(Model):
     customer: fields.ForeignKeyRelation[Customer] = fields.ForeignKeyField(
         "models.Customer", related_name="subscriptions", on_delete=fields.RESTRICT
     )
-    mode = fields.CharEnumField(SubscriptionMode, max_length=20, default=SubscriptionMode.DIRECT_ROUTING)
-    status = fields.CharEnumField(SubscriptionStatus, max_length=20, default=SubscriptionStatus.ACTIVE)
+    mode = fields.CharEnumField(
+        SubscriptionMode, max_length=20, default=SubscriptionMode.DIRECT_ROUTING
+    )
+    status = fields.CharEnumField(
+        SubscriptionStatus, max_length=20, default=SubscriptionStatus.ACTIVE
+    )
     created_at = fields.DatetimeField(auto_now_add=True)
 
     customer_id: int

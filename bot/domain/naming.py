@@ -32,11 +32,14 @@ def check_name(name: str, what: str = "name") -> str:
     if not name:
         raise InvalidInput(f"The {what} is empty.")
     if len(name) > MAX_NAME:
-        raise InvalidInput(f"The {what} is {len(name)} characters long; at most {MAX_NAME} are allowed.")
+        raise InvalidInput(
+            f"The {what} is {len(name)} characters long; at most {MAX_NAME} are allowed."
+        )
     if not _rule.fullmatch(name):
         raise InvalidInput(
             f"The {what} {name!r} breaks the naming convention: it must match `{_rule_text}` "
-            "(by default: upper-case letters and digits, words joined by hyphens, e.g. TEAMS-SEATS-UK)."
+            "(by default: upper-case letters and digits, words joined by hyphens, "
+            "e.g. TEAMS-SEATS-UK)."
         )
     return name
 
@@ -47,7 +50,9 @@ def check_free_text(text: str, what: str, max_len: int = MAX_NAME) -> str:
     if not text:
         raise InvalidInput(f"The {what} is empty.")
     if len(text) > max_len:
-        raise InvalidInput(f"The {what} is {len(text)} characters long; at most {max_len} are allowed.")
+        raise InvalidInput(
+            f"The {what} is {len(text)} characters long; at most {max_len} are allowed."
+        )
     if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} for ch in text):
         raise InvalidInput(f"The {what} contains control or invisible characters.")
     return text
@@ -68,7 +73,11 @@ def check_country(code: str) -> str:
     """An ISO 3166-1 alpha-2 code that has telephone numbering (known to `phonenumbers`)."""
     upper = code.strip().upper()
     if len(upper) != 2 or not upper.isascii() or not upper.isalpha():
-        raise InvalidInput(f"{code!r} is not a country code: use ISO 3166-1 alpha-2, such as GB or US.")
+        raise InvalidInput(
+            f"{code!r} is not a country code: use ISO 3166-1 alpha-2, such as GB or US."
+        )
     if upper not in phonenumbers.SUPPORTED_REGIONS:
-        raise InvalidInput(f"{upper!r} is not a known ISO 3166-1 alpha-2 country with phone numbers.")
+        raise InvalidInput(
+            f"{upper!r} is not a known ISO 3166-1 alpha-2 country with phone numbers."
+        )
     return upper

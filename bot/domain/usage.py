@@ -33,27 +33,41 @@ HELD_STATES = (NumberState.RESERVED, NumberState.ASSIGNED)
 async def in_use(conn: BaseDBAsyncClient | None, subscription_id: int, product: Product) -> int:
     """Units of `product` that `subscription_id` uses now (inside the caller's transaction)."""
     if product.kind is ProductKind.NUMBERS:
-        return await PhoneNumber.filter(
-            subscription_id=subscription_id,
-            country=product.country,
-            number_type=product.number_type,
-            state__in=HELD_STATES,
-        ).using_db(conn).count()
+        return (
+            await PhoneNumber.filter(
+                subscription_id=subscription_id,
+                country=product.country,
+                number_type=product.number_type,
+                state__in=HELD_STATES,
+            )
+            .using_db(conn)
+            .count()
+        )
     if product.kind is ProductKind.TEAMS_SEATS:
-        return await PhoneNumber.filter(
-            state=NumberState.ASSIGNED,
-            holder__kind=AccountKind.USER,
-            holder__subscription_id=subscription_id,
-        ).using_db(conn).count()
+        return (
+            await PhoneNumber.filter(
+                state=NumberState.ASSIGNED,
+                holder__kind=AccountKind.USER,
+                holder__subscription_id=subscription_id,
+            )
+            .using_db(conn)
+            .count()
+        )
     if product.kind is ProductKind.SIP_CHANNELS:
-        rows = await SipTrunk.filter(subscription_id=subscription_id).using_db(conn).values_list(
-            "channels", flat=True
+        rows = (
+            await SipTrunk.filter(subscription_id=subscription_id)
+            .using_db(conn)
+            .values_list("channels", flat=True)
         )
         return sum(int(cast(int, c)) for c in rows)
     if product.kind is ProductKind.LICENSE:
-        return await LicenseAssignment.filter(
-            product_id=product.id, account__subscription_id=subscription_id
-        ).using_db(conn).count()
+        return (
+            await LicenseAssignment.filter(
+                product_id=product.id, account__subscription_id=subscription_id
+            )
+            .using_db(conn)
+            .count()
+        )
     return 0
 
 
@@ -111,7 +125,8 @@ class ProductUsage:
 async def usage_report(
     product_name: str | None = None, subscription_code: str | None = None
 ) -> list[ProductUsage]:
-    """Capacity, allocated and in use per product and subscription, in seven queries whatever the size."""
+    """Capacity, allocated and in use per product and subscription, in a fixed number of
+    queries whatever the size."""
     products_q = Product.all()
     if product_name is not None:
         products_q = products_q.filter(name__iexact=product_name)
@@ -146,7 +161,10 @@ async def usage_report(
         .values("holder__subscription_id", "n")
     )
     channels = await (
-        SipTrunk.all().annotate(n=Sum("channels")).group_by("subscription_id").values("subscription_id", "n")
+        SipTrunk.all()
+        .annotate(n=Sum("channels"))
+        .group_by("subscription_id")
+        .values("subscription_id", "n")
     )
     licenses = await (
         LicenseAssignment.filter(product_id__in=product_ids)
