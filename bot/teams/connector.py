@@ -12,15 +12,17 @@ reply — and signs each request with a blocking msal call on the event loop. He
   one `ConnectorClient` per service URL, made once and reused, whose pipeline checks every
   request URL against the trusted bases, then attaches the bot's cached token, then sends it
   on the app's shared aiohttp session (kept-alive connections, TLS trust from the environment).
-  Its serializer hands a card over as the JSON it already is: msrest would otherwise walk every
-  node of every card (the largest single cost of a reply in the profile).
+  Its serializer hands an activity's cards over as the JSON they already are and skips msrest's
+  rebuilding and validating of the activity: msrest would walk every node of every card three
+  times (the largest single cost of a reply in the profile).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,7 @@ from botframework.connector.auth import ConnectorFactory, MicrosoftAppCredential
 from botframework.connector.bot_framework_sdk_client_async import (
     BotFrameworkConnectorConfiguration,
 )
-from botframework.connector.models import Activity
+from botframework.connector.models import Activity, Attachment
 from msrest import Serializer
 from msrest.pipeline import AsyncHTTPPolicy, AsyncHTTPSender, AsyncPipeline, Request, Response
 from msrest.pipeline.universal import RawDeserializer
@@ -39,6 +41,8 @@ from msrest.universal_http import ClientRequest
 from msrest.universal_http.async_abc import AsyncClientResponse
 from multidict import CIMultiDict
 from yarl import URL
+
+from bot.teams.render import Card, dumps
 
 log = logging.getLogger("bot.teams.connector")
 
@@ -184,38 +188,49 @@ class _SessionSender(AsyncHTTPSender):  # type: ignore[misc]
         return Response(request, _SessionResponse(http, resp, body))
 
 
-class _CardSerializer(Serializer):  # type: ignore[misc]
-    """msrest's serializer, except that an activity's attachment contents that are plain JSON
-    (dicts, as `bot.teams.render` makes every card) go into the body as they are.
+@contextmanager
+def _cards_as(activity: Activity | None, swap: Callable[[Card], Any]) -> Iterator[list[Card]]:
+    """For the duration, each rendered card in the activity's attachments replaced by
+    `swap(card)`; yields the cards, in order."""
+    swapped = [
+        (attachment, attachment.content)
+        for attachment in (activity.attachments or [] if activity is not None else [])
+        if isinstance(attachment, Attachment) and isinstance(attachment.content, Card)
+    ]
+    try:
+        for attachment, card in swapped:
+            attachment.content = swap(card)
+        yield [card for _, card in swapped]
+    finally:
+        for attachment, card in swapped:
+            attachment.content = card
 
-    msrest serializes such a value by visiting every node of it to produce the same dict; only
-    the activity around the cards goes through msrest.
+
+class _ActivitySerializer(Serializer):  # type: ignore[misc]
+    """msrest's serializer, except for an activity (what replies carry): its body is made here.
+
+    For any body msrest first rebuilds the model it is given (a deserialization of the object
+    into itself), then validates it, then serializes it, visiting every node of every card each
+    time, and then encodes it. An activity made by the SDK or `bot.teams.cards` is already a
+    model: here it is only serialized, and each rendered card goes into the JSON as the text
+    made when it was rendered (`render.dumps`). msrest sends a body it cannot encode (bytes) as
+    it is. (msrest would write a dict subclass such as `Card` as its repr: any other body that
+    holds an activity gets its cards as plain dicts.)
     """
 
     def body(self, data: Any, data_type: str, **kwargs: Any) -> Any:
-        if data_type != "Activity" or not isinstance(data, Activity) or not data.attachments:
-            return super().body(data, data_type, **kwargs)
-        cards = [
-            (attachment, attachment.content)
-            for attachment in data.attachments
-            if isinstance(attachment.content, dict)
-        ]
-        try:
-            for attachment, _ in cards:
-                attachment.content = None
-            body = super().body(data, data_type, **kwargs)
-        finally:
-            for attachment, content in cards:
-                attachment.content = content
+        if data_type != "Activity" or not isinstance(data, Activity):
+            with _cards_as(getattr(data, "activity", None), dict):
+                return super().body(data, data_type, **kwargs)
+        kwargs.setdefault("is_xml", False)
+        with _cards_as(data, lambda card: None) as cards:
+            body = self._serialize(data, data_type, **kwargs)
+        card_at = iter(cards)
         serialized = body.get("attachments") or []
-        if len(serialized) != len(data.attachments):
-            return super().body(data, data_type, **kwargs)
-        by_identity = {id(attachment): card for attachment, card in cards}
-        for attachment, out in zip(data.attachments, serialized, strict=True):
-            card = by_identity.get(id(attachment))
-            if card is not None:
-                out["content"] = card
-        return body
+        for attachment, out in zip(data.attachments or [], serialized, strict=False):
+            if isinstance(attachment, Attachment) and isinstance(attachment.content, Card):
+                out["content"] = next(card_at)
+        return dumps(body).encode()
 
 
 class ConnectorPool(ConnectorFactory):
@@ -264,7 +279,7 @@ class ConnectorPool(ConnectorFactory):
         config.add_user_agent(USER_AGENT)
         log.info("connector client created", extra={"service_url": service_url})
         client = ConnectorClient(None, custom_configuration=config)
-        serializer = _CardSerializer(
+        serializer = _ActivitySerializer(
             {k: v for k, v in vars(models).items() if isinstance(v, type)}
         )
         client.conversations._serialize = serializer

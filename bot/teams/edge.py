@@ -23,7 +23,6 @@ to listen anywhere but loopback in that mode.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from contextvars import ContextVar
@@ -63,6 +62,7 @@ from bot.auth.policy import DevPolicy, Policy
 from bot.config import Settings
 from bot.teams.bot import FusionBot
 from bot.teams.connector import ConnectorPool, TrustedServiceUrls, UntrustedServiceUrl
+from bot.teams.render import dumps
 
 log = logging.getLogger("bot.teams.edge")
 
@@ -318,12 +318,8 @@ class Edge:
             # serializes them again and fails (HTTP 500) on a dict.
             if isinstance(body, Model):
                 body = serializer_helper(body)
-            return web.json_response(body, status=invoke_response.status, dumps=_dumps)
+            return web.json_response(body, status=invoke_response.status, dumps=dumps)
         return web.Response(status=HTTPStatus.CREATED)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=str)
 
 
 async def _on_turn_error(turn_context: TurnContext, error: Exception) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -546,19 +547,56 @@ def _progress(reply: Progress) -> dict:
     )
 
 
+def card_json(card: Mapping[str, Any]) -> str:
+    """The card as compact ASCII-escaped JSON: what is sent (made once for a rendered Card)."""
+    if isinstance(card, Card) and card.json is not None:
+        return card.json
+    return json.dumps(card, separators=(",", ":"), ensure_ascii=True)
+
+
 def card_size(card: Mapping[str, Any]) -> int:
     """Bytes of the card as compact ASCII-escaped JSON (an upper bound of what is sent)."""
-    return len(json.dumps(card, separators=(",", ":"), ensure_ascii=True))
+    return len(card_json(card))
+
+
+# A placeholder no text can contain (random per process), for `dumps`.
+_PLACE = f"@@card-{uuid.uuid4().hex}-"
+
+
+def dumps(value: Any) -> str:
+    """`json.dumps(value)`, with every rendered Card inside it written as the JSON it was
+    measured as when rendered, instead of being encoded a second time."""
+    cards: list[Card] = []
+
+    def swap(node: Any) -> Any:
+        if isinstance(node, Card) and node.json is not None:
+            cards.append(node)
+            return f"{_PLACE}{len(cards) - 1}"
+        if isinstance(node, dict):
+            return {k: swap(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [swap(v) for v in node]
+        return node
+
+    text = json.dumps(swap(value), default=str)
+    for i, card in enumerate(cards):
+        text = text.replace(f'"{_PLACE}{i}"', card.json or "null", 1)
+    return text
 
 
 class Card(dict):  # type: ignore[type-arg]
     """A rendered Adaptive Card: complete when made and never changed afterwards.
 
     botbuilder deep-copies every activity it sends (and the invoke response), card included;
-    for a card that is never changed a copy is the card itself, so copies share it.
+    for a card that is never changed a copy is the card itself, so copies share it. `json` is
+    the card as JSON, made once when its size was checked; `dumps` sends that.
     """
 
-    __slots__ = ()
+    __slots__ = ("json",)
+
+    def __init__(self, card: Mapping[str, Any], json_text: str | None = None) -> None:
+        super().__init__(card)
+        self.json = json_text
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Card:
         return self
@@ -570,15 +608,15 @@ def render(reply: Reply, *, actionable: bool = True) -> Card:
     `actionable=False` leaves the Approve / Reject buttons off a pending approval (the view of
     someone who may not decide it).
     """
-    size = None
+    text = None
     if isinstance(reply, Table):
         card = _table(reply)
         keep = len(reply.rows)
-        size = card_size(card)
-        while size > MAX_CARD_BYTES and keep > 0:
+        text = card_json(card)
+        while len(text) > MAX_CARD_BYTES and keep > 0:
             keep = keep * 3 // 4 if keep > 4 else keep - 1
             card = _table(reply, keep_rows=keep)
-            size = card_size(card)
+            text = card_json(card)
     elif isinstance(reply, Changed):
         card = _changed(reply)
     elif isinstance(reply, Error):
@@ -597,7 +635,9 @@ def render(reply: Reply, *, actionable: bool = True) -> Card:
         card = _message(reply)
     else:
         card = bind(template("message"), {"tone": "accent", "title": reply.title})
-    if (card_size(card) if size is None else size) > MAX_CARD_BYTES:
+    if text is None:
+        text = card_json(card)
+    if len(text) > MAX_CARD_BYTES:
         # Only pathological input gets here (e.g. thousands of facts): say so in a small card.
         card = bind(
             template("message"),
@@ -608,7 +648,8 @@ def render(reply: Reply, *, actionable: bool = True) -> Card:
                 "--json`) or narrow the request.",
             },
         )
-    return Card(card)
+        text = card_json(card)
+    return Card(card, text)
 
 
 def attachment(card: Mapping[str, Any]) -> dict:
