@@ -8,7 +8,6 @@ one killed with -9). Everything listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -323,8 +322,9 @@ class PrivatePostgres:
     anything else. Runs as the `postgres` user when started by root (initdb refuses root).
     """
 
-    def __init__(self, folder: Path | None = None, port: int | None = None) -> None:
-        self.folder = folder or Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    def __init__(self, port: int | None = None) -> None:
+        # Its own temporary folder: the server's user must be able to reach it.
+        self.folder = Path(tempfile.mkdtemp(prefix="fusion-pg-"))
         self.data = self.folder / "data"
         self.port = port or free_port()
         self.log = self.folder / "postgres.log"
@@ -363,23 +363,29 @@ class PrivatePostgres:
         done = self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "status", check=False)
         return done.returncode == 0
 
+    def pids(self) -> set[int]:
+        """The postmaster's pid (its backends are its children)."""
+        try:
+            return {int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])}
+        except (OSError, ValueError):
+            return set()
+
     def url(self, database: str) -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
 
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        done = subprocess.run(
+            [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+             "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", statement],
+            capture_output=True, text=True, timeout=60,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"psql: {statement!r}: {done.stderr.strip()}")
+        return done.stdout
+
     def create_database(self, name: str) -> str:
-        async def create() -> None:
-            import asyncpg
-
-            conn = await asyncpg.connect(
-                f"postgresql://postgres@127.0.0.1:{self.port}/postgres", timeout=10
-            )
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                await conn.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await conn.close()
-
-        asyncio.run(create())
+        self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.sql(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
     def destroy(self) -> None:

@@ -48,15 +48,18 @@ import aiohttp  # noqa: E402
 import jwt  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.harness import ADMINS, APP_ID, Child, PrivatePostgres  # noqa: E402
+from benchmarks.harness import ADMINS, APP_ID, CLOCK_TICKS, Child, PrivatePostgres  # noqa: E402
 from benchmarks.seed import POOL  # noqa: E402
 
 BOT_ID = f"28:{APP_ID}"
 SCENARIOS = ("usage", "allocate", "card")
+#: `whoami`: the same round trip with no database work — what the edge and the SDK cost alone.
+EXTRA_SCENARIOS = ("whoami",)
 LEVELS = (1, 8, 32, 128)
 #: What the first text of the answer card starts with when the turn did what was asked.
 SUCCESS = {
     "usage": ("Usage",),
+    "whoami": ("Who you are",),
     "allocate": ("Allocated",),
     "card": ("Allocated",),
     "echo": ("Echo:",),
@@ -147,8 +150,8 @@ class Traffic:
             }
             return activity
         activity = self._base("message", conversation, activity_id, worker)
-        if scenario == "usage":
-            text = "usage"
+        if scenario in ("usage", "whoami"):
+            text = scenario
         elif scenario == "allocate":
             text = f"allocate 1 {POOL} to {sub}"
         else:
@@ -199,6 +202,7 @@ class Cell:
     failed: int = 0  # HTTP errors, missing replies, or answers that are not a success
     answers: dict[str, int] = field(default_factory=dict)  # most common first texts
     machine_busy: float = 0.0  # share of all CPUs busy during the window (0..1)
+    cores: dict[str, float] = field(default_factory=dict)  # CPUs used, by process role
     round: int = 0
 
 
@@ -206,6 +210,36 @@ def percentile(ordered: list[float], q: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))]
+
+
+def process_cpu() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds used so far), for every process on the machine."""
+    found: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return found
+
+
+def cores_by_role(
+    before: dict[int, tuple[int, float]],
+    after: dict[int, tuple[int, float]],
+    roles: dict[str, set[int]],
+    elapsed: float,
+) -> dict[str, float]:
+    """CPUs (cores) each role used over the window (PostgreSQL: the postmaster's children too)."""
+    used: dict[str, float] = {}
+    for role, roots in roles.items():
+        family = role == "postgres"
+        pids = {p for p, (ppid, _) in after.items() if p in roots or (family and ppid in roots)}
+        seconds = sum(after[p][1] - before.get(p, (0, after[p][1]))[1] for p in pids)
+        used[role] = round(seconds / elapsed, 2) if elapsed else 0.0
+    return used
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -234,6 +268,8 @@ class Generator:
         self.warmup_turns = warmup_turns
         self.http: aiohttp.ClientSession | None = None
         self._cell_no = 0
+        #: Other processes whose CPU use is reported beside the bot's (role -> their pids).
+        self.watch: dict[str, Callable[[], set[int]]] = {}
 
     async def __aenter__(self) -> Generator:
         self.http = aiohttp.ClientSession(
@@ -325,19 +361,24 @@ class Generator:
         record: list[tuple[Any, ...]] = []
         budget = [self.max_turns if turns_each is None else 10**12]
         target.reset_peak()
-        cpu0, (busy0, total0) = target.cpu(), machine_ticks()
+        cpu0, (busy0, total0), procs0 = target.cpu(), machine_ticks(), process_cpu()
         started = time.monotonic()
         deadline = None if turns_each is not None else started + self.seconds
         await asyncio.gather(
             *(conversation(w, turns_each, deadline, budget, record) for w in range(concurrency))
         )
         elapsed = time.monotonic() - started
-        cpu1, (busy1, total1) = target.cpu(), machine_ticks()
+        cpu1, (busy1, total1), procs1 = target.cpu(), machine_ticks(), process_cpu()
         replies = await self.drain()
-        return self._figures(
+        cell = self._figures(
             target, scenario, concurrency, record, replies, elapsed, cpu1 - cpu0,
             (busy1 - busy0) / max(1, total1 - total0),
         )
+        roles = {"bot": {c.pid for c in target.children}, "generator": {os.getpid()}}
+        roles.update({name: pids() for name, pids in self.watch.items()})
+        cell.cores = cores_by_role(procs0, procs1, roles, elapsed)
+        cell.cores["all"] = round(cell.machine_busy * (os.cpu_count() or 1), 2)
+        return cell
 
     def _figures(
         self,
@@ -423,7 +464,7 @@ class Rig:
             url = f"sqlite://{self.work / (name + '.sqlite3')}"
         else:
             if self.postgres is None:
-                self.postgres = PrivatePostgres(self.work / "pg")
+                self.postgres = PrivatePostgres()
                 self.postgres.init()
                 self.postgres.start()
             url = self.postgres.create_database(name)
@@ -442,6 +483,17 @@ class Rig:
         child = harness.start_bot(name, self.work, self.env(database_url, port, **extra), argv=argv)
         self.children.insert(0, child)
         return child, f"http://127.0.0.1:{port}/api/messages"
+
+    def generator(self, **kwargs: Any) -> Generator:
+        gen = Generator(
+            self.traffic(), self.tokens(), self.connector.info["control_url"], **kwargs
+        )
+        gen.watch = {
+            "connector": lambda: {self.connector.pid},
+            "fakes": lambda: {self.fakes.pid},
+            "postgres": lambda: self.postgres.pids() if self.postgres else set(),
+        }
+        return gen
 
     def traffic(self) -> Traffic:
         return Traffic(
@@ -528,7 +580,8 @@ def tables(cells: list[Cell]) -> str:
             out.append(f"\nFusion bot — `{scenario}` on {database}\n")
             out.append(
                 "| conc. | turns/s | × echo bot | % of bare | p50 ms | p95 ms | p99 ms "
-                "| CPU ms/turn | peak RSS MiB | ok / failed | CPUs busy |"
+                "| CPU ms/turn | peak RSS MiB | ok / failed | cores used: bot · PostgreSQL · "
+                "load gen. · connector · whole machine |"
             )
             out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
             for level, row in zip(levels, rows, strict=True):
@@ -544,7 +597,7 @@ def tables(cells: list[Cell]) -> str:
                     f"{_ratio(c.throughput, e.throughput if e else None)} | {pct_bare} | "
                     f"{_fmt(c.p50_ms, 1)} | {_fmt(c.p95_ms, 1)} | {_fmt(c.p99_ms, 1)} | "
                     f"{_fmt(c.cpu_ms_per_turn, 2)} | {_fmt(c.peak_rss_mib, 0)} | "
-                    f"{c.ok} / {c.failed} | {c.machine_busy:.0%} |"
+                    f"{c.ok} / {c.failed} | {_cores(c)} |"
                 )
     failures = [c for c in cells if c.failed]
     if failures:
@@ -552,6 +605,14 @@ def tables(cells: list[Cell]) -> str:
         for c in failures:
             out.append(f"- {c.target}/{c.database}/{c.scenario}@{c.concurrency}: {c.answers}")
     return "\n".join(out)
+
+
+def _cores(c: Cell) -> str:
+    """Cores used over the window: bot · PostgreSQL · load generator · connector · machine."""
+    k = c.cores
+    return " · ".join(
+        f"{k.get(role, 0):.2f}" for role in ("bot", "postgres", "generator", "connector", "all")
+    )
 
 
 def _print(text: str) -> None:
@@ -591,8 +652,7 @@ async def matrix(args: argparse.Namespace) -> None:
             bot, bot_url = r.start(f"bot-{database}", url, FUSION_SCHEDULER="true")
             targets.append(Target("fusion", database, [bot], [bot_url]))
         _print(f"machine: {_describe_machine()}; work folder {r.work}")
-        async with Generator(
-            r.traffic(), r.tokens(), r.connector.info["control_url"],
+        async with r.generator(
             seconds=args.seconds, max_turns=args.max_turns,
         ) as gen:
             for round_no in range(args.rounds):
@@ -608,7 +668,7 @@ async def matrix(args: argparse.Namespace) -> None:
                                 f"c={level:<3} {cell.throughput:7.1f}/s p50 {cell.p50_ms:7.1f} "
                                 f"p99 {cell.p99_ms:7.1f} ms cpu {cell.cpu_ms_per_turn:5.2f} "
                                 f"ms/turn rss {cell.peak_rss_mib:5.0f} MiB ok {cell.ok} "
-                                f"failed {cell.failed}"
+                                f"failed {cell.failed} cores {_cores(cell)}"
                             )
         for database in args.databases:
             if database == "sqlite":
@@ -628,8 +688,7 @@ async def soak(args: argparse.Namespace) -> None:
         bot, bot_url = r.start(f"bot-{args.database}", url)
         target = Target("fusion", args.database, [bot], [bot_url])
         samples: list[tuple[int, float]] = []
-        async with Generator(
-            r.traffic(), r.tokens(), r.connector.info["control_url"],
+        async with r.generator(
             seconds=10**9, max_turns=10**12, warmup_turns=5,
         ) as gen:
             done = [0]
@@ -681,8 +740,7 @@ async def scale(args: argparse.Namespace) -> None:
         one = Target("fusion", "postgres", [first], [first_url])
         two = Target("fusion", "postgres", [first, second], [first_url, second_url])
         results: list[tuple[str, Cell]] = []
-        async with Generator(
-            r.traffic(), r.tokens(), r.connector.info["control_url"],
+        async with r.generator(
             seconds=args.seconds, max_turns=args.max_turns,
         ) as gen:
             for round_no in range(args.rounds):
@@ -730,8 +788,7 @@ async def profile(args: argparse.Namespace) -> None:
         bot, bot_url = r.start(f"bot-{args.database}", url)
         target = Target("fusion", args.database, [bot], [bot_url])
         out = Path(args.out or (r.work / "profile.txt"))
-        async with Generator(
-            r.traffic(), r.tokens(), r.connector.info["control_url"],
+        async with r.generator(
             seconds=args.seconds, max_turns=10**9,
         ) as gen:
             await gen.run_cell(target, args.scenario, args.concurrency)  # warm
@@ -790,7 +847,9 @@ def main() -> None:
     common(m)
     m.add_argument("--databases", nargs="+", default=["sqlite", "postgres"],
                    choices=["sqlite", "postgres"])
-    m.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
+    m.add_argument(
+        "--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS + EXTRA_SCENARIOS
+    )
     m.add_argument("--levels", nargs="+", type=int, default=list(LEVELS))
     m.add_argument("--seconds", type=float, default=6.0, help="measured seconds per cell")
     m.add_argument("--max-turns", type=int, default=5000, help="at most this many turns per cell")
@@ -813,7 +872,7 @@ def main() -> None:
     p = sub.add_parser("profile", help="sample the bot with py-spy while one scenario runs")
     common(p)
     p.add_argument("--database", default="sqlite", choices=["sqlite", "postgres"])
-    p.add_argument("--scenario", default="allocate", choices=SCENARIOS)
+    p.add_argument("--scenario", default="allocate", choices=SCENARIOS + EXTRA_SCENARIOS)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--top", type=int, default=40)
