@@ -39,6 +39,8 @@ from bot.commands.registry import REGISTRY, Context, find
 from bot.commands.reply import Approval, Changed, Error, Form, Message, Reply
 from bot.config import Settings
 from bot.domain import approvals, conversations
+from bot.domain.change import OUTAGE
+from bot.domain.db import is_outage
 from bot.domain.errors import DomainError
 from bot.teams.proactive import ProactiveSender, SendOutcome, Target
 from bot.teams.render import (
@@ -89,14 +91,18 @@ async def handle_card_action(
     ctx = replace(ctx, actor=replace(actor, source="card"))
     try:
         reply, actionable = await run_action(verb, data, ctx)
-    except Exception:  # never a stack trace on a card; nothing half-done either (one transaction)
-        log.exception("card action %r failed", verb)
-        reply = Error(
-            title="Something went wrong",
-            text="The action could not be completed and nothing was changed. "
-            f"Reference: {actor.correlation_id or '-'}.",
-            code="internal",
-        )
+    except Exception as exc:  # never a stack trace on a card; nothing half-done (one transaction)
+        if is_outage(exc):
+            log.warning("card action %r: database unavailable: %r", verb, exc)
+            reply = Error(title="Try again", text=OUTAGE, code="unavailable")
+        else:
+            log.exception("card action %r failed", verb)
+            reply = Error(
+                title="Something went wrong",
+                text="The action could not be completed and nothing was changed. "
+                f"Reference: {actor.correlation_id or '-'}.",
+                code="internal",
+            )
         actionable = False
     card = render(reply, actionable=actionable)
     if invoke:
@@ -181,7 +187,14 @@ async def _submit_form(data: dict[str, Any], ctx: Context) -> Reply:
     if isinstance(reply, Error) and reply.code != "forbidden":
         # Refused by the ledger (not found, conflict, try again...): the same form again, with
         # the reason on top and the values kept, so it can be corrected and sent again.
-        form = await build_form(spec, ctx, values, {"": f"{reply.title}: {reply.text}"}, form_id)
+        try:
+            form = await build_form(
+                spec, ctx, values, {"": f"{reply.title}: {reply.text}"}, form_id
+            )
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return reply  # the form's choices come from the database too: just "try again"
         form.title = f"{spec.summary}: not done"
         form.ok = False
         return form
