@@ -34,21 +34,25 @@ PREFIX = "/amer/"
 AUDIENCE = "https://api.botframework.com"
 
 
-def title_of(activity: Any) -> str:
-    """The first TextBlock of the first card (its title), else the text: enough to tell a
-    success from a refusal."""
+def title_of(activity: Any, blocks: int = 3) -> str:
+    """The first TextBlocks of the first card (its title, its text, a form's reason) joined by
+    " | ", else the activity's text: enough to tell a success from a refusal."""
     if not isinstance(activity, dict):
         return ""
     for attachment in activity.get("attachments") or []:
+        found: list[str] = []
         stack = [attachment.get("content") if isinstance(attachment, dict) else None]
-        while stack:  # depth first, in document order
+        while stack and len(found) < blocks:  # depth first, in document order
             node = stack.pop()
             if isinstance(node, dict):
                 if node.get("type") == "TextBlock" and isinstance(node.get("text"), str):
-                    return str(node["text"])[:200]
+                    found.append(str(node["text"])[:200])
+                    continue
                 stack.extend(reversed([v for v in node.values() if isinstance(v, (dict, list))]))
             elif isinstance(node, list):
                 stack.extend(reversed(node))
+        if found:
+            return " | ".join(found)
     text = activity.get("text")
     return str(text)[:200] if text else ""
 

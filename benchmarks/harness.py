@@ -283,11 +283,13 @@ def cli(database_url: str, *words: str) -> subprocess.CompletedProcess[str]:
     return run_python(["-m", "bot", *words], env)
 
 
-def seed(database_url: str, subscriptions: int = 16) -> dict[str, Any]:
+def seed(database_url: str, subscriptions: int = 16, limited: int = 1000) -> dict[str, Any]:
     """Migrate and load the benchmark catalog (benchmarks/seed.py, its own process)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("Microsoft", "FUSION_"))}
     done = run_python(
-        [str(BENCH / "seed.py"), database_url, "--subscriptions", str(subscriptions)], env
+        [str(BENCH / "seed.py"), database_url, "--subscriptions", str(subscriptions),
+         "--limited-capacity", str(limited)],
+        env,
     )
     if done.returncode != 0:
         raise RuntimeError(f"seeding {database_url} failed:\n{done.stdout}\n{done.stderr}")

@@ -458,7 +458,7 @@ class Rig:
         self.children: list[Child] = [self.connector, self.fakes]
         self.subscriptions: list[str] = []
 
-    def database(self, kind: str, name: str = "fusion_bench") -> str:
+    def database(self, kind: str, name: str = "fusion_bench", limited: int = 1000) -> str:
         """A fresh, migrated and seeded database of `kind` (sqlite | postgres)."""
         if kind == "sqlite":
             url = f"sqlite://{self.work / (name + '.sqlite3')}"
@@ -468,7 +468,7 @@ class Rig:
                 self.postgres.init()
                 self.postgres.start()
             url = self.postgres.create_database(name)
-        seeded = harness.seed(url)
+        seeded = harness.seed(url, limited=limited)
         self.subscriptions = list(seeded["subscriptions"])
         return url
 
@@ -476,9 +476,14 @@ class Rig:
         return harness.bot_env(self.fakes, self.connector, self.tls, database_url, port, **extra)
 
     def start(
-        self, name: str, database_url: str, script: str | None = None, **extra: str
+        self,
+        name: str,
+        database_url: str,
+        script: str | None = None,
+        port: int | None = None,
+        **extra: str,
     ) -> tuple[Child, str]:
-        port = harness.free_port()
+        port = port or harness.free_port()
         argv = [harness.PYTHON, str(harness.BENCH / script)] if script else None
         child = harness.start_bot(name, self.work, self.env(database_url, port, **extra), argv=argv)
         self.children.insert(0, child)

@@ -4,8 +4,8 @@
 
 One customer, subscriptions BENCH-01…, BENCH-POOL (a custom product with a capacity so large
 that allocations keep succeeding), a few products with allocations so that `usage` has a
-realistic table to show, and LIMITED-POOL (capacity 1,000) for the drills that push against a
-capacity. Prints one JSON line with what it made. Goes through the domain services (each
+realistic table to show, and LIMITED-POOL (capacity 1,000 unless told) for the drills that push
+against a capacity. Prints one JSON line with what it made. Goes through the domain services (each
 change audited), like any other change.
 """
 
@@ -34,7 +34,7 @@ def subscription_code(i: int) -> str:
     return f"BENCH-{i + 1:02d}"
 
 
-async def seed(url: str, subscriptions: int) -> dict[str, object]:
+async def seed(url: str, subscriptions: int, limited: int) -> dict[str, object]:
     await db.open_database(url, migrate=True)
     try:
         await ledger.add_customer(SEED, "Bench Customer")
@@ -42,7 +42,7 @@ async def seed(url: str, subscriptions: int) -> dict[str, object]:
         for code in codes:
             await ledger.add_subscription(SEED, code, "Bench Customer")
         await ledger.add_product(SEED, POOL, ProductKind.CUSTOM, POOL_CAPACITY, unit="unit")
-        await ledger.add_product(SEED, LIMITED, ProductKind.CUSTOM, LIMITED_CAPACITY, unit="unit")
+        await ledger.add_product(SEED, LIMITED, ProductKind.CUSTOM, limited, unit="unit")
         await ledger.add_product(SEED, "TEAMS-SEATS", ProductKind.TEAMS_SEATS, 100_000)
         await ledger.add_product(SEED, "SIP-CHANNELS", ProductKind.SIP_CHANNELS, 100_000)
         for country in ("GB", "DE", "FR", "US"):
@@ -62,8 +62,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("database_url")
     parser.add_argument("--subscriptions", type=int, default=16)
+    parser.add_argument("--limited-capacity", type=int, default=LIMITED_CAPACITY)
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(seed(args.database_url, args.subscriptions))))
+    made = asyncio.run(seed(args.database_url, args.subscriptions, args.limited_capacity))
+    print(json.dumps(made))
 
 
 if __name__ == "__main__":
