@@ -103,6 +103,11 @@ class Connector:
         key = str(answered) if answered else f"send:{self.received}"
         if request.method == "PUT":
             key = f"update:{key}"
+        if key in self.replies:  # a second reply to the same activity (a redelivery)
+            n = 2
+            while f"{key}#{n}" in self.replies:
+                n += 1
+            key = f"{key}#{n}"
         self.replies[key] = (at, title_of(body))
         status = 200 if request.method == "PUT" else 201
         return web.json_response({"id": str(next(self.ids))}, status=status)

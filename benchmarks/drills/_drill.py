@@ -98,40 +98,48 @@ class Courier:
 
         async def worker() -> None:
             while queue and not (stop is not None and stop.is_set()):
-                activity = queue.pop()
-                delivery = self.deliveries.setdefault(str(activity["id"]), Delivery(activity))
-                delivery.texts.append("")
-                delivery.sent_at.append(time.monotonic())
-                try:
-                    status, _, _, invoke = await self.gen.post(url(), activity)
-                    delivery.http.append(str(status))
-                    if activity["type"] == "invoke":
-                        text = _invoke_title(invoke) if status == 200 else None
-                        delivery.texts[-1] = text or ""
-                        delivery.answers.append(kind_of(text))
-                    else:
-                        delivery.answers.append("pending" if status in (200, 201) else "lost")
-                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    delivery.http.append(type(exc).__name__)
-                    delivery.answers.append("lost")
-                done.append(delivery)
+                done.append(await self.deliver_one(url(), queue.pop()))
                 if pause:
                     await asyncio.sleep(pause)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return done
 
+    async def deliver_one(self, url: str, activity: dict[str, Any]) -> Delivery:
+        """POST one activity once; its answer is noted (a message's by `collect`)."""
+        delivery = self.deliveries.setdefault(str(activity["id"]), Delivery(activity))
+        delivery.texts.append("")
+        delivery.sent_at.append(time.monotonic())
+        slot = len(delivery.texts) - 1
+        delivery.answers.append("pending")
+        delivery.http.append("")
+        try:
+            status, _, _, invoke = await self.gen.post(url, activity)
+            delivery.http[slot] = str(status)
+            if activity["type"] == "invoke":
+                text = _invoke_title(invoke) if status == 200 else None
+                delivery.texts[slot] = text or ""
+                delivery.answers[slot] = kind_of(text)
+            elif status not in (200, 201):
+                delivery.answers[slot] = "lost"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            delivery.http[slot] = type(exc).__name__
+            delivery.answers[slot] = "lost"
+        return delivery
+
     async def collect(self) -> None:
-        """Match the replies the connector received to the deliveries still pending."""
+        """Match the replies the connector received to the deliveries still pending (a
+        message delivered twice gets two replies: the connector keeps them apart)."""
         replies = await self.gen.drain()
         for delivery in self.deliveries.values():
-            for i, answer in enumerate(delivery.answers):
-                if answer not in ("pending", "lost"):
-                    continue
-                reply = replies.pop(delivery.aid, None)
+            waiting = [i for i, a in enumerate(delivery.answers) if a in ("pending", "lost")]
+            found = [replies.pop(key) for key in _reply_keys(delivery.aid) if key in replies]
+            found.sort()  # by arrival
+            for i, reply in zip(waiting, found + [None] * len(waiting), strict=False):
                 text = reply[1] if reply else None
                 delivery.texts[i] = text or ""
                 # The HTTP request failed: whatever the connector saw, Teams delivers it again.
+                answer = delivery.answers[i]
                 delivery.answers[i] = kind_of(text) if answer == "pending" else "no-answer"
 
     def unanswered(self) -> list[dict[str, Any]]:
@@ -143,6 +151,11 @@ class Courier:
 
     def all_answers(self) -> Counter[str]:
         return Counter(a for d in self.deliveries.values() for a in d.answers)
+
+
+def _reply_keys(aid: str) -> list[str]:
+    """The connector keeps the first reply to an activity under its id, later ones as id#n."""
+    return [aid] + [f"{aid}#{n}" for n in range(2, 10)]
 
 
 def samples(courier: Courier) -> list[str]:

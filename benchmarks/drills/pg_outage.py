@@ -128,7 +128,7 @@ async def drill(mode: str, quick: bool, keep: bool) -> dict[str, Any]:
         f"/healthz during the outage: {sorted(set(health_down))}; after: "
         f"{sorted(set(health_after))}",
         f"started again; first successful allocation "
-        f"{'%.2fs' % recovery if recovery is not None else 'never'} after it was up; "
+        f"{f'{recovery:.2f}s' if recovery is not None else 'never'} after it was up; "
         f"after the outage: {phase(up_at, float('inf'))}",
         f"first answers overall: {dict(first_answers)}",
         f"sent again (same activity id) the {len(retry)} told to try again or unanswered: "
