@@ -171,6 +171,9 @@ class Settings:
     scheduler_interval_seconds: int = 30
     migrate_on_start: bool = True
     page_size: int = 25
+    # Teams SSO: the Application ID URI an SSO token may be meant for, besides the app id
+    # (webApplicationInfo.resource in the app package). Default api://FUSION_PUBLIC_HOST/APP_ID.
+    sso_resource: str = ""
 
     @property
     def dev_mode(self) -> bool:
@@ -213,6 +216,11 @@ class Settings:
             ) from exc
 
         trusted = _csv(env.get("FUSION_TRUSTED_SERVICE_URLS")) or cloud.trusted_service_urls
+        app_id = (env.get("MicrosoftAppId") or "").strip()
+        public_host = (env.get("FUSION_PUBLIC_HOST") or "").strip()
+        sso_resource = (env.get("FUSION_SSO_RESOURCE") or "").strip() or (
+            f"api://{public_host}/{app_id}" if public_host and app_id else ""
+        )
         settings = cls(
             database_url=_database_url(env.get("DATABASE_URL") or "sqlite://fusion.sqlite3"),
             host=env.get("HOST") or "127.0.0.1",
@@ -251,6 +259,7 @@ class Settings:
             scheduler_interval_seconds=_int(env, "FUSION_SCHEDULER_INTERVAL_SECONDS", 30, 1),
             migrate_on_start=_bool(env, "FUSION_MIGRATE_ON_START", True),
             page_size=_int(env, "FUSION_PAGE_SIZE", 25, minimum=1),
+            sso_resource=sso_resource,
         )
         settings.check()
         return settings

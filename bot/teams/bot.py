@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 
@@ -28,6 +29,7 @@ from botbuilder.schema import (
 
 from bot.auth.actor import Actor
 from bot.auth.policy import Policy
+from bot.auth.sso import SsoRejected, TeamsSso
 from bot.commands.dispatch import run_text
 from bot.commands.registry import Context
 from bot.commands.reply import Reply
@@ -42,6 +44,8 @@ log = logging.getLogger("bot.teams.bot")
 REFERENCE_FRESH_SECONDS = 60.0
 #: Conversations whose last stored reference this process remembers.
 REFERENCES_KEPT = 10_000
+#: The invoke in which Teams hands the bot the user's SSO token.
+TOKEN_EXCHANGE = "signin/tokenExchange"
 
 
 class CardInPlace:
@@ -119,16 +123,31 @@ def command_text(activity: Activity) -> str:
 
 
 class FusionBot(ActivityHandler):
-    def __init__(self, settings: Settings, policy: Policy, services: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        policy: Policy,
+        services: dict[str, Any],
+        sso: TeamsSso | None = None,
+    ) -> None:
         self._settings = settings
         self._policy = policy
         self._services = services
+        self._sso = sso
         # conversation id -> (what its stored reference was made from, when it was stored)
         self._stored: dict[str, tuple[tuple[Any, ...], float]] = {}
 
     def _context(self, actor: Actor, **turn_services: Any) -> Context:
         services = {**self._services, **turn_services} if turn_services else self._services
         return Context(actor=actor, settings=self._settings, policy=self._policy, services=services)
+
+    def _actor(self, activity: Activity, source: str) -> Actor:
+        """The caller, with the groups their last valid Teams SSO token listed (if remembered)."""
+        actor = actor_from(activity, source)
+        found = self._sso.groups_for(actor.object_id) if self._sso else None
+        if found is None:
+            return actor
+        return replace(actor, sso_groups=found.groups, sso_groups_overage=found.overage)
 
     async def on_turn(self, turn_context: TurnContext) -> None:
         await self._track_conversation(turn_context.activity)
@@ -140,10 +159,10 @@ class FusionBot(ActivityHandler):
         if not text and isinstance(activity.value, Mapping):
             # Action.Submit fallback: the card's data comes back as a message with a value;
             # the card module answers it (updating the clicked card where it can).
-            actor = actor_from(activity, "card")
+            actor = self._actor(activity, "card")
             await handle_card_action(turn_context, actor, self._context(actor))
             return
-        actor = actor_from(activity, "chat")
+        actor = self._actor(activity, "chat")
         card = CardInPlace(turn_context)
         reply = await run_text(text, self._context(actor, progress=card.show_progress))
         reply = await same_answer(reply)  # a redelivered activity: what the first one did
@@ -152,8 +171,38 @@ class FusionBot(ActivityHandler):
     async def on_adaptive_card_invoke(
         self, turn_context: TurnContext, invoke_value: AdaptiveCardInvokeValue
     ) -> AdaptiveCardInvokeResponse | None:
-        actor = actor_from(turn_context.activity, "card")
+        actor = self._actor(turn_context.activity, "card")
         return await handle_card_action(turn_context, actor, self._context(actor))
+
+    async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse | None:
+        if turn_context.activity.name == TOKEN_EXCHANGE:
+            return await self._exchange_token(turn_context.activity)
+        return await super().on_invoke_activity(turn_context)
+
+    async def _exchange_token(self, activity: Activity) -> InvokeResponse:
+        """Teams SSO: remember the groups a valid token lists (200); anything else 412, which
+        tells Teams the exchange failed, and nothing is remembered. Identity stays the
+        authenticated activity's: a token for anyone else does not count."""
+        value = activity.value if isinstance(activity.value, Mapping) else {}
+        token = value.get("token")
+        try:
+            if self._sso is None:
+                raise SsoRejected("this bot does not use Teams SSO (local development mode)")
+            if not isinstance(token, str) or not token:
+                raise SsoRejected("no token")
+            actor = actor_from(activity, "chat")
+            await self._sso.exchange(token, object_id=actor.object_id, tenant_id=actor.tenant_id)
+        except SsoRejected as exc:
+            log.warning("SSO token refused: %s", exc)
+            return InvokeResponse(
+                status=int(HTTPStatus.PRECONDITION_FAILED),
+                body={
+                    "id": value.get("id"),
+                    "connectionName": value.get("connectionName"),
+                    "failureDetail": f"The token could not be used: {exc}",
+                },
+            )
+        return InvokeResponse(status=int(HTTPStatus.OK))
 
     @staticmethod
     def _create_invoke_response(body: object = None) -> InvokeResponse:

@@ -59,6 +59,7 @@ from bot.auth.credentials import ClientCredentials
 from bot.auth.graph import GraphClient
 from bot.auth.membership import GraphPolicy
 from bot.auth.policy import DevPolicy, Policy
+from bot.auth.sso import TeamsSso
 from bot.config import Settings
 from bot.teams.bot import FusionBot
 from bot.teams.connector import ConnectorPool, TrustedServiceUrls, UntrustedServiceUrl
@@ -380,5 +381,6 @@ def build_edge(
     front_door = dict(services or {})
     if graph is not None:
         front_door["graph"] = graph
-    bot = FusionBot(settings, build_policy(settings, graph), front_door)
+    sso = None if settings.dev_mode else TeamsSso(settings, session)
+    bot = FusionBot(settings, build_policy(settings, graph), front_door, sso)
     return Edge(settings, adapter, bot, connectors, credentials, keys, front_door)

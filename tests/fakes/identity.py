@@ -395,17 +395,23 @@ class FakeIdentityProvider(ThreadedServer):
         overage: bool = False,
         graph_url: str | None = None,
         exp_delta: Seconds | None = None,
+        nbf_delta: Seconds = -5,
+        issuer: str | None = None,
+        key: SigningKey | None = None,
     ) -> str:
         """A v2 delegated user token (e.g. Teams SSO) with a ``groups`` claim, or, with
-        ``overage=True``, the ``_claim_names``/``_claim_sources`` overage indicator instead."""
+        ``overage=True``, the ``_claim_names``/``_claim_sources`` overage indicator instead.
+
+        ``issuer`` defaults to this authority's own v2.0 issuer (``{base_url}/{tid}/v2.0``, as
+        its OpenID metadata says); ``key`` signs with another key (e.g. ``rogue_key``)."""
         tid = self._tid(tenant or self.tenant_id) or (tenant or self.tenant_id)
         now = int(time.time())
         lifetime = self.token_lifetime if exp_delta is None else _seconds(exp_delta)
         claims: dict[str, Any] = {
             "aud": audience,
-            "iss": f"https://login.microsoftonline.com/{tid}/v2.0",
+            "iss": issuer if issuer is not None else f"{self.base_url}/{tid}/v2.0",
             "iat": now,
-            "nbf": now - 5,
+            "nbf": now + int(_seconds(nbf_delta)),
             "exp": now + int(lifetime),
             "oid": object_id,
             "sub": object_id,
@@ -422,11 +428,12 @@ class FakeIdentityProvider(ThreadedServer):
             }
         elif groups is not None:
             claims["groups"] = list(groups)
+        signing = key or self.entra_key
         return jwt.encode(
             claims,
-            self.entra_key.private_key,
+            signing.private_key,
             algorithm="RS256",
-            headers={"kid": self.entra_key.kid, "x5t": self.entra_key.kid},
+            headers={"kid": signing.kid, "x5t": signing.kid},
         )
 
     def verify_access_token(self, token: str, audience: str) -> dict[str, Any]:
