@@ -17,6 +17,8 @@ from tests.fakes.network_guard import install_loopback_guard
 
 install_loopback_guard()
 
+pytest_plugins = ["tests.teams_fixtures"]
+
 # Nothing a test runs may pick up a developer's .env or real Bot Framework settings.
 for _name in list(os.environ):
     if _name.startswith(("Microsoft", "FUSION_")) and _name not in {

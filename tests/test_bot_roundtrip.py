@@ -8,7 +8,7 @@ bot's msal token, which the fake connector verifies). Both databases: SQLite and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +25,8 @@ from tests.teams_env import (
     OUTSIDER_OID,
     RunningBot,
     auth_settings,
-    bot_connector,
     dev_settings,
     facts,
-    graph_directory,
-    identity_provider,
     message,
     running_bot,
     seed_ledger,
@@ -40,21 +37,6 @@ from tests.teams_env import (
 )
 
 OTHER_TENANT = "99999999-8888-4777-8666-555555555555"
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[FakeIdentityProvider]:
-    yield from identity_provider()
-
-
-@pytest.fixture(scope="module")
-def graph(idp: FakeIdentityProvider) -> Iterator[FakeGraph]:
-    yield from graph_directory(idp)
-
-
-@pytest.fixture
-def connector(idp: FakeIdentityProvider) -> Iterator[FakeBotConnector]:
-    yield from bot_connector(idp)
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ as deployed (the app's database, `ClientCredentials`, the trusted service URL ch
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -24,9 +23,6 @@ from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider
 from tests.teams_env import (
     APP_ID,
     auth_settings,
-    bot_connector,
-    graph_directory,
-    identity_provider,
     message,
     running_bot,
     seed_ledger,
@@ -36,21 +32,6 @@ from tests.teams_env import (
 )
 
 CHANNEL = "19:noc-channel@thread.tacv2"
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[FakeIdentityProvider]:
-    yield from identity_provider()
-
-
-@pytest.fixture(scope="module")
-def graph(idp: FakeIdentityProvider) -> Iterator[FakeGraph]:
-    yield from graph_directory(idp)
-
-
-@pytest.fixture
-def connector(idp: FakeIdentityProvider) -> Iterator[FakeBotConnector]:
-    yield from bot_connector(idp)
 
 
 async def test_digest_here_in_a_channel_then_posted_there_on_schedule(

@@ -10,7 +10,7 @@ fake's OpenID metadata and signing keys.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -32,9 +32,6 @@ from tests.teams_env import (
     Posted,
     RunningBot,
     auth_settings,
-    bot_connector,
-    graph_directory,
-    identity_provider,
     message,
     running_bot,
     seed_ledger,
@@ -43,21 +40,6 @@ from tests.teams_env import (
 )
 
 CHANGE = "allocate 1 TEAMS-SEATS to ACME-01"
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[FakeIdentityProvider]:
-    yield from identity_provider()
-
-
-@pytest.fixture(scope="module")
-def graph(idp: FakeIdentityProvider) -> Iterator[FakeGraph]:
-    yield from graph_directory(idp)
-
-
-@pytest.fixture
-def connector(idp: FakeIdentityProvider) -> Iterator[FakeBotConnector]:
-    yield from bot_connector(idp)
 
 
 @pytest.fixture(autouse=True)

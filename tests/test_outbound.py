@@ -30,8 +30,6 @@ from tests.teams_env import (
     RunningBot,
     auth_settings,
     dev_settings,
-    graph_directory,
-    identity_provider,
     message,
     running_bot,
     seed_ledger,
@@ -58,16 +56,6 @@ class PeerRecordingConnector(FakeBotConnector):
 
         app.middlewares.append(peer)
         return app
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[FakeIdentityProvider]:
-    yield from identity_provider()
-
-
-@pytest.fixture(scope="module")
-def graph(idp: FakeIdentityProvider) -> Iterator[FakeGraph]:
-    yield from graph_directory(idp)
 
 
 @pytest.fixture

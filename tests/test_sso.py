@@ -9,7 +9,7 @@ count is answered 412 and changes nothing: the next command asks Graph as before
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +24,6 @@ from tests.teams_env import (
     APP_ID,
     RunningBot,
     auth_settings,
-    bot_connector,
-    graph_directory,
-    identity_provider,
     message,
     running_bot,
     seed_ledger,
@@ -37,21 +34,6 @@ from tests.teams_env import (
 
 OTHER_GROUP = str(uuid.uuid5(uuid.NAMESPACE_URL, "entra:group:sales"))
 SSO_RESOURCE = f"api://bot.provider.example/{APP_ID}"
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[FakeIdentityProvider]:
-    yield from identity_provider()
-
-
-@pytest.fixture(scope="module")
-def graph(idp: FakeIdentityProvider) -> Iterator[FakeGraph]:
-    yield from graph_directory(idp)
-
-
-@pytest.fixture
-def connector(idp: FakeIdentityProvider) -> Iterator[FakeBotConnector]:
-    yield from bot_connector(idp)
 
 
 @pytest.fixture(autouse=True)
