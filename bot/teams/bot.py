@@ -20,6 +20,7 @@ from http import HTTPStatus
 from typing import Any
 
 from botbuilder.core import ActivityHandler, InvokeResponse, TurnContext
+from botbuilder.core.activity_handler import _InvokeResponseException
 from botbuilder.schema import (
     Activity,
     ActivityTypes,
@@ -105,10 +106,11 @@ def actor_from(activity: Activity, source: str) -> Actor:
 
 def command_text(activity: Activity) -> str:
     """The typed text without the bot's @mention (`<at>Bot</at>`) around it."""
-    text = activity.text or ""
+    text = activity.text if isinstance(activity.text, str) else ""
     bot_id = activity.recipient.id if activity.recipient else None
-    for entity in activity.entities or []:
-        if (entity.type or "").lower() != "mention":
+    for entity in activity.entities if isinstance(activity.entities, list) else []:
+        kind = getattr(entity, "type", None)
+        if not isinstance(kind, str) or kind.lower() != "mention":
             continue
         extra = entity.additional_properties or {}
         mentioned = extra.get("mentioned")
@@ -215,6 +217,21 @@ class FusionBot(ActivityHandler):
                 body={k: v for k, v in payload.items() if v is not None},
             )
         return ActivityHandler._create_invoke_response(body)
+
+    def _get_adaptive_card_invoke_value(self, activity: Activity) -> AdaptiveCardInvokeValue:
+        # The stock check calls .get() on the action: an action that is a list or a string
+        # (a tampered client) would crash the turn instead of getting its 400.
+        value = activity.value
+        action = value.get("action") if isinstance(value, Mapping) else None
+        if action is not None and not isinstance(action, Mapping):
+            raise _InvokeResponseException(
+                HTTPStatus.BAD_REQUEST,
+                self._create_adaptive_card_invoke_error_response(
+                    HTTPStatus.BAD_REQUEST, "BadRequest", "The action property is not an object"
+                ),
+            )
+        found: AdaptiveCardInvokeValue = super()._get_adaptive_card_invoke_value(activity)
+        return found
 
     def _create_adaptive_card_invoke_error_response(
         self, status_code: HTTPStatus, code: str, message: str

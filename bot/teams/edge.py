@@ -40,7 +40,7 @@ from botbuilder.integration.aiohttp import (
     CloudAdapter,
     ConfigurationBotFrameworkAuthentication,
 )
-from botbuilder.schema import Activity, ActivityTypes, AdaptiveCardInvokeResponse
+from botbuilder.schema import Activity, ActivityTypes
 from botframework.connector.auth import (
     AuthenticateRequestResult,
     AuthenticationConstants,
@@ -336,13 +336,17 @@ async def _on_turn_error(turn_context: TurnContext, error: Exception) -> None:
     )
     try:
         if activity.type == ActivityTypes.invoke:
-            response = AdaptiveCardInvokeResponse(
-                status_code=200, type="application/vnd.microsoft.activity.message", value=text
-            )
+            # An AdaptiveCardInvokeResponse as JSON (msrest refuses a text `value`: the turn
+            # would end without an invoke response, HTTP 501).
+            body = {
+                "statusCode": 200,
+                "type": "application/vnd.microsoft.activity.message",
+                "value": text,
+            }
             await turn_context.send_activity(
                 Activity(
                     type=ActivityTypes.invoke_response,
-                    value=InvokeResponse(status=200, body=serializer_helper(response)),
+                    value=InvokeResponse(status=200, body=body),
                 )
             )
         else:
