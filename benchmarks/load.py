@@ -447,8 +447,11 @@ def _invoke_title(body: Any) -> str:
 class Rig:
     """Everything the load runs against, started once and stopped at the end."""
 
-    def __init__(self, work: Path, *, https_connector: bool = True) -> None:
+    def __init__(
+        self, work: Path, *, https_connector: bool = True, sqlite_params: str = ""
+    ) -> None:
         self.work = work
+        self.sqlite_params = sqlite_params
         self.tls = harness.tls_files(work / "tls")
         self.fakes = harness.start_fakes(work, self.tls)
         self.connector = harness.start_connector(
@@ -462,6 +465,8 @@ class Rig:
         """A fresh, migrated and seeded database of `kind` (sqlite | postgres)."""
         if kind == "sqlite":
             url = f"sqlite://{self.work / (name + '.sqlite3')}"
+            if self.sqlite_params:
+                url += f"?{self.sqlite_params}"
         else:
             if self.postgres is None:
                 self.postgres = PrivatePostgres()
@@ -517,9 +522,9 @@ class Rig:
 
 
 @contextlib.contextmanager
-def rig(keep: bool, https_connector: bool = True) -> Iterator[Rig]:
+def rig(keep: bool, https_connector: bool = True, sqlite_params: str = "") -> Iterator[Rig]:
     with harness.work_folder(keep) as work:
-        r = Rig(work, https_connector=https_connector)
+        r = Rig(work, https_connector=https_connector, sqlite_params=sqlite_params)
         try:
             yield r
         finally:
@@ -645,15 +650,16 @@ def _describe_machine() -> str:
 
 async def matrix(args: argparse.Namespace) -> None:
     cells: list[Cell] = []
-    with rig(args.keep, https_connector=not args.http_connector) as r:
+    with rig(args.keep, not args.http_connector, args.sqlite_params) as r:
         targets: list[Target] = []
         if not args.no_floors:
             echo, echo_url = r.start("floor-echo", "sqlite://unused", "floor_echo_bot.py")
             targets.append(Target("echo", "-", [echo], [echo_url]))
             bare, bare_url = r.start("floor-bare", "sqlite://unused", "floor_bare_aiohttp.py")
             targets.append(Target("bare", "-", [bare], [bare_url]))
+        urls = {}
         for database in args.databases:
-            url = r.database(database)
+            urls[database] = url = r.database(database)
             bot, bot_url = r.start(f"bot-{database}", url, FUSION_SCHEDULER="true")
             targets.append(Target("fusion", database, [bot], [bot_url]))
         _print(f"machine: {_describe_machine()}; work folder {r.work}")
@@ -675,12 +681,7 @@ async def matrix(args: argparse.Namespace) -> None:
                                 f"ms/turn rss {cell.peak_rss_mib:5.0f} MiB ok {cell.ok} "
                                 f"failed {cell.failed} cores {_cores(cell)}"
                             )
-        for database in args.databases:
-            if database == "sqlite":
-                url = f"sqlite://{r.work / 'fusion_bench.sqlite3'}"
-            else:
-                assert r.postgres is not None
-                url = r.postgres.url("fusion_bench")
+        for database, url in urls.items():
             _print(f"\n{database}: {json.dumps(harness.ledger_check(url, POOL))}")
     _print("\n" + tables(cells))
     _save(args.json, {"machine": _describe_machine(), "cells": [asdict(c) for c in cells]})
@@ -688,7 +689,7 @@ async def matrix(args: argparse.Namespace) -> None:
 
 async def soak(args: argparse.Namespace) -> None:
     """`--turns` turns of a mix (allocate, card, usage), bot RSS sampled as it goes."""
-    with rig(args.keep, https_connector=not args.http_connector) as r:
+    with rig(args.keep, not args.http_connector, args.sqlite_params) as r:
         url = r.database(args.database)
         bot, bot_url = r.start(f"bot-{args.database}", url)
         target = Target("fusion", args.database, [bot], [bot_url])
@@ -738,7 +739,7 @@ async def soak(args: argparse.Namespace) -> None:
 
 async def scale(args: argparse.Namespace) -> None:
     """The same allocate load against one, then two bot processes sharing one PostgreSQL."""
-    with rig(args.keep, https_connector=not args.http_connector) as r:
+    with rig(args.keep, not args.http_connector, args.sqlite_params) as r:
         url = r.database("postgres", "fusion_scale")
         first, first_url = r.start("bot-pg-1", url)
         second, second_url = r.start("bot-pg-2", url, FUSION_MIGRATE_ON_START="false")
@@ -788,7 +789,7 @@ async def profile(args: argparse.Namespace) -> None:
     import shutil
 
     spy = shutil.which("py-spy") or str(Path(harness.PYTHON).parent / "py-spy")
-    with rig(args.keep, https_connector=not args.http_connector) as r:
+    with rig(args.keep, not args.http_connector, args.sqlite_params) as r:
         url = r.database(args.database)
         bot, bot_url = r.start(f"bot-{args.database}", url)
         target = Target("fusion", args.database, [bot], [bot_url])
@@ -847,6 +848,8 @@ def main() -> None:
         p.add_argument("--http-connector", action="store_true",
                        help="plain-http Bot Connector fake (default: https, as in production)")
         p.add_argument("--app", help="the app.py to start (default: this checkout's)")
+        p.add_argument("--sqlite-params", default="",
+                       help="query string for the SQLite DATABASE_URL, e.g. synchronous=NORMAL")
 
     m = sub.add_parser("matrix", help="scenarios × databases × concurrency, with the floors")
     common(m)
