@@ -374,10 +374,17 @@ class Generator:
             target, scenario, concurrency, record, replies, elapsed, cpu1 - cpu0,
             (busy1 - busy0) / max(1, total1 - total0),
         )
-        roles = {"bot": {c.pid for c in target.children}, "generator": {os.getpid()}}
+        bots = {c.pid for c in target.children}
+        roles = {"bot": bots, "generator": {os.getpid()}}
         roles.update({name: pids() for name, pids in self.watch.items()})
-        cell.cores = cores_by_role(procs0, procs1, roles, elapsed)
+        # Everything else this run started: idle servers, the fakes, the connector.
+        ours = {p for p, (ppid, _) in procs1.items() if ppid == os.getpid()} - bots
+        cell.cores = cores_by_role(procs0, procs1, {**roles, "ours": ours}, elapsed)
         cell.cores["all"] = round(cell.machine_busy * (os.cpu_count() or 1), 2)
+        rig = cell.cores["generator"] + cell.cores.pop("ours")
+        cell.cores["rig"] = round(rig, 2)
+        known = cell.cores["bot"] + cell.cores.get("postgres", 0.0) + rig
+        cell.cores["others"] = round(max(0.0, cell.cores["all"] - known), 2)
         return cell
 
     def _figures(
@@ -590,8 +597,8 @@ def tables(cells: list[Cell]) -> str:
             out.append(f"\nFusion bot — `{scenario}` on {database}\n")
             out.append(
                 "| conc. | turns/s | × echo bot | % of bare | p50 ms | p95 ms | p99 ms "
-                "| CPU ms/turn | peak RSS MiB | ok / failed | cores used: bot · PostgreSQL · "
-                "load gen. · connector · whole machine |"
+                "| CPU ms/turn | peak RSS MiB | ok / failed | cores: bot · PostgreSQL · rig · "
+                "others |"
             )
             out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
             for level, row in zip(levels, rows, strict=True):
@@ -618,11 +625,10 @@ def tables(cells: list[Cell]) -> str:
 
 
 def _cores(c: Cell) -> str:
-    """Cores used over the window: bot · PostgreSQL · load generator · connector · machine."""
+    """Cores used over the window: the bot · PostgreSQL · the rig (load generator, fakes,
+    connector, idle servers) · other processes on the machine (not this run's)."""
     k = c.cores
-    return " · ".join(
-        f"{k.get(role, 0):.2f}" for role in ("bot", "postgres", "generator", "connector", "all")
-    )
+    return " · ".join(f"{k.get(role, 0):.2f}" for role in ("bot", "postgres", "rig", "others"))
 
 
 def _print(text: str) -> None:
@@ -706,15 +712,17 @@ async def soak(args: argparse.Namespace) -> None:
                     samples.append((done[0], bot.rss_mib()))
 
             samples.append((0, bot.rss_mib()))
-            per_scenario = args.turns // len(SCENARIOS) // args.concurrency
+            rounds = 3
+            per_conversation = -(-args.turns // (len(SCENARIOS) * rounds * args.concurrency))
             cells: list[Cell] = []
-            for _ in range(3):  # rounds, so that every scenario runs early, mid-way and late
+            for _ in range(rounds):  # so that every scenario runs early, mid-way and late
                 for scenario in SCENARIOS:
                     cells.append(await gen.run_cell(
                         target, scenario, args.concurrency,
-                        turns_each=max(1, per_scenario // 3), on_progress=progress,
+                        turns_each=per_conversation, on_progress=progress,
                     ))
             samples.append((done[0], bot.rss_mib()))
+            peak = max(c.peak_rss_mib for c in cells)  # each cell's window has its own peak
         check = harness.ledger_check(url, POOL)
     total = sum(c.turns for c in cells)
     failed = sum(c.failed for c in cells)
@@ -731,7 +739,7 @@ async def soak(args: argparse.Namespace) -> None:
     _print(
         f"\nRSS after the first {start[0]} turns {start[1]:.1f} MiB, at {middle[0]} "
         f"{middle[1]:.1f} MiB, at the end ({end[0]}) {end[1]:.1f} MiB; "
-        f"peak {bot.peak_rss_mib():.1f} MiB"
+        f"peak {peak:.1f} MiB"
     )
     _print(f"ledger: {json.dumps(check)}")
     _save(args.json, {"samples": samples, "cells": [asdict(c) for c in cells], "ledger": check})
@@ -757,7 +765,7 @@ async def scale(args: argparse.Namespace) -> None:
                     _print(
                         f"  {label}: {cell.throughput:.1f}/s p50 {cell.p50_ms:.1f} "
                         f"p99 {cell.p99_ms:.1f} ms ok {cell.ok} failed {cell.failed} "
-                        f"busy {cell.machine_busy:.0%}"
+                        f"cores {_cores(cell)}"
                     )
         usage = harness.cli(url, "--json", "usage", POOL)
         verify = harness.cli(url, "audit", "verify")
@@ -765,14 +773,14 @@ async def scale(args: argparse.Namespace) -> None:
     _print(f"\nallocate on PostgreSQL, {args.concurrency} conversations\n")
     _print(
         "| bot processes | turns/s (median of rounds) | p50 ms | p99 ms | ok / failed "
-        "| CPUs busy |"
+        "| cores: bots · PostgreSQL · rig · others |"
     )
     _print("|---|---:|---:|---:|---|---:|")
     for label in ("1 process", "2 processes"):
         picked = _median_cells([c for lbl, c in results if lbl == label])
         _print(
             f"| {label} | {picked.throughput:.0f} | {picked.p50_ms:.1f} | {picked.p99_ms:.1f} "
-            f"| {picked.ok} / {picked.failed} | {picked.machine_busy:.0%} |"
+            f"| {picked.ok} / {picked.failed} | {_cores(picked)} |"
         )
     _print(
         f"\n`python -m bot --json usage {POOL}` (exit {usage.returncode}): "
