@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.functions import Sum
 from tortoise.models import Model
 
 from bot.domain.change import Origin, change
@@ -105,12 +106,14 @@ async def find_customer(name: str, conn: BaseDBAsyncClient | None = None) -> Cus
 
 
 async def allocated_total(conn: BaseDBAsyncClient, product_id: int) -> int:
-    rows = (
+    # Summed by the database: one row back however many subscriptions hold the product.
+    totals = (
         await Allocation.filter(product_id=product_id)
         .using_db(conn)
-        .values_list("quantity", flat=True)
+        .annotate(total=Sum("quantity"))
+        .values_list("total", flat=True)
     )
-    return sum(int(cast(int, q)) for q in rows)
+    return int(cast(int, totals[0]) or 0) if totals else 0
 
 
 async def lock_product(conn: BaseDBAsyncClient, product_id: int) -> Product:
