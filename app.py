@@ -11,6 +11,7 @@ tasks other modules register in `app[BACKGROUND_TASKS]` before the app starts.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -196,14 +197,25 @@ def main() -> int:
         "starting",
         extra={"host": settings.host, "port": settings.port, "dev_mode": settings.dev_mode},
     )
+    app = create_app(settings, schedule=settings.scheduler_enabled)
+    app.on_startup.append(_freeze_startup_objects)
     web.run_app(
-        create_app(settings, schedule=settings.scheduler_enabled),
+        app,
         host=settings.host,
         port=settings.port,
         print=None,
         loop=_event_loop(),
     )
     return 0
+
+
+async def _freeze_startup_objects(app: web.Application) -> None:
+    """What start-up made (modules, settings, the edge) lives as long as the process: moved out
+    of the collector's reach, so that its full passes no longer walk it. Measured under load:
+    full collections went from every few seconds, each stalling every turn in flight for
+    40–100 ms, to rare and short."""
+    gc.collect()
+    gc.freeze()
 
 
 def _event_loop() -> asyncio.AbstractEventLoop | None:
