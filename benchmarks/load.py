@@ -455,10 +455,16 @@ class Rig:
     """Everything the load runs against, started once and stopped at the end."""
 
     def __init__(
-        self, work: Path, *, https_connector: bool = True, sqlite_params: str = ""
+        self,
+        work: Path,
+        *,
+        https_connector: bool = True,
+        sqlite_params: str = "",
+        postgres_params: str = "",
     ) -> None:
         self.work = work
         self.sqlite_params = sqlite_params
+        self.postgres_params = postgres_params
         self.tls = harness.tls_files(work / "tls")
         self.fakes = harness.start_fakes(work, self.tls)
         self.connector = harness.start_connector(
@@ -480,6 +486,8 @@ class Rig:
                 self.postgres.init()
                 self.postgres.start()
             url = self.postgres.create_database(name)
+            if self.postgres_params:
+                url += f"?{self.postgres_params}"
         seeded = harness.seed(url, limited=limited)
         self.subscriptions = list(seeded["subscriptions"])
         return url
@@ -529,9 +537,16 @@ class Rig:
 
 
 @contextlib.contextmanager
-def rig(keep: bool, https_connector: bool = True, sqlite_params: str = "") -> Iterator[Rig]:
+def rig(
+    keep: bool, https_connector: bool = True, sqlite_params: str = "", postgres_params: str = ""
+) -> Iterator[Rig]:
     with harness.work_folder(keep) as work:
-        r = Rig(work, https_connector=https_connector, sqlite_params=sqlite_params)
+        r = Rig(
+            work,
+            https_connector=https_connector,
+            sqlite_params=sqlite_params,
+            postgres_params=postgres_params,
+        )
         try:
             yield r
         finally:
@@ -656,7 +671,7 @@ def _describe_machine() -> str:
 
 async def matrix(args: argparse.Namespace) -> None:
     cells: list[Cell] = []
-    with rig(args.keep, not args.http_connector, args.sqlite_params) as r:
+    with rig(args.keep, not args.http_connector, args.sqlite_params, args.postgres_params) as r:
         targets: list[Target] = []
         if not args.no_floors:
             echo, echo_url = r.start("floor-echo", "sqlite://unused", "floor_echo_bot.py")
@@ -695,7 +710,7 @@ async def matrix(args: argparse.Namespace) -> None:
 
 async def soak(args: argparse.Namespace) -> None:
     """`--turns` turns of a mix (allocate, card, usage), bot RSS sampled as it goes."""
-    with rig(args.keep, not args.http_connector, args.sqlite_params) as r:
+    with rig(args.keep, not args.http_connector, args.sqlite_params, args.postgres_params) as r:
         url = r.database(args.database)
         bot, bot_url = r.start(f"bot-{args.database}", url)
         target = Target("fusion", args.database, [bot], [bot_url])
@@ -747,7 +762,7 @@ async def soak(args: argparse.Namespace) -> None:
 
 async def scale(args: argparse.Namespace) -> None:
     """The same allocate load against one, then two bot processes sharing one PostgreSQL."""
-    with rig(args.keep, not args.http_connector, args.sqlite_params) as r:
+    with rig(args.keep, not args.http_connector, args.sqlite_params, args.postgres_params) as r:
         url = r.database("postgres", "fusion_scale")
         first, first_url = r.start("bot-pg-1", url)
         second, second_url = r.start("bot-pg-2", url, FUSION_MIGRATE_ON_START="false")
@@ -797,7 +812,7 @@ async def profile(args: argparse.Namespace) -> None:
     import shutil
 
     spy = shutil.which("py-spy") or str(Path(harness.PYTHON).parent / "py-spy")
-    with rig(args.keep, not args.http_connector, args.sqlite_params) as r:
+    with rig(args.keep, not args.http_connector, args.sqlite_params, args.postgres_params) as r:
         url = r.database(args.database)
         bot, bot_url = r.start(f"bot-{args.database}", url)
         target = Target("fusion", args.database, [bot], [bot_url])
@@ -858,6 +873,8 @@ def main() -> None:
         p.add_argument("--app", help="the app.py to start (default: this checkout's)")
         p.add_argument("--sqlite-params", default="",
                        help="query string for the SQLite DATABASE_URL, e.g. synchronous=NORMAL")
+        p.add_argument("--postgres-params", default="",
+                       help="query string for the PostgreSQL DATABASE_URL, e.g. maxsize=20")
 
     m = sub.add_parser("matrix", help="scenarios × databases × concurrency, with the floors")
     common(m)
