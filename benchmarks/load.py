@@ -49,7 +49,7 @@ import jwt  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
 from benchmarks.harness import ADMINS, APP_ID, CLOCK_TICKS, Child, PrivatePostgres  # noqa: E402
-from benchmarks.seed import POOL  # noqa: E402
+from benchmarks.seed import POOL, POOLS  # noqa: E402
 
 BOT_ID = f"28:{APP_ID}"
 SCENARIOS = ("usage", "allocate", "card")
@@ -106,6 +106,8 @@ class Traffic:
     tenant_id: str
     subscriptions: list[str]
     run_id: str = field(default_factory=lambda: f"{int(time.time() * 1000) % 10**9:09d}")
+    #: The products allocated from (conversation w uses pools[w % len]); one by default.
+    pools: list[str] = field(default_factory=lambda: [POOL])
 
     def _base(self, kind: str, conversation: str, activity_id: str, worker: int) -> dict[str, Any]:
         sender = ADMINS[worker % len(ADMINS)]
@@ -129,6 +131,7 @@ class Traffic:
         self, scenario: str, conversation: str, activity_id: str, worker: int
     ) -> dict[str, Any]:
         sub = self.subscriptions[worker % len(self.subscriptions)]
+        pool = self.pools[worker % len(self.pools)]
         if scenario == "card":
             activity = self._base("invoke", conversation, activity_id, worker)
             activity["name"] = "adaptiveCard/action"
@@ -141,7 +144,7 @@ class Traffic:
                         "command": "allocate",
                         "form_id": f"f{activity_id}",
                         "quantity": "1",
-                        "product": POOL,
+                        "product": pool,
                         "subscription": sub,
                         "dry_run": False,
                     },
@@ -153,7 +156,7 @@ class Traffic:
         if scenario in ("usage", "whoami"):
             text = scenario
         elif scenario == "allocate":
-            text = f"allocate 1 {POOL} to {sub}"
+            text = f"allocate 1 {pool} to {sub}"
         else:
             text = f"echo {activity_id}"
         activity.update(text=text, textFormat="plain", entities=[])
@@ -761,50 +764,80 @@ async def soak(args: argparse.Namespace) -> None:
 
 
 async def scale(args: argparse.Namespace) -> None:
-    """The same allocate load against one, then two bot processes sharing one PostgreSQL."""
+    """The same load against one, then two bot processes sharing one PostgreSQL database.
+
+    Scenarios: `allocate` spread over `--pools` products (allocations of one product queue
+    for its row lock, whatever the number of processes: that is the capacity invariant at
+    work), the same on one product, `usage` (reads only) and `card`. Then the ledger is read
+    back: every pool within capacity, allocations = audited increments, no activity applied
+    twice, `usage --json` and `audit verify` through the CLI.
+    """
     with rig(args.keep, not args.http_connector, args.sqlite_params, args.postgres_params) as r:
         url = r.database("postgres", "fusion_scale")
         first, first_url = r.start("bot-pg-1", url)
         second, second_url = r.start("bot-pg-2", url, FUSION_MIGRATE_ON_START="false")
         one = Target("fusion", "postgres", [first], [first_url])
         two = Target("fusion", "postgres", [first, second], [first_url, second_url])
-        results: list[tuple[str, Cell]] = []
-        async with r.generator(
-            seconds=args.seconds, max_turns=args.max_turns,
-        ) as gen:
+        results: list[tuple[str, str, Cell]] = []
+        pools = POOLS[: max(1, args.pools)]
+        loads = [
+            (f"allocate, {len(pools)} products", "allocate", pools),
+            ("allocate, 1 product", "allocate", [POOL]),
+            ("usage", "usage", [POOL]),
+            (f"card, {len(pools)} products", "card", pools),
+        ]
+        async with r.generator(seconds=args.seconds, max_turns=args.max_turns) as gen:
             for round_no in range(args.rounds):
-                for label, target in (("1 process", one), ("2 processes", two)):
-                    cell = await gen.run_cell(target, "allocate", args.concurrency)
-                    cell.round = round_no
-                    results.append((label, cell))
-                    _print(
-                        f"  {label}: {cell.throughput:.1f}/s p50 {cell.p50_ms:.1f} "
-                        f"p99 {cell.p99_ms:.1f} ms ok {cell.ok} failed {cell.failed} "
-                        f"cores {_cores(cell)}"
-                    )
-        usage = harness.cli(url, "--json", "usage", POOL)
+                for load, scenario, products in loads:
+                    gen.traffic.pools = products
+                    for label, target in (("1 process", one), ("2 processes", two)):
+                        cell = await gen.run_cell(target, scenario, args.concurrency)
+                        cell.round = round_no
+                        results.append((load, label, cell))
+                        _print(
+                            f"  {load:22} {label:11}: {cell.throughput:6.1f}/s "
+                            f"p50 {cell.p50_ms:6.1f} p99 {cell.p99_ms:6.1f} ms ok {cell.ok} "
+                            f"failed {cell.failed} cores {_cores(cell)}"
+                        )
+        usage = harness.cli(url, "--json", "usage")
         verify = harness.cli(url, "audit", "verify")
-        check = harness.ledger_check(url, POOL)
-    _print(f"\nallocate on PostgreSQL, {args.concurrency} conversations\n")
+        checks = [harness.ledger_check(url, pool) for pool in pools]
+    _print(f"\nPostgreSQL, {args.concurrency} conversations, median of {args.rounds} rounds\n")
     _print(
-        "| bot processes | turns/s (median of rounds) | p50 ms | p99 ms | ok / failed "
+        "| load | bot processes | turns/s | × one process | p50 ms | p99 ms | ok / failed "
         "| cores: bots · PostgreSQL · rig · others |"
     )
-    _print("|---|---:|---:|---:|---|---:|")
-    for label in ("1 process", "2 processes"):
-        picked = _median_cells([c for lbl, c in results if lbl == label])
-        _print(
-            f"| {label} | {picked.throughput:.0f} | {picked.p50_ms:.1f} | {picked.p99_ms:.1f} "
-            f"| {picked.ok} / {picked.failed} | {_cores(picked)} |"
-        )
-    _print(
-        f"\n`python -m bot --json usage {POOL}` (exit {usage.returncode}): "
-        f"{usage.stdout.strip()[:600]}"
-    )
+    _print("|---|---|---:|---:|---:|---:|---|---:|")
+    for load, _, _ in loads:
+        base = _median_cells([c for ld, lbl, c in results if ld == load and lbl == "1 process"])
+        for label in ("1 process", "2 processes"):
+            picked = _median_cells([c for ld, lbl, c in results if ld == load and lbl == label])
+            _print(
+                f"| {load} | {label} | {picked.throughput:.0f} | "
+                f"{picked.throughput / base.throughput:.2f} | {picked.p50_ms:.1f} | "
+                f"{picked.p99_ms:.1f} | {picked.ok} / {picked.failed} | {_cores(picked)} |"
+            )
+    try:
+        listed = {p["name"]: p for p in json.loads(usage.stdout)}
+    except (ValueError, TypeError, KeyError):
+        listed = {}
+    _print(f"\n`python -m bot --json usage` (exit {usage.returncode}), the pools:")
+    for pool in pools:
+        row = listed.get(pool, {})
+        _print(f"  {pool}: capacity {row.get('capacity')}, allocated {row.get('allocated')}")
     _print(f"`python -m bot audit verify` (exit {verify.returncode}): {verify.stdout.strip()}")
-    _print(f"ledger: {json.dumps(check)}")
-    _save(args.json, {"cells": [dict(asdict(c), label=lbl) for lbl, c in results], "ledger": check,
-                      "usage": usage.stdout, "verify": verify.stdout})
+    for check in checks:
+        _print(f"ledger: {json.dumps(check)}")
+    held = all(
+        c["within_capacity"] and c["allocated_equals_audit"] and not c["applied_twice"]
+        and c["chain_intact"] and listed.get(c["product"], {}).get("allocated") == c["allocated"]
+        for c in checks
+    ) and verify.returncode == 0
+    _print(f"invariants intact: {held}")
+    _save(args.json, {
+        "cells": [dict(asdict(c), load=ld, label=lbl) for ld, lbl, c in results],
+        "ledger": checks, "usage": usage.stdout, "verify": verify.stdout, "invariants": held,
+    })
 
 
 async def profile(args: argparse.Namespace) -> None:
@@ -900,7 +933,8 @@ def main() -> None:
     c.add_argument("--concurrency", type=int, default=64)
     c.add_argument("--seconds", type=float, default=8.0)
     c.add_argument("--max-turns", type=int, default=20000)
-    c.add_argument("--rounds", type=int, default=3)
+    c.add_argument("--rounds", type=int, default=2)
+    c.add_argument("--pools", type=int, default=8, help="products the allocations spread over")
 
     p = sub.add_parser("profile", help="sample the bot with py-spy while one scenario runs")
     common(p)

@@ -2,11 +2,11 @@
 
     python benchmarks/seed.py DATABASE_URL [--subscriptions 16]
 
-One customer, subscriptions BENCH-01…, BENCH-POOL (a custom product with a capacity so large
-that allocations keep succeeding), a few products with allocations so that `usage` has a
-realistic table to show, and LIMITED-POOL (capacity 1,000 unless told) for the drills that push
-against a capacity. Prints one JSON line with what it made. Goes through the domain services (each
-change audited), like any other change.
+One customer, subscriptions BENCH-01…, BENCH-POOL and BENCH-POOL-2…8 (custom products with a
+capacity so large that allocations keep succeeding), a few products with allocations so that
+`usage` has a realistic table to show, and LIMITED-POOL (capacity 1,000 unless told) for the
+drills that push against a capacity. Prints one JSON line with what it made. Goes through the
+domain services (each change audited), like any other change.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from bot.domain.models import NumberType, ProductKind  # noqa: E402
 
 SEED = Origin(actor_id="bench-seed", actor_name="Benchmark seed", source="cli")
 POOL = "BENCH-POOL"
+#: More pools like BENCH-POOL: allocations spread over them do not queue for one product's lock.
+POOLS = [POOL] + [f"{POOL}-{i}" for i in range(2, 9)]
 LIMITED = "LIMITED-POOL"
 POOL_CAPACITY = 1_000_000_000
 LIMITED_CAPACITY = 1_000
@@ -41,7 +43,8 @@ async def seed(url: str, subscriptions: int, limited: int) -> dict[str, object]:
         codes = [subscription_code(i) for i in range(subscriptions)]
         for code in codes:
             await ledger.add_subscription(SEED, code, "Bench Customer")
-        await ledger.add_product(SEED, POOL, ProductKind.CUSTOM, POOL_CAPACITY, unit="unit")
+        for pool in POOLS:
+            await ledger.add_product(SEED, pool, ProductKind.CUSTOM, POOL_CAPACITY, unit="unit")
         await ledger.add_product(SEED, LIMITED, ProductKind.CUSTOM, limited, unit="unit")
         await ledger.add_product(SEED, "TEAMS-SEATS", ProductKind.TEAMS_SEATS, 100_000)
         await ledger.add_product(SEED, "SIP-CHANNELS", ProductKind.SIP_CHANNELS, 100_000)
