@@ -7,13 +7,17 @@ invariants 1 and 2 over the whole database.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
 
 from bot.auth.actor import Actor
 from bot.auth.policy import DevPolicy, OperatorPolicy, Policy
 from bot.commands.registry import Context
 from bot.config import Settings
 from bot.domain.change import Origin
+from bot.domain.errors import DomainError
 from bot.domain.models import (
     Account,
     Allocation,
@@ -111,3 +115,21 @@ def context(
 
 def dev_context(admins: tuple[str, ...], **kwargs: Any) -> Context:
     return context(policy=DevPolicy(admins), **kwargs)
+
+
+E = TypeVar("E", bound=DomainError)
+State = Callable[[], Awaitable[Any]]
+
+
+async def refused(
+    call: Callable[[], Awaitable[Any]], error: type[E], *words: str, state: State = snapshot
+) -> E:
+    """`call` is refused with `error` (its message containing `words`) and `state()` — by
+    default the whole ledger and its audit — is exactly as before."""
+    before = await state()
+    with pytest.raises(error) as info:
+        await call()
+    for word in words:
+        assert word in info.value.message, info.value.message
+    assert await state() == before
+    return info.value

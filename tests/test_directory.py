@@ -3,34 +3,19 @@ gate (the same handlers Teams and the CLI use), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
 import pytest
 
 from bot.commands.dispatch import run_text
 from bot.commands.reply import Changed, Error, Form, Table
 from bot.domain import directory, ledger, trunks
-from bot.domain.errors import AlreadyExists, Conflict, DomainError, InvalidInput, NotFound
+from bot.domain.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from bot.domain.models import Account, AccountKind, AuditEvent, ProductKind, SipTrunk
 from bot.domain.usage import usage_report
-from tests.ledger_state import check_invariants, context, dev_context, origin, snapshot
-
-E = TypeVar("E", bound=DomainError)
+from tests.ledger_state import check_invariants, context, dev_context, origin, refused, snapshot
 
 pytestmark = pytest.mark.usefixtures("database")
 
 OPS = origin()
-
-
-async def refused(call: Callable[[], Awaitable[Any]], error: type[E], *words: str) -> E:
-    before = await snapshot()
-    with pytest.raises(error) as info:
-        await call()
-    for word in words:
-        assert word in info.value.message, info.value.message
-    assert await snapshot() == before
-    return info.value
 
 
 async def seed(channels: int = 30) -> None:

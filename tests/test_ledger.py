@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
 
 import pytest
 
@@ -20,7 +19,6 @@ from bot.domain.change import Origin, verify_chain
 from bot.domain.errors import (
     AlreadyExists,
     Conflict,
-    DomainError,
     Duplicate,
     InvalidInput,
     NotFound,
@@ -43,24 +41,11 @@ from bot.domain.models import (
 )
 from bot.domain.naming import MAX_QUANTITY, set_naming_rule
 from bot.domain.usage import in_use, usage_report
-from tests.ledger_state import check_invariants, context, origin, snapshot
+from tests.ledger_state import check_invariants, context, origin, refused, snapshot
 
 pytestmark = pytest.mark.usefixtures("database")
 
 OPS = origin()
-
-
-async def refused(
-    call: Callable[[], Awaitable[Any]], error: type[DomainError], *words: str
-) -> DomainError:
-    """`call` is refused with `error` (its message containing `words`) and changes nothing."""
-    before = await snapshot()
-    with pytest.raises(error) as info:
-        await call()
-    for word in words:
-        assert word in info.value.message
-    assert await snapshot() == before
-    return info.value
 
 
 async def seed() -> None:

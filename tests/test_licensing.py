@@ -5,14 +5,14 @@ that say per account what happened and why."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -21,7 +21,7 @@ from bot.commands.dispatch import run_text
 from bot.commands.reply import Changed, Error, Progress
 from bot.domain import directory, ledger, licensing
 from bot.domain.change import verify_chain
-from bot.domain.errors import AlreadyExists, Conflict, DomainError, InvalidInput, NotFound
+from bot.domain.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from bot.domain.models import (
     Account,
     AccountKind,
@@ -32,9 +32,8 @@ from bot.domain.models import (
     Subscription,
 )
 from bot.domain.usage import usage_report
+from tests import ledger_state
 from tests.ledger_state import check_invariants, context, origin, snapshot
-
-E = TypeVar("E", bound=DomainError)
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -52,14 +51,7 @@ async def state() -> dict[str, Any]:
     }
 
 
-async def refused(call: Callable[[], Awaitable[Any]], error: type[E], *words: str) -> E:
-    before = await state()
-    with pytest.raises(error) as info:
-        await call()
-    for word in words:
-        assert word in info.value.message, info.value.message
-    assert await state() == before
-    return info.value
+refused = functools.partial(ledger_state.refused, state=state)
 
 
 async def seed(e5: int = 3, phone: int = 2) -> None:

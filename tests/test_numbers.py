@@ -7,20 +7,20 @@ state (ledger rows, every number's state and holder, audit trail, chain head) is
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from bot.domain import directory, ledger, numbers
 from bot.domain.change import verify_chain
-from bot.domain.errors import AlreadyExists, Conflict, DomainError, InvalidInput, NotFound
+from bot.domain.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from bot.domain.models import (
     AccountKind,
     AuditEvent,
@@ -31,9 +31,8 @@ from bot.domain.models import (
     ProductKind,
 )
 from bot.domain.usage import in_use, usage_report
+from tests import ledger_state
 from tests.ledger_state import check_invariants, origin, snapshot
-
-E = TypeVar("E", bound=DomainError)
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -52,15 +51,7 @@ async def state() -> dict[str, Any]:
     }
 
 
-async def refused(call: Callable[[], Awaitable[Any]], error: type[E], *words: str) -> E:
-    """`call` is refused with `error` (its message containing `words`) and changes nothing."""
-    before = await state()
-    with pytest.raises(error) as info:
-        await call()
-    for word in words:
-        assert word in info.value.message, info.value.message
-    assert await state() == before
-    return info.value
+refused = functools.partial(ledger_state.refused, state=state)
 
 
 async def seed(numbers_gb: int = 5, seats: int = 3) -> None:
