@@ -171,6 +171,8 @@ class Settings:
     scheduler_interval_seconds: int = 30
     migrate_on_start: bool = True
     page_size: int = 25
+    # Turns run at once; more wait their turn in arrival order (0: no limit). bot/teams/gate.py
+    max_concurrent_turns: int = 8
     # Teams SSO: the Application ID URI an SSO token may be meant for, besides the app id
     # (webApplicationInfo.resource in the app package). Default api://FUSION_PUBLIC_HOST/APP_ID.
     sso_resource: str = ""
@@ -259,6 +261,7 @@ class Settings:
             scheduler_interval_seconds=_int(env, "FUSION_SCHEDULER_INTERVAL_SECONDS", 30, 1),
             migrate_on_start=_bool(env, "FUSION_MIGRATE_ON_START", True),
             page_size=_int(env, "FUSION_PAGE_SIZE", 25, minimum=1),
+            max_concurrent_turns=_int(env, "FUSION_MAX_CONCURRENT_TURNS", 8, minimum=0),
             sso_resource=sso_resource,
         )
         settings.check()

@@ -63,6 +63,7 @@ from bot.auth.sso import TeamsSso
 from bot.config import Settings
 from bot.teams.bot import FusionBot
 from bot.teams.connector import ConnectorPool, TrustedServiceUrls, UntrustedServiceUrl
+from bot.teams.gate import TurnGate
 from bot.teams.render import dumps
 
 log = logging.getLogger("bot.teams.edge")
@@ -269,6 +270,7 @@ class Edge:
     credentials: ClientCredentials | None = None
     signing_keys: SigningKeys | None = None
     services: dict[str, Any] = field(default_factory=dict)
+    gate: TurnGate = field(default_factory=lambda: TurnGate(0))
 
     async def receive(self, request: web.Request) -> web.StreamResponse:
         """POST /api/messages: `CloudAdapter.process` without its HTTP 500s.
@@ -292,7 +294,8 @@ class Edge:
             raise web.HTTPBadRequest(text="the body is not a Bot Framework activity")
         correlation = CORRELATION_ID.set(str(activity.id)[:200] if activity.id else None)
         try:
-            return await self._turn(request, activity)
+            async with self.gate.place():
+                return await self._turn(request, activity)
         finally:
             CORRELATION_ID.reset(correlation)
 
@@ -387,4 +390,5 @@ def build_edge(
         front_door["graph"] = graph
     sso = None if settings.dev_mode else TeamsSso(settings, session)
     bot = FusionBot(settings, build_policy(settings, graph), front_door, sso)
-    return Edge(settings, adapter, bot, connectors, credentials, keys, front_door)
+    gate = TurnGate(settings.max_concurrent_turns)
+    return Edge(settings, adapter, bot, connectors, credentials, keys, front_door, gate)
