@@ -141,13 +141,9 @@ async def usage_report(
         "product_id", "subscription_id", "quantity", "subscription__code"
     )
 
-    totals = await (
-        Allocation.filter(product_id__in=product_ids)
-        .annotate(n=Sum("quantity"))
-        .group_by("product_id")
-        .values("product_id", "n")
-    )
-    total_by = {r["product_id"]: int(r["n"] or 0) for r in totals}
+    total_by: dict[int, int] = defaultdict(int)
+    for a in allocations:
+        total_by[a["product_id"]] += a["quantity"]
     numbers = await (
         PhoneNumber.filter(state__in=HELD_STATES, subscription_id__isnull=False)
         .annotate(n=Count("id"))
