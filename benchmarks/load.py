@@ -464,10 +464,12 @@ class Rig:
         https_connector: bool = True,
         sqlite_params: str = "",
         postgres_params: str = "",
+        bot_settings: dict[str, str] | None = None,
     ) -> None:
         self.work = work
         self.sqlite_params = sqlite_params
         self.postgres_params = postgres_params
+        self.bot_settings = dict(bot_settings or {})
         self.tls = harness.tls_files(work / "tls")
         self.fakes = harness.start_fakes(work, self.tls)
         self.connector = harness.start_connector(
@@ -496,7 +498,8 @@ class Rig:
         return url
 
     def env(self, database_url: str, port: int, **extra: str) -> dict[str, str]:
-        return harness.bot_env(self.fakes, self.connector, self.tls, database_url, port, **extra)
+        settings = {**self.bot_settings, **extra}
+        return harness.bot_env(self.fakes, self.connector, self.tls, database_url, port, **settings)
 
     def start(
         self,
@@ -541,7 +544,11 @@ class Rig:
 
 @contextlib.contextmanager
 def rig(
-    keep: bool, https_connector: bool = True, sqlite_params: str = "", postgres_params: str = ""
+    keep: bool,
+    https_connector: bool = True,
+    sqlite_params: str = "",
+    postgres_params: str = "",
+    bot_settings: dict[str, str] | None = None,
 ) -> Iterator[Rig]:
     with harness.work_folder(keep) as work:
         r = Rig(
@@ -549,6 +556,7 @@ def rig(
             https_connector=https_connector,
             sqlite_params=sqlite_params,
             postgres_params=postgres_params,
+            bot_settings=bot_settings,
         )
         try:
             yield r
@@ -674,7 +682,7 @@ def _describe_machine() -> str:
 
 async def matrix(args: argparse.Namespace) -> None:
     cells: list[Cell] = []
-    with rig(args.keep, not args.http_connector, args.sqlite_params, args.postgres_params) as r:
+    with _rig(args) as r:
         targets: list[Target] = []
         if not args.no_floors:
             echo, echo_url = r.start("floor-echo", "sqlite://unused", "floor_echo_bot.py")
@@ -713,7 +721,7 @@ async def matrix(args: argparse.Namespace) -> None:
 
 async def soak(args: argparse.Namespace) -> None:
     """`--turns` turns of a mix (allocate, card, usage), bot RSS sampled as it goes."""
-    with rig(args.keep, not args.http_connector, args.sqlite_params, args.postgres_params) as r:
+    with _rig(args) as r:
         url = r.database(args.database)
         bot, bot_url = r.start(f"bot-{args.database}", url)
         target = Target("fusion", args.database, [bot], [bot_url])
@@ -772,7 +780,7 @@ async def scale(args: argparse.Namespace) -> None:
     back: every pool within capacity, allocations = audited increments, no activity applied
     twice, `usage --json` and `audit verify` through the CLI.
     """
-    with rig(args.keep, not args.http_connector, args.sqlite_params, args.postgres_params) as r:
+    with _rig(args) as r:
         url = r.database("postgres", "fusion_scale")
         first, first_url = r.start("bot-pg-1", url)
         second, second_url = r.start("bot-pg-2", url, FUSION_MIGRATE_ON_START="false")
@@ -845,7 +853,7 @@ async def profile(args: argparse.Namespace) -> None:
     import shutil
 
     spy = shutil.which("py-spy") or str(Path(harness.PYTHON).parent / "py-spy")
-    with rig(args.keep, not args.http_connector, args.sqlite_params, args.postgres_params) as r:
+    with _rig(args) as r:
         url = r.database(args.database)
         bot, bot_url = r.start(f"bot-{args.database}", url)
         target = Target("fusion", args.database, [bot], [bot_url])
@@ -894,6 +902,20 @@ def summarize_profile(path: Path, top: int) -> str:
     return "\n".join(lines)
 
 
+def _rig(args: argparse.Namespace) -> contextlib.AbstractContextManager[Rig]:
+    return rig(
+        args.keep, not args.http_connector, args.sqlite_params, args.postgres_params,
+        dict(args.set),
+    )
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -908,6 +930,9 @@ def main() -> None:
                        help="query string for the SQLite DATABASE_URL, e.g. synchronous=NORMAL")
         p.add_argument("--postgres-params", default="",
                        help="query string for the PostgreSQL DATABASE_URL, e.g. maxsize=20")
+        p.add_argument("--set", action="append", default=[], type=_setting, metavar="NAME=VALUE",
+                       help="a setting for the bot processes (repeatable), e.g. "
+                       "FUSION_MAX_CONCURRENT_TURNS=0")
 
     m = sub.add_parser("matrix", help="scenarios × databases × concurrency, with the floors")
     common(m)
