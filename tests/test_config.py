@@ -204,3 +204,35 @@ def test_the_process_environment_is_the_default_source(
     (tmp_path / ".env").write_text("FUSION_QUARANTINE_DAYS=5\nFUSION_PAGE_SIZE=10\n")
     s = Settings.from_env()
     assert (s.quarantine_days, s.page_size) == (45, 10)
+
+
+def test_postgresql_gets_a_pool_of_20_connections_unless_the_url_says_otherwise() -> None:
+    from bot.domain.db import POSTGRES_POOL_SIZE, tortoise_config
+
+    def url(database_url: str) -> str:
+        return str(tortoise_config(database_url)["connections"]["postgres"])
+
+    assert POSTGRES_POOL_SIZE == 20
+    assert url("postgres://u@db:5432/fusion") == "postgres://u@db:5432/fusion?maxsize=20"
+    assert url("postgres://u@db/f?ssl=true") == "postgres://u@db/f?ssl=true&maxsize=20"
+    assert url("postgres://u@db/f?maxsize=50") == "postgres://u@db/f?maxsize=50"
+    assert "maxsize" not in str(tortoise_config("sqlite://x.sqlite3")["connections"]["sqlite"])
+
+
+@pytest.mark.postgres
+async def test_turns_at_once_are_not_held_to_five_postgresql_connections(
+    pg_database: str,
+) -> None:
+    """Twelve queries at once run on twelve connections: more than Tortoise's default 5."""
+    import asyncio
+
+    from bot.domain import db
+
+    async def backend() -> int:
+        rows = await db.connection().execute_query_dict(
+            "SELECT pg_backend_pid() AS pid FROM pg_sleep(0.2)"
+        )
+        return int(rows[0]["pid"])
+
+    pids = await asyncio.gather(*(backend() for _ in range(12)))
+    assert len(set(pids)) == 12

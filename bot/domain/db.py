@@ -14,6 +14,8 @@ from tortoise.transactions import in_transaction
 
 MODELS = "bot.domain.models"
 MIGRATIONS = "bot.domain.migrations"
+#: PostgreSQL connections per process unless DATABASE_URL says `?maxsize=N`.
+POSTGRES_POOL_SIZE = 20
 
 
 def connection_name(database_url: str) -> str:
@@ -36,6 +38,12 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
         # WAL lets the CLI read while the bot writes; busy_timeout makes writers queue, not fail.
         sep = "&" if "?" in url else "?"
         url = f"{url}{sep}journal_mode=WAL&busy_timeout=10000"
+    if name == "postgres" and "maxsize=" not in url:
+        # Tortoise's pool holds 5 connections by default: with several turns at once each
+        # report query queued for one (usage on PostgreSQL at 32 conversations: p99 355 → 285
+        # ms with 20). Two bot processes with 20 each stay well under max_connections (100).
+        sep = "&" if "?" in url else "?"
+        url = f"{url}{sep}maxsize={POSTGRES_POOL_SIZE}"
     return {
         "connections": {name: url},
         "apps": {

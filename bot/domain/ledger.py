@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.expressions import Case, F, When
 from tortoise.functions import Sum
 from tortoise.models import Model
 
@@ -114,6 +115,39 @@ async def allocated_total(conn: BaseDBAsyncClient, product_id: int) -> int:
         .values_list("total", flat=True)
     )
     return int(cast(int, totals[0]) or 0) if totals else 0
+
+
+async def allocation_totals(
+    conn: BaseDBAsyncClient, product_id: int, subscription_id: int
+) -> tuple[int, int]:
+    """(all allocated of the product, what the subscription holds of it): one statement."""
+    rows = (
+        await Allocation.filter(product_id=product_id)
+        .using_db(conn)
+        .annotate(
+            total=Sum("quantity"),
+            own=Sum(
+                cast(
+                    Any,
+                    Case(
+                        When(subscription_id=subscription_id, then=F("quantity")),
+                        default=cast(Any, 0),
+                    ),
+                )
+            ),
+        )
+        .values_list("total", "own")
+    )
+    total, own = rows[0] if rows else (0, 0)
+    return int(cast(int, total) or 0), int(cast(int, own) or 0)
+
+
+async def find_and_lock_product(name: str, conn: BaseDBAsyncClient) -> Product:
+    """The product called `name`, its row locked to the end of the transaction: one statement."""
+    product = await Product.filter(name__iexact=name).select_for_update().using_db(conn).first()
+    if product is None:
+        raise NotFound("product", name, await _names(Product, "name", conn))
+    return product
 
 
 async def lock_product(conn: BaseDBAsyncClient, product_id: int) -> Product:
@@ -337,29 +371,31 @@ async def allocate(
 ) -> Outcome:
     check_quantity(quantity)
     async with change(origin, dry_run=dry_run) as ch:
-        found = await find_product(product_name, ch.conn)
-        sub = await find_subscription(subscription_code, ch.conn)
-        product = await lock_product(ch.conn, found.id)
+        # Few statements while the product's row is locked: every allocation of the product
+        # waits for it, in every process. Its allocation rows change only under that lock.
+        sub = await Subscription.filter(code__iexact=subscription_code).using_db(ch.conn).first()
+        product = await find_and_lock_product(product_name, ch.conn)
+        if sub is None:
+            raise NotFound(
+                "subscription", subscription_code, await _names(Subscription, "code", ch.conn)
+            )
         if product.status is ProductStatus.RETIRED:
             raise Conflict(f"{product.name} is retired: nothing more can be allocated from it.")
-        total = await allocated_total(ch.conn, product.id)
+        total, old = await allocation_totals(ch.conn, product.id, sub.id)
         free = product.capacity - total
         if quantity > free:
             raise Conflict(
                 f"Only {free} of {product.name} left to allocate "
                 f"(capacity {product.capacity}, allocated {total}); {quantity} asked."
             )
-        allocation = await lock_allocation(ch.conn, sub.id, product.id)
-        old = allocation.quantity if allocation else 0
-        if allocation is None:
+        grown = (
+            await Allocation.filter(subscription_id=sub.id, product_id=product.id)
+            .using_db(ch.conn)
+            .update(quantity=F("quantity") + quantity)
+        )
+        if not grown:
             await Allocation.create(
                 using_db=ch.conn, subscription=sub, product=product, quantity=quantity
-            )
-        else:
-            await (
-                Allocation.filter(id=allocation.id)
-                .using_db(ch.conn)
-                .update(quantity=old + quantity)
             )
         before = {"allocated": old, "product_allocated": total}
         after = {"allocated": old + quantity, "product_allocated": total + quantity}
