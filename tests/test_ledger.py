@@ -507,6 +507,27 @@ async def test_usage_report_derives_in_use_per_product_and_subscription() -> Non
     await check_invariants()
 
 
+async def test_usage_report_counts_in_use_only_for_the_kinds_it_shows() -> None:
+    """Two queries (products, allocations) and one per kind of product in the report, whatever
+    the number of products, subscriptions and numbers."""
+    from tests.querycount import count_queries
+
+    await seed()
+    await ledger.allocate(OPS, 5, "NUMBERS-GB-GEO", "ACME-01")
+    await ledger.allocate(OPS, 4, "TEAMS-SEATS", "ACME-01")
+    await _number("+442071838301", "ACME-01", NumberState.RESERVED)
+    with count_queries() as everything:
+        report = await usage_report()
+    kinds = {u.kind for u in report}
+    assert len(kinds) == 4 and everything.count == 2 + len(kinds)
+    with count_queries() as numbers_only:
+        [numbers] = await usage_report(product_name="NUMBERS-GB-GEO")
+    assert numbers_only.count == 3 and (numbers.allocated, numbers.in_use) == (5, 1)
+    with count_queries() as seats_only:
+        [seats] = await usage_report(product_name="TEAMS-SEATS")
+    assert seats_only.count == 3 and (seats.allocated, seats.in_use) == (4, 0)
+
+
 # ----- dry runs ---------------------------------------------------------------------------
 
 

@@ -126,7 +126,7 @@ async def usage_report(
     product_name: str | None = None, subscription_code: str | None = None
 ) -> list[ProductUsage]:
     """Capacity, allocated and in use per product and subscription, in a fixed number of
-    queries whatever the size."""
+    queries whatever the size (two, and one per kind of product in the report)."""
     products_q = Product.all()
     if product_name is not None:
         products_q = products_q.filter(name__iexact=product_name)
@@ -144,30 +144,40 @@ async def usage_report(
     total_by: dict[int, int] = defaultdict(int)
     for a in allocations:
         total_by[a["product_id"]] += a["quantity"]
-    numbers = await (
-        PhoneNumber.filter(state__in=HELD_STATES, subscription_id__isnull=False)
-        .annotate(n=Count("id"))
-        .group_by("subscription_id", "country", "number_type")
-        .values("subscription_id", "country", "number_type", "n")
-    )
-    seats = await (
-        PhoneNumber.filter(state=NumberState.ASSIGNED, holder__kind=AccountKind.USER)
-        .annotate(n=Count("id"))
-        .group_by("holder__subscription_id")
-        .values("holder__subscription_id", "n")
-    )
-    channels = await (
-        SipTrunk.all()
-        .annotate(n=Sum("channels"))
-        .group_by("subscription_id")
-        .values("subscription_id", "n")
-    )
-    licenses = await (
-        LicenseAssignment.filter(product_id__in=product_ids)
-        .annotate(n=Count("id"))
-        .group_by("product_id", "account__subscription_id")
-        .values("product_id", "account__subscription_id", "n")
-    )
+    # In use is counted only for the kinds of product in the report: one query per kind.
+    kinds = {p.kind for p in products}
+    numbers: list[dict[str, Any]] = []
+    if ProductKind.NUMBERS in kinds:
+        numbers = await (
+            PhoneNumber.filter(state__in=HELD_STATES, subscription_id__isnull=False)
+            .annotate(n=Count("id"))
+            .group_by("subscription_id", "country", "number_type")
+            .values("subscription_id", "country", "number_type", "n")
+        )
+    seats: list[dict[str, Any]] = []
+    if ProductKind.TEAMS_SEATS in kinds:
+        seats = await (
+            PhoneNumber.filter(state=NumberState.ASSIGNED, holder__kind=AccountKind.USER)
+            .annotate(n=Count("id"))
+            .group_by("holder__subscription_id")
+            .values("holder__subscription_id", "n")
+        )
+    channels: list[dict[str, Any]] = []
+    if ProductKind.SIP_CHANNELS in kinds:
+        channels = await (
+            SipTrunk.all()
+            .annotate(n=Sum("channels"))
+            .group_by("subscription_id")
+            .values("subscription_id", "n")
+        )
+    licenses: list[dict[str, Any]] = []
+    if ProductKind.LICENSE in kinds:
+        licenses = await (
+            LicenseAssignment.filter(product_id__in=product_ids)
+            .annotate(n=Count("id"))
+            .group_by("product_id", "account__subscription_id")
+            .values("product_id", "account__subscription_id", "n")
+        )
 
     numbers_by: dict[tuple[int, str, str], int] = {
         (r["subscription_id"], r["country"], str(r["number_type"])): int(r["n"]) for r in numbers
