@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -99,13 +100,18 @@ def event_hash(prev_hash: str, row: dict[str, Any]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-async def _append_audit(conn: BaseDBAsyncClient, origin: Origin, events: list[Event]) -> None:
+async def _head(conn: BaseDBAsyncClient) -> tuple[int, str]:
+    """The chain's head, locked to the end of the transaction (appends queue here)."""
     head = await AuditHead.filter(id=1).select_for_update().using_db(conn).first()
     if head is None:
         raise RuntimeError("audit chain head is missing: migrations not applied?")
-    prev = head.last_hash
+    return head.last_id, head.last_hash
+
+
+def _rows(origin: Origin, events: list[Event], prev: str) -> list[dict[str, Any]]:
+    """The audit rows of a change, each hashed onto the one before it."""
     at = datetime.now(UTC)  # one timestamp per change
-    last_id = head.last_id
+    rows = []
     for event in events:
         row = {
             "at": at,
@@ -118,47 +124,136 @@ async def _append_audit(conn: BaseDBAsyncClient, origin: Origin, events: list[Ev
             "after": event.after,
             "correlation_id": origin.correlation_id,
         }
-        digest = event_hash(prev, row)
-        created = await AuditEvent.create(using_db=conn, prev_hash=prev, hash=digest, **row)
-        prev = digest
-        last_id = created.id
-    await AuditHead.filter(id=1).using_db(conn).update(last_id=last_id, last_hash=prev)
+        row["prev_hash"] = prev
+        row["hash"] = prev = event_hash(prev, row)
+        rows.append(row)
+    return rows
 
 
-async def _take_write_lock(conn: BaseDBAsyncClient) -> None:
-    """SQLite: hold the write lock from the start. A transaction that reads first and writes
-    later cannot wait for another process's write (SQLITE_BUSY at once, busy_timeout or not);
-    one that writes first queues behind it. So the bot and the CLI on one file take turns."""
-    await conn.execute_query("UPDATE audit_head SET last_id = last_id WHERE id = 0")
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+# PostgreSQL: a change's audit event, the chain's new head and the request key in one statement
+# (one round trip while the head, and usually a product, is locked).
+_PG_APPEND = """
+WITH event AS (
+    INSERT INTO audit_event (at, actor_id, actor_name, source, action, target, before, after,
+                             correlation_id, prev_hash, hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id
+), head AS (
+    UPDATE audit_head SET last_id = (SELECT id FROM event), last_hash = $11 WHERE id = 1
+)
+"""
+_PG_APPEND_ONLY = _PG_APPEND + "SELECT id FROM event"
+_PG_APPEND_AND_KEY = _PG_APPEND + (
+    "INSERT INTO request_key (key, outcome, created_at) VALUES ($12, $13, $1)"
+)
+
+
+async def _finish(
+    conn: BaseDBAsyncClient,
+    origin: Origin,
+    events: list[Event],
+    key: str | None,
+    head: list[tuple[int, str]] | None,
+) -> None:
+    """Append the change's events to the chain and remember its request key. A key that is
+    already there means another delivery of the same request got here first (_Replayed).
+    `head`: SQLite's head as read when the write lock was taken, moved along here."""
+    outcome = [e.__dict__ for e in events]
+    try:
+        if db.dialect() == "postgres" and len(events) == 1 and head is None:
+            _, prev = await _head(conn)
+            [row] = _rows(origin, events, prev)
+            values = [row[c] for c in _COLUMNS]
+            values[6], values[7] = _json(row["before"]), _json(row["after"])
+            if key is None:
+                await conn.execute_query(_PG_APPEND_ONLY, values)
+            else:
+                await conn.execute_query(_PG_APPEND_AND_KEY, [*values, key, _json(outcome)])
+            return
+        if events:
+            last_id, prev = head[0] if head is not None else await _head(conn)
+            for row in _rows(origin, events, prev):
+                created = await AuditEvent.create(using_db=conn, **row)
+                last_id, prev = created.id, row["hash"]
+            await AuditHead.filter(id=1).using_db(conn).update(last_id=last_id, last_hash=prev)
+            if head is not None:
+                head[0] = (last_id, prev)
+        if key is not None:
+            await RequestKey.create(using_db=conn, key=key, outcome=outcome)
+    except IntegrityError as exc:
+        if key is not None:
+            raise _Replayed() from exc
+        raise
+
+
+_COLUMNS = (
+    "at",
+    "actor_id",
+    "actor_name",
+    "source",
+    "action",
+    "target",
+    "before",
+    "after",
+    "correlation_id",
+    "prev_hash",
+    "hash",
+)
+
+
+# SQLite: the chain's head as the outermost change read it with the write lock; a change nested
+# in it (an approval carrying out its change, in a savepoint) appends from it and moves it on.
+_SQLITE_HEAD: ContextVar[list[tuple[int, str]] | None] = ContextVar("sqlite_head", default=None)
+
+
+async def _take_write_lock(conn: BaseDBAsyncClient) -> tuple[int, str]:
+    """SQLite: hold the write lock from the start, and read the chain's head with it. A
+    transaction that reads first and writes later cannot wait for another process's write
+    (SQLITE_BUSY at once, busy_timeout or not); one that writes first queues behind it. So the
+    bot and the CLI on one file take turns, and the head cannot move until this one commits."""
+    rows = await conn.execute_query_dict(
+        "UPDATE audit_head SET last_id = last_id WHERE id = 1 RETURNING last_id, last_hash"
+    )
+    if not rows:
+        raise RuntimeError("audit chain head is missing: migrations not applied?")
+    return int(rows[0]["last_id"]), str(rows[0]["last_hash"])
 
 
 @asynccontextmanager
 async def change(origin: Origin, *, dry_run: bool = False) -> AsyncIterator[Change]:
-    """Run a change in one transaction with its audit; roll back for a dry run."""
-    key = None if dry_run else origin.idempotency_key
+    """Run a change in one transaction with its audit; roll back for a dry run.
+
+    A request key is looked up before the transaction (a redelivery is answered at once,
+    without waiting for any lock) and written with the outcome at its end; two deliveries
+    racing both get past the look-up, and the database keeps the first one's key.
+    """
+    key = None if dry_run or not origin.idempotency_key else origin.idempotency_key[:255]
     try:
+        if key is not None and await RequestKey.exists(key=key):
+            raise _Replayed()
         async with db.transaction() as conn:
-            if db.dialect() == "sqlite":
-                await _take_write_lock(conn)
-            if key is not None:
-                try:
-                    await RequestKey.create(key=key[:255], using_db=conn)
-                except IntegrityError as exc:
-                    raise _Replayed() from exc
-            current = Change(origin=origin, conn=conn, dry_run=dry_run)
-            yield current
-            if dry_run:
-                raise _RollBack()
-            if current.events:
-                await _append_audit(conn, origin, current.events)
-            if key is not None:
-                outcome = [e.__dict__ for e in current.events]
-                await RequestKey.filter(key=key[:255]).using_db(conn).update(outcome=outcome)
+            head, taken = _SQLITE_HEAD.get(), None
+            if head is None and db.dialect() == "sqlite":
+                head = [await _take_write_lock(conn)]
+                taken = _SQLITE_HEAD.set(head)
+            try:
+                current = Change(origin=origin, conn=conn, dry_run=dry_run)
+                yield current
+                if dry_run:
+                    raise _RollBack()
+                if current.events or key is not None:
+                    await _finish(conn, origin, current.events, key, head)
+            finally:
+                if taken is not None:
+                    _SQLITE_HEAD.reset(taken)
     except _RollBack:
         return
     except _Replayed:
-        row = await RequestKey.get_or_none(key=key[:255] if key else "")
-        raise Duplicate(key or "", row.outcome if row else None) from None
+        row = await RequestKey.get_or_none(key=key or "")
+        raise Duplicate(origin.idempotency_key or "", row.outcome if row else None) from None
     except IntegrityError as exc:
         # Two changes raced past the same "already exists?" check; the database kept one.
         raise Conflict(CLASH) from exc
