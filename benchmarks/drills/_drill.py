@@ -9,6 +9,8 @@ message, in the HTTP response for a card's invoke):
 - `already`: "Already done" / "This was already done" — done by an earlier delivery;
 - `refused`: refused by the ledger (e.g. not enough left to allocate);
 - `try-again`: the database is not answering, nothing was changed;
+- `unconfirmed`: the database stopped answering while the change was being committed: it may
+  or may not have been made (sending the same activity again tells which, and does it once);
 - `no-answer`: the HTTP request failed or no reply came (Teams would deliver it again);
 - `other`: anything else (a drill reports these as failures).
 """
@@ -33,7 +35,7 @@ import aiohttp  # noqa: E402
 from benchmarks import harness  # noqa: E402
 from benchmarks.load import Generator, Rig, _invoke_title  # noqa: E402
 
-KINDS = ("applied", "already", "refused", "try-again", "no-answer", "other")
+KINDS = ("applied", "already", "refused", "try-again", "unconfirmed", "no-answer", "other")
 
 
 def kind_of(text: str | None) -> str:
@@ -46,6 +48,8 @@ def kind_of(text: str | None) -> str:
         return "already"
     if text.startswith("Try again") or "| Try again" in text or "not answering" in lowered:
         return "try-again"
+    if "not sure it was saved" in lowered or "may or may not have been made" in lowered:
+        return "unconfirmed"
     if text.startswith("Refused") or "| Refused" in text or "left to allocate" in lowered:
         return "refused"
     return "other"

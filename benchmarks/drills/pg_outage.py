@@ -92,7 +92,7 @@ async def drill(mode: str, quick: bool, keep: bool) -> dict[str, Any]:
             retry = [
                 d.activity
                 for d in courier.deliveries.values()
-                if d.final in ("try-again", "no-answer")
+                if d.final in ("try-again", "unconfirmed", "no-answer")
             ]
             await courier.deliver(lambda: bot_url, retry, CONVERSATIONS)
             await courier.collect()
@@ -131,7 +131,8 @@ async def drill(mode: str, quick: bool, keep: bool) -> dict[str, Any]:
         f"{f'{recovery:.2f}s' if recovery is not None else 'never'} after it was up; "
         f"after the outage: {phase(up_at, float('inf'))}",
         f"first answers overall: {dict(first_answers)}",
-        f"sent again (same activity id) the {len(retry)} told to try again or unanswered: "
+        f"sent again (same activity id) the {len(retry)} told to try again, not sure it was "
+        "saved, or unanswered: "
         f"{dict((k, retried.count(k)) for k in sorted(set(retried)))}",
         f"final answers of all {len(courier.deliveries)} activities: {dict(finals)}",
         f"ledger: allocated {check['allocated']}, audited increments "
@@ -142,8 +143,9 @@ async def drill(mode: str, quick: bool, keep: bool) -> dict[str, Any]:
     ]
     checks = {
         "clear 'try again' answers during the outage": during.get("try-again", 0) > 0,
-        "nothing but 'try again' (or no answer) while it was down": set(during)
-        <= {"try-again", "no-answer", "applied"},
+        "nothing but 'try again' (or 'not sure it was saved', or no answer) while it was down": (
+            set(during) <= {"try-again", "unconfirmed", "no-answer", "applied"}
+        ),
         "no answer of any other kind, ever (no 'something went wrong')": "other"
         not in courier.all_answers(),
         "/healthz said 503 while the database was down": 503 in health_down,

@@ -25,6 +25,7 @@ from bot.domain.errors import (
     InvalidInput,
     NotFound,
     Unavailable,
+    Unconfirmed,
     did_you_mean,
 )
 
@@ -148,6 +149,8 @@ async def _run(
         return usage_error(spec, exc.message)
     except Unavailable as exc:
         return Error(title="Try again", text=exc.message, code=exc.code)
+    except Unconfirmed as exc:
+        return Error(title="Not sure it was saved", text=exc.message, code=exc.code)
     except DomainError as exc:
         return Error(title="Refused", text=exc.message, code=exc.code)
     except Exception as exc:

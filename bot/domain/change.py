@@ -21,7 +21,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
 
 from bot.domain import db
-from bot.domain.errors import Conflict, Duplicate, Unavailable
+from bot.domain.errors import Conflict, Duplicate, Unavailable, Unconfirmed
 from bot.domain.models import AuditEvent, AuditHead, RequestKey
 
 SOURCES = frozenset({"chat", "card", "approval", "schedule", "cli", "system"})
@@ -257,6 +257,8 @@ async def change(origin: Origin, *, dry_run: bool = False) -> AsyncIterator[Chan
     except IntegrityError as exc:
         # Two changes raced past the same "already exists?" check; the database kept one.
         raise Conflict(CLASH) from exc
+    except db.CommitUnknown as exc:
+        raise Unconfirmed(UNCONFIRMED) from exc
     except Exception as exc:
         if db.is_outage(exc):
             raise Unavailable(OUTAGE) from exc
@@ -268,6 +270,10 @@ CLASH = (
     "Look again and retry."
 )
 OUTAGE = "The database is not answering right now; nothing was changed. Try again in a moment."
+UNCONFIRMED = (
+    "The database stopped answering while this change was being saved, so it may or may not "
+    "have been made. Look at `audit` (or `usage`) once it answers again, before you repeat it."
+)
 
 
 async def verify_chain() -> tuple[bool, int, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,6 +12,8 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.connection import get_connection
 from tortoise.migrations.api import migrate as run_migrations
 from tortoise.transactions import in_transaction
+
+log = logging.getLogger("bot.domain.db")
 
 MODELS = "bot.domain.models"
 MIGRATIONS = "bot.domain.migrations"
@@ -84,11 +87,33 @@ async def close_database() -> None:
     await Tortoise.close_connections()
 
 
+class CommitUnknown(Exception):
+    """COMMIT was sent but its answer never came: the transaction may or may not have been
+    committed."""
+
+
 @asynccontextmanager
 async def transaction() -> AsyncIterator[BaseDBAsyncClient]:
-    """The one place a transaction is opened; domain services run their writes inside it."""
-    async with in_transaction(_current_connection) as conn:
-        yield conn
+    """The one place a transaction is opened; domain services run their writes inside it.
+
+    Leaving it commits. If the database fails at that moment, the commit may already have
+    happened: when Tortoise recorded it as done (only handing the connection back to the pool
+    failed, e.g. the server shutting down) the transaction counts as committed; otherwise
+    `CommitUnknown` says that nobody can tell.
+    """
+    conn: BaseDBAsyncClient | None = None
+    body_done = False
+    try:
+        async with in_transaction(_current_connection) as conn:
+            yield conn
+            body_done = True
+    except Exception as exc:
+        if not body_done:
+            raise
+        if getattr(conn, "_finalized", False):
+            log.warning("committed; handing the connection back to the pool failed", exc_info=exc)
+            return
+        raise CommitUnknown(str(exc)) from exc
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -110,6 +135,8 @@ def is_outage(exc: BaseException) -> bool:
         "connectiondoesnotexist",
         "admin_shutdown",
         "too many clients",
+        # asyncpg handing a connection back to its pool while the server shuts down
+        "another operation",
     )
     return (
         isinstance(exc, OperationalError)

@@ -60,6 +60,13 @@ class Unavailable(DomainError):
     code = "unavailable"
 
 
+class Unconfirmed(DomainError):
+    """The database stopped answering while a change was being committed: it may or may not
+    have been made (the one case where "nothing was changed" cannot be promised)."""
+
+    code = "unconfirmed"
+
+
 class Forbidden(DomainError):
     code = "forbidden"
 
