@@ -578,9 +578,9 @@ def _fmt(x: float, digits: int = 0) -> str:
 
 
 def _median_cells(cells: list[Cell]) -> Cell:
-    """The cell of median throughput among repeated rounds."""
+    """The cell of median throughput among repeated rounds (of two, the slower one)."""
     ordered = sorted(cells, key=lambda c: c.throughput)
-    return ordered[len(ordered) // 2]
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def tables(cells: list[Cell]) -> str:
