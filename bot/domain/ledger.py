@@ -370,10 +370,12 @@ async def allocate(
     dry_run: bool = False,
 ) -> Outcome:
     check_quantity(quantity)
+    # Read before the transaction: a subscription's code and id never change, and one that is
+    # removed meanwhile fails the allocation's foreign key (a clash, nothing changed).
+    sub = await Subscription.filter(code__iexact=subscription_code).first()
     async with change(origin, dry_run=dry_run) as ch:
         # Few statements while the product's row is locked: every allocation of the product
         # waits for it, in every process. Its allocation rows change only under that lock.
-        sub = await Subscription.filter(code__iexact=subscription_code).using_db(ch.conn).first()
         product = await find_and_lock_product(product_name, ch.conn)
         if sub is None:
             raise NotFound(

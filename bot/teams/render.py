@@ -264,14 +264,18 @@ def _table(reply: Table, keep_rows: int | None = None) -> dict:
             "cells": [_cell(c, bold=True) for c in reply.columns],
         }
     ]
+    # A card is never changed once rendered, so equal cells of one table are one object: a
+    # 50-row table has ~300 cells but far fewer different ones ("", "0", repeated codes).
+    made: dict[tuple[str, bool], dict] = {}
     for row in rows:
         cells = list(row[:ncols]) + [""] * (ncols - len(row))
-        table_rows.append(
-            {
-                "type": "TableRow",
-                "cells": [_cell(v, mono=mono[i]) for i, v in enumerate(cells)],
-            }
-        )
+        shared = []
+        for i, v in enumerate(cells):
+            cell = made.get((v, mono[i]))
+            if cell is None:
+                cell = made[(v, mono[i])] = _cell(v, mono=mono[i])
+            shared.append(cell)
+        table_rows.append({"type": "TableRow", "cells": shared})
     notes = [reply.note] if reply.note else []
     if keep_rows is not None and keep_rows < len(reply.rows):
         notes.append(
