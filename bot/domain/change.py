@@ -135,7 +135,22 @@ def _json(value: Any) -> str | None:
 
 
 # PostgreSQL: a change's audit event, the chain's new head and the request key in one statement
-# (one round trip while the head, and usually a product, is locked).
+# (one round trip while the head, and usually a product, is locked). Parameters: _COLUMNS in
+# order, then the key and its outcome.
+_COLUMNS = (
+    "at",
+    "actor_id",
+    "actor_name",
+    "source",
+    "action",
+    "target",
+    "before",
+    "after",
+    "correlation_id",
+    "prev_hash",
+    "hash",
+)
+_JSON_COLUMNS = frozenset({"before", "after"})
 _PG_APPEND = """
 WITH event AS (
     INSERT INTO audit_event (at, actor_id, actor_name, source, action, target, before, after,
@@ -166,8 +181,7 @@ async def _finish(
         if db.dialect() == "postgres" and len(events) == 1 and head is None:
             _, prev = await _head(conn)
             [row] = _rows(origin, events, prev)
-            values = [row[c] for c in _COLUMNS]
-            values[6], values[7] = _json(row["before"]), _json(row["after"])
+            values = [_json(row[c]) if c in _JSON_COLUMNS else row[c] for c in _COLUMNS]
             if key is None:
                 await conn.execute_query(_PG_APPEND_ONLY, values)
             else:
@@ -187,21 +201,6 @@ async def _finish(
         if key is not None:
             raise _Replayed() from exc
         raise
-
-
-_COLUMNS = (
-    "at",
-    "actor_id",
-    "actor_name",
-    "source",
-    "action",
-    "target",
-    "before",
-    "after",
-    "correlation_id",
-    "prev_hash",
-    "hash",
-)
 
 
 # SQLite: the chain's head as the outermost change read it with the write lock; a change nested
