@@ -26,7 +26,7 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +46,6 @@ from tests.teams_env import (
     SEED,
     RunningBot,
     auth_settings,
-    bot_connector,
-    graph_directory,
-    identity_provider,
     message,
     running_bot,
     seed_ledger,
@@ -176,21 +173,6 @@ ODD_FIELDS = st.fixed_dictionaries(
 )
 
 # ----- the running bot ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[FakeIdentityProvider]:
-    yield from identity_provider()
-
-
-@pytest.fixture(scope="module")
-def graph(idp: FakeIdentityProvider) -> Iterator[FakeGraph]:
-    yield from graph_directory(idp)
-
-
-@pytest.fixture
-def connector(idp: FakeIdentityProvider) -> Iterator[FakeBotConnector]:
-    yield from bot_connector(idp)
 
 
 @pytest.fixture(autouse=True)

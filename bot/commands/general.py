@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from bot.commands.args import Args, Quantity, Text
-from bot.commands.registry import REGISTRY, Access, Context, command
+from bot.commands.registry import REGISTRY, Access, CommandSpec, Context, command
 from bot.commands.reply import Error, Message, Reply, Table
 from bot.domain import audit
 
 
 class HelpArgs(Args):
     topic: list[str] | None = None
+
+
+def _described(spec: CommandSpec) -> dict[str, object]:
+    """A command as `help --json` lists it."""
+    return {
+        "command": spec.name,
+        "usage": spec.usages,
+        "summary": spec.summary,
+        "admin_only": spec.access is not Access.PUBLIC,
+        "mutating": spec.mutating,
+    }
 
 
 @command(
@@ -40,31 +51,13 @@ async def help_(ctx: Context, args: HelpArgs) -> Reply:
                 suggestions=guesses,
             )
         rows = [[u, s.summary] for s in matches for u in s.usages]
-        data = [
-            {
-                "command": s.name,
-                "usage": s.usages,
-                "summary": s.summary,
-                "admin_only": s.access is not Access.PUBLIC,
-                "mutating": s.mutating,
-            }
-            for s in matches
-        ]
+        data = [_described(s) for s in matches]
         return Table(
             title=f"Help: {wanted}", columns=["Usage", "What it does"], rows=rows, data=data
         )
     specs = sorted(REGISTRY.values(), key=lambda s: s.name)
     rows = [[s.usage, s.summary] for s in specs]
-    data = [
-        {
-            "command": s.name,
-            "usage": s.usages,
-            "summary": s.summary,
-            "admin_only": s.access is not Access.PUBLIC,
-            "mutating": s.mutating,
-        }
-        for s in specs
-    ]
+    data = [_described(s) for s in specs]
     return Table(
         title="Fusion Products bot — commands",
         columns=["Command", "What it does"],
