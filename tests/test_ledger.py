@@ -508,10 +508,11 @@ async def test_usage_report_derives_in_use_per_product_and_subscription() -> Non
 
 
 async def test_usage_report_counts_in_use_only_for_the_kinds_it_shows() -> None:
-    """Two queries (products, allocations) and one per kind of product in the report, whatever
-    the number of products, subscriptions and numbers."""
+    """Two statements whatever the number of products, subscriptions and numbers: products
+    with their allocations, then in use counted only for the kinds of product in the report."""
     from tests.querycount import count_queries
 
+    tables = ("phone_number", "sip_trunk", "license_assignment")
     await seed()
     await ledger.allocate(OPS, 5, "NUMBERS-GB-GEO", "ACME-01")
     await ledger.allocate(OPS, 4, "TEAMS-SEATS", "ACME-01")
@@ -519,13 +520,24 @@ async def test_usage_report_counts_in_use_only_for_the_kinds_it_shows() -> None:
     with count_queries() as everything:
         report = await usage_report()
     kinds = {u.kind for u in report}
-    assert len(kinds) == 4 and everything.count == 2 + len(kinds)
+    assert len(kinds) == 4 and everything.count == 2
+    assert all(t in everything.statements[1] for t in tables)
     with count_queries() as numbers_only:
         [numbers] = await usage_report(product_name="NUMBERS-GB-GEO")
-    assert numbers_only.count == 3 and (numbers.allocated, numbers.in_use) == (5, 1)
+    assert numbers_only.count == 2 and (numbers.allocated, numbers.in_use) == (5, 1)
+    counted = numbers_only.statements[1]
+    assert "'numbers'" in counted and "'teams-seats'" not in counted
+    assert [t for t in tables if t in counted] == ["phone_number"]
     with count_queries() as seats_only:
         [seats] = await usage_report(product_name="TEAMS-SEATS")
-    assert seats_only.count == 3 and (seats.allocated, seats.in_use) == (4, 0)
+    assert seats_only.count == 2 and (seats.allocated, seats.in_use) == (4, 0)
+    assert (
+        "'teams-seats'" in seats_only.statements[1] and "'numbers'" not in seats_only.statements[1]
+    )
+    with count_queries() as license_only:
+        [license_] = await usage_report(product_name="M365-E5")
+    assert license_only.count == 2 and license_.kind == "license"
+    assert [t for t in tables if t in license_only.statements[1]] == ["license_assignment"]
 
 
 # ----- dry runs ---------------------------------------------------------------------------

@@ -72,6 +72,15 @@ def dialect() -> str:
     return _current_connection
 
 
+def sql(text: str) -> str:
+    """A statement written with `?` placeholders, in the current dialect's (`$1, $2…` on
+    PostgreSQL)."""
+    if _current_connection != "postgres":
+        return text
+    parts = text.split("?")
+    return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
+
+
 async def open_database(database_url: str, *, migrate: bool = True) -> None:
     """Connect (and bring the schema up to date). Call `close_database` when done."""
     global _current_connection

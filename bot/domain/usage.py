@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from tortoise.backends.base.client import BaseDBAsyncClient
-from tortoise.functions import Count, Sum
 
+from bot.domain import db
 from bot.domain.models import (
     AccountKind,
-    Allocation,
     LicenseAssignment,
     NumberState,
     PhoneNumber,
@@ -122,108 +121,115 @@ class ProductUsage:
         }
 
 
+# The report reads everything it shows in two statements of its own SQL: through the ORM it
+# was five queries and ~2.8 ms of CPU for a 15-product, 48-row catalog (a third of a `usage`
+# turn), mostly building the queries and model objects; this is ~0.9 ms.
+_PRODUCT_ROWS = """
+SELECT p.id, p.name, p.category, p.kind, p.unit, p.status, p.capacity, p.country,
+       p.number_type, a.subscription_id, a.quantity, s.code
+FROM product p
+LEFT JOIN allocation a ON a.product_id = p.id
+LEFT JOIN subscription s ON s.id = a.subscription_id
+{where}
+ORDER BY p.category, p.kind, p.name
+"""
+#: In use per subscription, one branch per kind of product: (kind, subscription, country,
+#: number type, product, units). The typed NULLs let PostgreSQL join the branches in any order.
+_IN_USE: dict[ProductKind, str] = {
+    ProductKind.NUMBERS: """
+SELECT 'numbers', subscription_id, country, number_type, 0, COUNT(*)
+FROM phone_number WHERE state IN (?, ?) AND subscription_id IS NOT NULL
+GROUP BY subscription_id, country, number_type""",
+    ProductKind.TEAMS_SEATS: """
+SELECT 'teams-seats', h.subscription_id,
+       CAST(NULL AS VARCHAR(20)), CAST(NULL AS VARCHAR(20)), 0, COUNT(*)
+FROM phone_number n JOIN account h ON h.id = n.holder_id
+WHERE n.state = ? AND h.kind = ?
+GROUP BY h.subscription_id""",
+    ProductKind.SIP_CHANNELS: """
+SELECT 'sip-channels', subscription_id,
+       CAST(NULL AS VARCHAR(20)), CAST(NULL AS VARCHAR(20)), 0, SUM(channels)
+FROM sip_trunk GROUP BY subscription_id""",
+    ProductKind.LICENSE: """
+SELECT 'license', a.subscription_id,
+       CAST(NULL AS VARCHAR(20)), CAST(NULL AS VARCHAR(20)), l.product_id, COUNT(*)
+FROM license_assignment l JOIN account a ON a.id = l.account_id
+{license_filter}
+GROUP BY l.product_id, a.subscription_id""",
+}
+
+
 async def usage_report(
     product_name: str | None = None, subscription_code: str | None = None
 ) -> list[ProductUsage]:
-    """Capacity, allocated and in use per product and subscription, in a fixed number of
-    queries whatever the size (two, and one per kind of product in the report)."""
-    products_q = Product.all()
+    """Capacity, allocated and in use per product and subscription, in two statements whatever
+    the size: products with their allocations, then in use for the kinds in the report."""
+    conn = db.connection()
+    where, params = "", []
     if product_name is not None:
-        products_q = products_q.filter(name__iexact=product_name)
-    products = await products_q.order_by("category", "kind", "name")
-    if not products:
+        where, params = "WHERE UPPER(p.name) = UPPER(?)", [product_name]
+    rows = await conn.execute_query_dict(db.sql(_PRODUCT_ROWS.format(where=where)), params)
+    if not rows:
         return []
-    product_ids = [p.id for p in products]
 
-    # Every allocation of these products, even when one subscription is asked for: the pool's
-    # in-use figure sums all of them.
-    allocations = await Allocation.filter(product_id__in=product_ids).values(
-        "product_id", "subscription_id", "quantity", "subscription__code"
-    )
+    products: dict[int, dict[str, Any]] = {}
+    held_by: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        products.setdefault(r["id"], r)  # the order of the products is the query's
+        if r["subscription_id"] is not None:
+            held_by[r["id"]].append(r)
 
-    total_by: dict[int, int] = defaultdict(int)
-    for a in allocations:
-        total_by[a["product_id"]] += a["quantity"]
-    # In use is counted only for the kinds of product in the report: one query per kind.
-    kinds = {p.kind for p in products}
-    numbers: list[dict[str, Any]] = []
-    if ProductKind.NUMBERS in kinds:
-        numbers = await (
-            PhoneNumber.filter(state__in=HELD_STATES, subscription_id__isnull=False)
-            .annotate(n=Count("id"))
-            .group_by("subscription_id", "country", "number_type")
-            .values("subscription_id", "country", "number_type", "n")
-        )
-    seats: list[dict[str, Any]] = []
-    if ProductKind.TEAMS_SEATS in kinds:
-        seats = await (
-            PhoneNumber.filter(state=NumberState.ASSIGNED, holder__kind=AccountKind.USER)
-            .annotate(n=Count("id"))
-            .group_by("holder__subscription_id")
-            .values("holder__subscription_id", "n")
-        )
-    channels: list[dict[str, Any]] = []
-    if ProductKind.SIP_CHANNELS in kinds:
-        channels = await (
-            SipTrunk.all()
-            .annotate(n=Sum("channels"))
-            .group_by("subscription_id")
-            .values("subscription_id", "n")
-        )
-    licenses: list[dict[str, Any]] = []
-    if ProductKind.LICENSE in kinds:
-        licenses = await (
-            LicenseAssignment.filter(product_id__in=product_ids)
-            .annotate(n=Count("id"))
-            .group_by("product_id", "account__subscription_id")
-            .values("product_id", "account__subscription_id", "n")
-        )
+    # In use is counted only for the kinds of product in the report.
+    kinds = [k for k in _IN_USE if any(p["kind"] == k.value for p in products.values())]
+    used_by: dict[tuple[str, int, str, str, int], int] = {}
+    if kinds:
+        branches: list[str] = []
+        values: list[Any] = []
+        for kind in kinds:
+            branch = _IN_USE[kind]
+            if kind is ProductKind.NUMBERS:
+                values += [s.value for s in HELD_STATES]
+            elif kind is ProductKind.TEAMS_SEATS:
+                values += [NumberState.ASSIGNED.value, AccountKind.USER.value]
+            elif kind is ProductKind.LICENSE:
+                only = "" if product_name is None else "WHERE l.product_id = ?"
+                branch = branch.format(license_filter=only)
+                values += [] if product_name is None else list(products)
+            branches.append(branch)
+        _, counted = await conn.execute_query(db.sql(" UNION ALL ".join(branches)), values)
+        for k, sub, country, number_type, product_id, n in counted:
+            used_by[(k, sub, country or "", number_type or "", product_id)] = int(n or 0)
 
-    numbers_by: dict[tuple[int, str, str], int] = {
-        (r["subscription_id"], r["country"], str(r["number_type"])): int(r["n"]) for r in numbers
-    }
-    seats_by = {r["holder__subscription_id"]: int(r["n"]) for r in seats}
-    channels_by = {r["subscription_id"]: int(r["n"] or 0) for r in channels}
-    licenses_by = {(r["product_id"], r["account__subscription_id"]): int(r["n"]) for r in licenses}
-
-    def used(product: Product, sub_id: int) -> int:
-        if product.kind is ProductKind.NUMBERS:
-            nt = product.number_type.value if product.number_type else ""
-            return numbers_by.get((sub_id, product.country or "", nt), 0)
-        if product.kind is ProductKind.TEAMS_SEATS:
-            return seats_by.get(sub_id, 0)
-        if product.kind is ProductKind.SIP_CHANNELS:
-            return channels_by.get(sub_id, 0)
-        if product.kind is ProductKind.LICENSE:
-            return licenses_by.get((product.id, sub_id), 0)
-        return 0
-
-    by_product: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for a in allocations:
-        by_product[a["product_id"]].append(a)
+    def used(p: dict[str, Any], sub_id: int) -> int:
+        kind = p["kind"]
+        if kind == ProductKind.NUMBERS:
+            return used_by.get((kind, sub_id, p["country"] or "", p["number_type"] or "", 0), 0)
+        if kind == ProductKind.LICENSE:
+            return used_by.get((kind, sub_id, "", "", p["id"]), 0)
+        return used_by.get((kind, sub_id, "", "", 0), 0)
 
     wanted = subscription_code.upper() if subscription_code is not None else None
     report: list[ProductUsage] = []
-    for product in products:
-        held = sorted(by_product.get(product.id, []), key=lambda a: a["subscription__code"])
-        shown = [a for a in held if wanted is None or a["subscription__code"].upper() == wanted]
+    for p in products.values():
+        held = sorted(held_by.get(p["id"], []), key=lambda a: a["code"])
+        shown = [a for a in held if wanted is None or a["code"].upper() == wanted]
         if wanted is not None and not shown:
             continue  # asked about one subscription: only the products it holds
         row = ProductUsage(
-            name=product.name,
-            category=product.category.value,
-            kind=product.kind.value,
-            unit=product.unit,
-            status=product.status.value,
-            capacity=product.capacity,
+            name=p["name"],
+            category=p["category"],
+            kind=p["kind"],
+            unit=p["unit"],
+            status=p["status"],
+            capacity=int(p["capacity"]),
         )
-        use = {a["subscription_id"]: used(product, a["subscription_id"]) for a in held}
+        use = {a["subscription_id"]: used(p, a["subscription_id"]) for a in held}
         row.subscriptions = [
-            SubscriptionUsage(a["subscription__code"], a["quantity"], use[a["subscription_id"]])
+            SubscriptionUsage(a["code"], int(a["quantity"]), use[a["subscription_id"]])
             for a in shown
         ]
         # Pool totals describe the whole product even when one subscription is asked for.
-        row.allocated = total_by.get(product.id, 0)
+        row.allocated = sum(int(a["quantity"]) for a in held)
         row.in_use = sum(use.values())
         report.append(row)
     return report
