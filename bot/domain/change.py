@@ -164,6 +164,18 @@ _PG_APPEND_ONLY = _PG_APPEND + "SELECT id FROM event"
 _PG_APPEND_AND_KEY = _PG_APPEND + (
     "INSERT INTO request_key (key, outcome, created_at) VALUES ($12, $13, $1)"
 )
+# Otherwise a statement each, written here too: through the ORM, building them cost more CPU
+# than running them (an allocation on SQLite: 3.0 → 2.3 ms).
+_INSERT_EVENT = (
+    f"INSERT INTO audit_event ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)}) RETURNING id"
+)
+_MOVE_HEAD = "UPDATE audit_head SET last_id = ?, last_hash = ? WHERE id = 1"
+_INSERT_KEY = "INSERT INTO request_key (key, outcome, created_at) VALUES (?, ?, ?)"
+
+
+def _values(row: dict[str, Any]) -> list[Any]:
+    return [_json(row[c]) if c in _JSON_COLUMNS else row[c] for c in _COLUMNS]
 
 
 async def _finish(
@@ -181,7 +193,7 @@ async def _finish(
         if db.dialect() == "postgres" and len(events) == 1 and head is None:
             _, prev = await _head(conn)
             [row] = _rows(origin, events, prev)
-            values = [_json(row[c]) if c in _JSON_COLUMNS else row[c] for c in _COLUMNS]
+            values = _values(row)
             if key is None:
                 await conn.execute_query(_PG_APPEND_ONLY, values)
             else:
@@ -190,13 +202,15 @@ async def _finish(
         if events:
             last_id, prev = head[0] if head is not None else await _head(conn)
             for row in _rows(origin, events, prev):
-                created = await AuditEvent.create(using_db=conn, **row)
-                last_id, prev = created.id, row["hash"]
-            await AuditHead.filter(id=1).using_db(conn).update(last_id=last_id, last_hash=prev)
+                [created] = await conn.execute_query_dict(db.sql(_INSERT_EVENT), _values(row))
+                last_id, prev = int(created["id"]), row["hash"]
+            await conn.execute_query(db.sql(_MOVE_HEAD), [last_id, prev])
             if head is not None:
                 head[0] = (last_id, prev)
         if key is not None:
-            await RequestKey.create(using_db=conn, key=key, outcome=outcome)
+            await conn.execute_query(
+                db.sql(_INSERT_KEY), [key, _json(outcome), datetime.now(UTC)]
+            )
     except IntegrityError as exc:
         if key is not None:
             raise _Replayed() from exc

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from tortoise.backends.base.client import BaseDBAsyncClient
-from tortoise.expressions import Case, F, When
+from tortoise.expressions import F
 from tortoise.functions import Sum
 from tortoise.models import Model
 
+from bot.domain import db
 from bot.domain.change import Origin, change
 from bot.domain.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from bot.domain.models import (
@@ -121,25 +122,17 @@ async def allocation_totals(
     conn: BaseDBAsyncClient, product_id: int, subscription_id: int
 ) -> tuple[int, int]:
     """(all allocated of the product, what the subscription holds of it): one statement."""
-    rows = (
-        await Allocation.filter(product_id=product_id)
-        .using_db(conn)
-        .annotate(
-            total=Sum("quantity"),
-            own=Sum(
-                cast(
-                    Any,
-                    Case(
-                        When(subscription_id=subscription_id, then=F("quantity")),
-                        default=cast(Any, 0),
-                    ),
-                )
-            ),
-        )
-        .values_list("total", "own")
-    )
+    _, rows = await conn.execute_query(db.sql(_ALLOCATION_TOTALS), [subscription_id, product_id])
     total, own = rows[0] if rows else (0, 0)
-    return int(cast(int, total) or 0), int(cast(int, own) or 0)
+    return int(total or 0), int(own or 0)
+
+
+# Written out: through the ORM (a Sum of a Case) building it cost ~0.5 ms of CPU, run under
+# the product's lock by every allocation.
+_ALLOCATION_TOTALS = """
+SELECT SUM(quantity), SUM(CASE WHEN subscription_id = ? THEN quantity ELSE 0 END)
+FROM allocation WHERE product_id = ?
+"""
 
 
 async def find_and_lock_product(name: str, conn: BaseDBAsyncClient) -> Product:
