@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from tortoise.backends.base.client import BaseDBAsyncClient
-from tortoise.expressions import F
 from tortoise.functions import Sum
 from tortoise.models import Model
 
@@ -118,6 +117,30 @@ async def allocated_total(conn: BaseDBAsyncClient, product_id: int) -> int:
     return int(cast(int, totals[0]) or 0) if totals else 0
 
 
+# `allocate` is the change made most, and the one every allocation of a product queues for:
+# its statements are written out. Through the ORM, building each cost more CPU than running it
+# (an allocation on SQLite, with the audit append: 3.0 → 1.6 ms), and most of them run under the product's lock.
+_SUBSCRIPTION_BY_CODE = "SELECT id, code FROM subscription WHERE UPPER(code) = UPPER(?)"
+_PRODUCT_BY_NAME = (
+    "SELECT id, name, unit, status, capacity FROM product WHERE UPPER(name) = UPPER(?)"
+)
+_ALLOCATION_TOTALS = """
+SELECT SUM(quantity), SUM(CASE WHEN subscription_id = ? THEN quantity ELSE 0 END)
+FROM allocation WHERE product_id = ?
+"""
+_GROW_ALLOCATION = (
+    "UPDATE allocation SET quantity = quantity + ? WHERE subscription_id = ? AND product_id = ?"
+)
+
+
+class LockedProduct(NamedTuple):
+    id: int
+    name: str
+    unit: str
+    status: ProductStatus
+    capacity: int
+
+
 async def allocation_totals(
     conn: BaseDBAsyncClient, product_id: int, subscription_id: int
 ) -> tuple[int, int]:
@@ -127,20 +150,15 @@ async def allocation_totals(
     return int(total or 0), int(own or 0)
 
 
-# Written out: through the ORM (a Sum of a Case) building it cost ~0.5 ms of CPU, run under
-# the product's lock by every allocation.
-_ALLOCATION_TOTALS = """
-SELECT SUM(quantity), SUM(CASE WHEN subscription_id = ? THEN quantity ELSE 0 END)
-FROM allocation WHERE product_id = ?
-"""
-
-
-async def find_and_lock_product(name: str, conn: BaseDBAsyncClient) -> Product:
-    """The product called `name`, its row locked to the end of the transaction: one statement."""
-    product = await Product.filter(name__iexact=name).select_for_update().using_db(conn).first()
-    if product is None:
+async def find_and_lock_product(name: str, conn: BaseDBAsyncClient) -> LockedProduct:
+    """The product called `name`, its row locked to the end of the transaction: one statement
+    (SQLite has no row locks: its transactions hold the database's write lock from the start)."""
+    query = _PRODUCT_BY_NAME + (" FOR UPDATE" if db.dialect() == "postgres" else "")
+    _, rows = await conn.execute_query(db.sql(query), [name])
+    if not rows:
         raise NotFound("product", name, await _names(Product, "name", conn))
-    return product
+    id_, name_, unit, status, capacity = rows[0]
+    return LockedProduct(int(id_), name_, unit, ProductStatus(status), int(capacity))
 
 
 async def lock_product(conn: BaseDBAsyncClient, product_id: int) -> Product:
@@ -365,43 +383,44 @@ async def allocate(
     check_quantity(quantity)
     # Read before the transaction: a subscription's code and id never change, and one that is
     # removed meanwhile fails the allocation's foreign key (a clash, nothing changed).
-    sub = await Subscription.filter(code__iexact=subscription_code).first()
+    _, subs = await db.connection().execute_query(
+        db.sql(_SUBSCRIPTION_BY_CODE), [subscription_code]
+    )
     async with change(origin, dry_run=dry_run) as ch:
         # Few statements while the product's row is locked: every allocation of the product
         # waits for it, in every process. Its allocation rows change only under that lock.
         product = await find_and_lock_product(product_name, ch.conn)
-        if sub is None:
+        if not subs:
             raise NotFound(
                 "subscription", subscription_code, await _names(Subscription, "code", ch.conn)
             )
+        sub_id, sub_code = int(subs[0][0]), str(subs[0][1])
         if product.status is ProductStatus.RETIRED:
             raise Conflict(f"{product.name} is retired: nothing more can be allocated from it.")
-        total, old = await allocation_totals(ch.conn, product.id, sub.id)
+        total, old = await allocation_totals(ch.conn, product.id, sub_id)
         free = product.capacity - total
         if quantity > free:
             raise Conflict(
                 f"Only {free} of {product.name} left to allocate "
                 f"(capacity {product.capacity}, allocated {total}); {quantity} asked."
             )
-        grown = (
-            await Allocation.filter(subscription_id=sub.id, product_id=product.id)
-            .using_db(ch.conn)
-            .update(quantity=F("quantity") + quantity)
+        grown, _ = await ch.conn.execute_query(
+            db.sql(_GROW_ALLOCATION), [quantity, sub_id, product.id]
         )
         if not grown:
             await Allocation.create(
-                using_db=ch.conn, subscription=sub, product=product, quantity=quantity
+                using_db=ch.conn, subscription_id=sub_id, product_id=product.id, quantity=quantity
             )
         before = {"allocated": old, "product_allocated": total}
         after = {"allocated": old + quantity, "product_allocated": total + quantity}
-        ch.record("allocation.allocate", f"allocation:{sub.code}/{product.name}", before, after)
+        ch.record("allocation.allocate", f"allocation:{sub_code}/{product.name}", before, after)
     return Outcome(
         "allocation.allocate",
-        f"{product.name} → {sub.code}",
+        f"{product.name} → {sub_code}",
         before,
         after,
         dry_run,
-        f"Allocated {quantity} {product.unit}(s) of {product.name} to {sub.code}: "
+        f"Allocated {quantity} {product.unit}(s) of {product.name} to {sub_code}: "
         f"{old} → {old + quantity}.",
     )
 
