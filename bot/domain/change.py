@@ -57,6 +57,9 @@ class Change:
     conn: BaseDBAsyncClient
     dry_run: bool
     events: list[Event] = field(default_factory=list)
+    # PostgreSQL: the audit chain's head (last id, last hash) when a statement of the change
+    # already locked and read it, saving the append a round trip.
+    head: tuple[int, str] | None = None
 
     def record(self, action: str, target: str, before: Any, after: Any) -> None:
         self.events.append(Event(action, target, jsonable(before), jsonable(after)))
@@ -185,14 +188,16 @@ async def _finish(
     events: list[Event],
     key: str | None,
     head: list[tuple[int, str]] | None,
+    locked: tuple[int, str] | None = None,
 ) -> None:
     """Append the change's events to the chain and remember its request key. A key that is
     already there means another delivery of the same request got here first (_Replayed).
-    `head`: SQLite's head as read when the write lock was taken, moved along here."""
+    `head`: SQLite's head as read when the write lock was taken, moved along here; `locked`:
+    PostgreSQL's, when the change has locked and read it already."""
     outcome = [e.__dict__ for e in events]
     try:
         if db.dialect() == "postgres" and len(events) == 1 and head is None:
-            _, prev = await _head(conn)
+            _, prev = locked or await _head(conn)
             [row] = _rows(origin, events, prev)
             values = _values(row)
             if key is None:
@@ -201,7 +206,7 @@ async def _finish(
                 await conn.execute_query(_PG_APPEND_AND_KEY, [*values, key, _json(outcome)])
             return
         if events:
-            last_id, prev = head[0] if head is not None else await _head(conn)
+            last_id, prev = head[0] if head is not None else locked or await _head(conn)
             for row in _rows(origin, events, prev):
                 [created] = await conn.execute_query_dict(db.sql(_INSERT_EVENT), _values(row))
                 last_id, prev = int(created["id"]), row["hash"]
@@ -261,7 +266,7 @@ async def change(origin: Origin, *, dry_run: bool = False) -> AsyncIterator[Chan
                 if dry_run:
                     raise _RollBack()
                 if current.events or key is not None:
-                    await _finish(conn, origin, current.events, key, head)
+                    await _finish(conn, origin, current.events, key, head, current.head)
             finally:
                 if taken is not None:
                     _SQLITE_HEAD.reset(taken)
