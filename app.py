@@ -25,7 +25,7 @@ from aiohttp import web
 
 from bot.auth.credentials import ClientCredentials, client_ssl_context
 from bot.config import ConfigError, Settings
-from bot.domain import db
+from bot.domain import change, db
 from bot.domain.naming import set_naming_rule
 from bot.scheduler import run_scheduler
 from bot.teams.cards import front_door_services
@@ -86,6 +86,7 @@ def configure_logging(level: int = logging.INFO) -> None:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     await db.open_database(settings.database_url, migrate=settings.migrate_on_start)
+    change.limit_writers(settings.max_concurrent_changes)
     try:
         yield
     finally:

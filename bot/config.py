@@ -173,6 +173,9 @@ class Settings:
     page_size: int = 25
     # Turns run at once; more wait their turn in arrival order (0: no limit). bot/teams/gate.py
     max_concurrent_turns: int = 8
+    # Changes inside a database transaction at once; more wait in the process (0: no limit).
+    # bot/domain/change.py
+    max_concurrent_changes: int = 2
     # Teams SSO: the Application ID URI an SSO token may be meant for, besides the app id
     # (webApplicationInfo.resource in the app package). Default api://FUSION_PUBLIC_HOST/APP_ID.
     sso_resource: str = ""
@@ -262,6 +265,7 @@ class Settings:
             migrate_on_start=_bool(env, "FUSION_MIGRATE_ON_START", True),
             page_size=_int(env, "FUSION_PAGE_SIZE", 25, minimum=1),
             max_concurrent_turns=_int(env, "FUSION_MAX_CONCURRENT_TURNS", 8, minimum=0),
+            max_concurrent_changes=_int(env, "FUSION_MAX_CONCURRENT_CHANGES", 2, minimum=0),
             sso_resource=sso_resource,
         )
         settings.check()

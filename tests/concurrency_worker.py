@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.domain import db, ledger  # noqa: E402
-from bot.domain.change import Origin  # noqa: E402
+from bot.domain.change import Origin, limit_writers  # noqa: E402
 from bot.domain.errors import DomainError  # noqa: E402
 
 
@@ -58,6 +58,7 @@ async def attempt(worker: str, index: int, step: dict[str, Any]) -> dict[str, An
 async def main(url: str, worker: str) -> None:
     plan = json.loads(sys.stdin.readline())
     await db.open_database(url, migrate=False)
+    limit_writers(0)  # every attempt of this process at the database at once: its locks decide
     try:
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)

@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 from bot.config import DEFAULT_NAMING_RULE
-from bot.domain import db
+from bot.domain import change, db
 from bot.domain.naming import set_naming_rule
 from tests import dbutil
 from tests.fakes.network_guard import install_loopback_guard
@@ -84,6 +84,17 @@ async def pg_database(postgres_url: str) -> AsyncIterator[str]:
         yield postgres_url
     finally:
         await db.close_database()
+
+
+@pytest.fixture
+def unqueued_changes() -> Iterator[None]:
+    """Every change of this process goes to the database at once (no queue in the process), so
+    that a race is decided by the database's locks alone."""
+    change.limit_writers(0)
+    try:
+        yield
+    finally:
+        change.limit_writers(change.WRITERS_AT_ONCE)
 
 
 @pytest.fixture

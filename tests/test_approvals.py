@@ -441,6 +441,7 @@ async def test_a_decided_request_is_not_decided_again() -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.usefixtures("unqueued_changes")
 async def test_twenty_simultaneous_approvals_allocate_once(pg_database: str) -> None:
     await seed()
     request = await request_allocation()
@@ -465,6 +466,7 @@ async def test_twenty_simultaneous_approvals_allocate_once(pg_database: str) -> 
 
 
 @pytest.mark.postgres
+@pytest.mark.usefixtures("unqueued_changes")
 async def test_approve_and_reject_racing_decide_once(pg_database: str) -> None:
     await seed()
     request = await request_allocation()

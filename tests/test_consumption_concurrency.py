@@ -38,7 +38,7 @@ from bot.domain.models import (
 )
 from tests.ledger_state import check_invariants, origin
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("unqueued_changes")]
 
 OPS = origin()
 POOL_SIZE = 40

@@ -26,6 +26,9 @@ from bot.domain.errors import Conflict
 from bot.domain.models import Allocation, AuditEvent, Product, ProductKind, SipTrunk, Subscription
 from tests.ledger_state import check_invariants, origin
 
+# Every attempt at the database at once (the workers do the same): its locks decide the races.
+pytestmark = pytest.mark.usefixtures("unqueued_changes")
+
 WORKER = Path(__file__).resolve().parent / "concurrency_worker.py"
 ROOT = WORKER.parent.parent
 OPS = origin()

@@ -8,8 +8,10 @@ is what the real change would do.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -223,6 +225,51 @@ async def _finish(
         raise
 
 
+# Changes of this process inside a transaction at once. Every change appends to the audit chain,
+# so they pass its head one at a time whatever this number; the others wait here instead of at
+# the database, where each release of a row lock wakes every one of its waiters (two bot
+# processes allocating one product on PostgreSQL: ×0.87 of one process with all their turns
+# waiting there, ×1.26 with this queue).
+WRITERS_AT_ONCE = 2
+_writers_at_once = WRITERS_AT_ONCE
+_WRITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+# Set inside a change: a change nested in it (an approval carrying out its change) has its place.
+_IN_CHANGE: ContextVar[bool] = ContextVar("in_change", default=False)
+
+
+def limit_writers(at_once: int) -> None:
+    """How many changes of this process may be inside a transaction at once (0: no limit).
+    The limit is for speed only: what keeps the ledger right is the database's locks."""
+    global _writers_at_once
+    if at_once < 0:
+        raise ValueError("at_once must be 0 (no limit) or more")
+    _writers_at_once = at_once
+    _WRITERS.clear()
+
+
+def writers_at_once() -> int:
+    return _writers_at_once
+
+
+@asynccontextmanager
+async def _writer_place() -> AsyncIterator[None]:
+    if _IN_CHANGE.get() or not _writers_at_once:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    writers = _WRITERS.get(loop)
+    if writers is None:
+        writers = _WRITERS[loop] = asyncio.Semaphore(_writers_at_once)
+    async with writers:
+        token = _IN_CHANGE.set(True)
+        try:
+            yield
+        finally:
+            _IN_CHANGE.reset(token)
+
+
 # SQLite: the chain's head as the outermost change read it with the write lock; a change nested
 # in it (an approval carrying out its change, in a savepoint) appends from it and moves it on.
 _SQLITE_HEAD: ContextVar[list[tuple[int, str]] | None] = ContextVar("sqlite_head", default=None)
@@ -255,7 +302,7 @@ async def change(origin: Origin, *, dry_run: bool = False) -> AsyncIterator[Chan
             _, seen = await db.connection().execute_query(db.sql(_KEY_SEEN), [key])
             if seen:
                 raise _Replayed()
-        async with db.transaction() as conn:
+        async with _writer_place(), db.transaction() as conn:
             head, taken = _SQLITE_HEAD.get(), None
             if head is None and db.dialect() == "sqlite":
                 head = [await _take_write_lock(conn)]
