@@ -119,7 +119,7 @@ async def allocated_total(conn: BaseDBAsyncClient, product_id: int) -> int:
 
 # `allocate` is the change made most, and the one every allocation of a product queues for:
 # its statements are written out. Through the ORM, building each cost more CPU than running it
-# (an allocation on SQLite, with the audit append: 3.0 → 1.6 ms), most of them under the
+# (an allocation on SQLite, with the audit append: 3.0 → 1.5–1.8 ms), most of them under the
 # product's lock.
 _SUBSCRIPTION_BY_CODE = "SELECT id, code FROM subscription WHERE UPPER(code) = UPPER(?)"
 _PRODUCT_BY_NAME = (
