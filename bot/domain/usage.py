@@ -191,10 +191,11 @@ async def usage_report(
                 values += [s.value for s in HELD_STATES]
             elif kind is ProductKind.TEAMS_SEATS:
                 values += [NumberState.ASSIGNED.value, AccountKind.USER.value]
-            elif kind is ProductKind.LICENSE:
-                only = "" if product_name is None else "WHERE l.product_id = ?"
-                branch = branch.format(license_filter=only)
-                values += [] if product_name is None else list(products)
+            elif kind is ProductKind.LICENSE and product_name is None:
+                branch = branch.format(license_filter="")
+            elif kind is ProductKind.LICENSE:  # one product: its assignments only
+                branch = branch.format(license_filter="WHERE l.product_id = ?")
+                values += list(products)
             branches.append(branch)
         _, counted = await conn.execute_query(db.sql(" UNION ALL ".join(branches)), values)
         for k, sub, country, number_type, product_id, n in counted:
