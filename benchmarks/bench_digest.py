@@ -209,7 +209,7 @@ async def populate(subscriptions: int) -> None:
             for i in range(50)
         ]
     )
-    if db.dialect() == "postgres":
+    if db.dialect() is db.POSTGRES:
         # Planner statistics, as autovacuum keeps them in a live database; right after a bulk
         # load they are empty and PostgreSQL picks nested loops (seconds instead of ms).
         await db.connection().execute_script("ANALYZE")

@@ -38,7 +38,7 @@ async def seed() -> None:
 async def raw_sql(sql: str, *params: Any) -> None:
     """Write behind the application's back, as someone with database access could.
     `sql` is in PostgreSQL's notation ($1, ::jsonb) and rewritten for SQLite."""
-    if db.dialect() == "sqlite":
+    if db.dialect() is db.SQLITE:
         sql = re.sub(r"\$\d+", "?", sql.replace("::jsonb", ""))
     await db.connection().execute_query(sql, list(params))
 

@@ -126,7 +126,7 @@ async def approval_in(status: str) -> Approval:
         done = approval_reply(await approvals.current(rid))
     else:  # failed: the pool shrank before the approver got to it
         product = await ledger.find_product("TEAMS-SEATS")
-        taken = await ledger.allocated_total(db.connection(), product.id)
+        taken, _ = await ledger.allocation_totals(db.connection(), product.id)
         await ledger.set_capacity(origin(), "TEAMS-SEATS", taken)
         done = await say(f"approve {rid}", "bob")
         await ledger.set_capacity(origin(), "TEAMS-SEATS", 5000)
