@@ -24,11 +24,12 @@ import aiohttp
 from aiohttp import web
 
 from bot.auth.credentials import ClientCredentials, client_ssl_context
+from bot.commands.registry import Services
 from bot.config import ConfigError, Settings
 from bot.domain import change, db
 from bot.domain.naming import set_naming_rule
 from bot.scheduler import run_scheduler
-from bot.teams.cards import front_door_services
+from bot.teams.approvals_channel import ApprovalsChannel
 from bot.teams.connector import TrustedServiceUrls
 from bot.teams.edge import CORRELATION_ID, Edge, build_edge
 from bot.teams.proactive import ProactiveSender
@@ -114,15 +115,17 @@ async def _http(app: web.Application) -> AsyncIterator[None]:
 async def _edge(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     credentials = None if settings.dev_mode else ClientCredentials(settings)
-    # Approvals: the gate the ledger commands consult, and copies to the approvals channel.
-    sender = ProactiveSender(
-        app[HTTP],
-        token=credentials.connector_token if credentials else None,
-        is_trusted=TrustedServiceUrls(
-            settings.trusted_service_urls, allow_loopback=settings.dev_mode
-        ).trusts,
-    )
-    services = front_door_services(settings, sender)
+    services = Services()
+    if settings.approvals_channel:
+        # Copies of new approval requests go to the approvals channel.
+        sender = ProactiveSender(
+            app[HTTP],
+            token=credentials.connector_token if credentials else None,
+            is_trusted=TrustedServiceUrls(
+                settings.trusted_service_urls, allow_loopback=settings.dev_mode
+            ).trusts,
+        )
+        services = Services(approvals_channel=ApprovalsChannel(settings.approvals_channel, sender))
     app[EDGE] = build_edge(settings, app[HTTP], credentials, services)
     try:
         yield

@@ -16,7 +16,6 @@ from typing import Any
 
 from bot.auth.actor import Actor
 from bot.auth.policy import OperatorPolicy
-from bot.commands.approvals import ApprovalGate
 from bot.commands.dispatch import run_words
 from bot.commands.registry import Context
 from bot.commands.reply import Approval, Changed, Error, Form, Message, Progress, Reply, Table
@@ -132,12 +131,7 @@ async def main(argv: list[str]) -> int:
         )
         return 3
     try:
-        ctx = Context(
-            actor=actor,
-            settings=settings,
-            policy=OperatorPolicy(),
-            services={"approvals": ApprovalGate()},
-        )
+        ctx = Context(actor=actor, settings=settings, policy=OperatorPolicy())
         # The shell already split the words: they go to the same grammar as typed text.
         reply = await run_words(words, ctx)
     finally:

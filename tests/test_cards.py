@@ -26,7 +26,7 @@ import pytest_asyncio
 from bot.auth.actor import Actor
 from bot.auth.policy import DevPolicy
 from bot.commands import reply as replies
-from bot.commands.approvals import ApprovalGate, approval_reply
+from bot.commands.approvals import approval_reply
 from bot.commands.dispatch import run_text
 from bot.commands.registry import Context
 from bot.commands.reply import (
@@ -45,7 +45,7 @@ from bot.domain import approvals, db, ledger
 from bot.domain.models import ApprovalRequest, NumberType, ProductKind
 from bot.domain.naming import set_naming_rule
 from bot.teams import render as r
-from bot.teams.cards import run_action
+from bot.teams.card_actions import run_action
 from tests import cardcheck, dbutil
 from tests.ledger_state import origin
 
@@ -62,9 +62,7 @@ def context(who: str = "ada") -> Context:
         correlation_id=f"c-{next(_ids)}",
         conversation_id="conv",
     )
-    return Context(
-        actor=actor, settings=SETTINGS, policy=POLICY, services={"approvals": ApprovalGate()}
-    )
+    return Context(actor=actor, settings=SETTINGS, policy=POLICY)
 
 
 async def say(text: str, who: str = "ada") -> Reply:

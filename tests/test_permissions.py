@@ -22,7 +22,7 @@ import pytest
 from bot.auth.membership import NOT_APPROVER, OTHER_TENANT, GraphPolicy
 from bot.auth.policy import NOT_ADMIN
 from bot.commands.dispatch import run_text
-from bot.commands.registry import REGISTRY, Access, CommandSpec, Context
+from bot.commands.registry import REGISTRY, Access, CommandSpec, Context, Services
 from bot.commands.reply import Error, Reply
 from bot.domain import ledger
 from bot.domain.change import Origin
@@ -183,7 +183,7 @@ async def context_for(
                     actor=actor(role.who, tenant),
                     settings=settings,
                     policy=GraphPolicy(settings, client),
-                    services={"graph": client},
+                    services=Services(graph=client),
                 ),
                 graph,
             )

@@ -2,8 +2,8 @@
 
 A typed message has the bot's @mention stripped and runs through the one command dispatcher;
 a card button (Action.Execute invoke, or the Action.Submit fallback that arrives as a message
-with a `value`) goes to `bot.teams.cards`. The caller is built from the authenticated activity
-(Entra object id, name, tenant, conversation), never from card data. Turns keep the stored
+with a `value`) goes to `bot.teams.card_actions`. The caller is built from the authenticated
+activity (Entra object id, name, tenant, conversation), never from card data. Turns keep the stored
 conversation reference that proactive posts (digests, approvals) use up to date: a turn whose
 conversation, sender and service URL look as they did on a turn of the last minute skips the
 database (most turns do); anything new, and every conversation at least once a minute, is
@@ -32,11 +32,12 @@ from bot.auth.actor import Actor
 from bot.auth.policy import Policy
 from bot.auth.sso import SsoRejected, TeamsSso
 from bot.commands.dispatch import run_text
-from bot.commands.registry import Context
+from bot.commands.registry import Context, Services
 from bot.commands.reply import Reply
 from bot.config import Settings
 from bot.domain import conversations
-from bot.teams.cards import after_reply, card_activity, handle_card_action, same_answer
+from bot.teams.approval_cards import after_reply, card_activity
+from bot.teams.card_actions import handle_card_action, same_answer
 from bot.teams.render import render
 
 log = logging.getLogger("bot.teams.bot")
@@ -129,7 +130,7 @@ class FusionBot(ActivityHandler):
         self,
         settings: Settings,
         policy: Policy,
-        services: dict[str, Any],
+        services: Services,
         sso: TeamsSso | None = None,
     ) -> None:
         self._settings = settings
@@ -139,9 +140,13 @@ class FusionBot(ActivityHandler):
         # conversation id -> (what its stored reference was made from, when it was stored)
         self._stored: dict[str, tuple[tuple[Any, ...], float]] = {}
 
-    def _context(self, actor: Actor, **turn_services: Any) -> Context:
-        services = {**self._services, **turn_services} if turn_services else self._services
-        return Context(actor=actor, settings=self._settings, policy=self._policy, services=services)
+    def _context(self, actor: Actor, services: Services | None = None) -> Context:
+        return Context(
+            actor=actor,
+            settings=self._settings,
+            policy=self._policy,
+            services=services or self._services,
+        )
 
     def _actor(self, activity: Activity, source: str) -> Actor:
         """The caller, with the groups their last valid Teams SSO token listed (if remembered)."""
@@ -166,7 +171,8 @@ class FusionBot(ActivityHandler):
             return
         actor = self._actor(activity, "chat")
         card = CardInPlace(turn_context)
-        reply = await run_text(text, self._context(actor, progress=card.show_progress))
+        services = replace(self._services, progress=card.show_progress)
+        reply = await run_text(text, self._context(actor, services))
         reply = await same_answer(reply)  # a redelivered activity: what the first one did
         await after_reply(turn_context, reply, await card.show(reply))
 

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from http import HTTPStatus
 from types import SimpleNamespace
@@ -60,6 +60,7 @@ from bot.auth.graph import GraphClient
 from bot.auth.membership import GraphPolicy
 from bot.auth.policy import DevPolicy, Policy
 from bot.auth.sso import TeamsSso
+from bot.commands.registry import Services
 from bot.config import Settings
 from bot.teams.bot import FusionBot
 from bot.teams.connector import ConnectorPool, TrustedServiceUrls, UntrustedServiceUrl
@@ -269,7 +270,7 @@ class Edge:
     # `credentials.connector_token` with `connectors.trusted.trusts`.
     credentials: ClientCredentials | None = None
     signing_keys: SigningKeys | None = None
-    services: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=Services)
     gate: TurnGate = field(default_factory=lambda: TurnGate(0))
 
     async def receive(self, request: web.Request) -> web.StreamResponse:
@@ -370,7 +371,7 @@ def build_edge(
     settings: Settings,
     session: aiohttp.ClientSession,
     credentials: ClientCredentials | None,
-    services: dict[str, Any] | None = None,
+    services: Services | None = None,
 ) -> Edge:
     """Adapter, authentication, connectors and bot, made once for the app's lifetime."""
     trusted = TrustedServiceUrls(settings.trusted_service_urls, allow_loopback=settings.dev_mode)
@@ -385,9 +386,9 @@ def build_edge(
     adapter = CloudAdapter(ChannelAuthentication(settings, connectors, keys))
     adapter.on_turn_error = _on_turn_error
     graph = GraphClient(session, settings, credentials.graph_token) if credentials else None
-    front_door = dict(services or {})
+    front_door = services or Services()
     if graph is not None:
-        front_door["graph"] = graph
+        front_door = replace(front_door, graph=graph)
     sso = None if settings.dev_mode else TeamsSso(settings, session)
     bot = FusionBot(settings, build_policy(settings, graph), front_door, sso)
     gate = TurnGate(settings.max_concurrent_turns)
