@@ -87,7 +87,6 @@ def configure_logging(level: int = logging.INFO) -> None:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     await db.open_database(settings.database_url, migrate=settings.migrate_on_start)
-    change.limit_writers(settings.max_concurrent_changes)
     try:
         yield
     finally:
@@ -176,9 +175,18 @@ async def _scheduler(app: web.Application) -> None:
     )
 
 
+def apply_settings(settings: Settings) -> None:
+    """The settings that hold for the whole process: the naming convention and how many changes
+    may be in a transaction at once."""
+    set_naming_rule(settings.naming_rule)
+    change.limit_writers(settings.max_concurrent_changes)
+
+
 def create_app(settings: Settings, *, schedule: bool = False) -> web.Application:
-    """The bot's web app. `schedule` runs the scheduler beside it (`python app.py` does; an app
+    """The bot's web app, with every setting applied (an app built in a test behaves like the
+    running bot). `schedule` runs the scheduler beside it (`python app.py` does; an app
     embedded in a test runs no background work unless it asks)."""
+    apply_settings(settings)
     app = web.Application()
     app[SETTINGS] = settings
     background: list[BackgroundTask] = [_scheduler] if schedule else []
@@ -196,7 +204,6 @@ def main() -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    set_naming_rule(settings.naming_rule)
     log.info(
         "starting",
         extra={"host": settings.host, "port": settings.port, "dev_mode": settings.dev_mode},

@@ -40,6 +40,37 @@ async def test_app_applies_migrations_at_start(tmp_path: Path) -> None:
         assert await Product.all().count() == 0  # the schema is there
 
 
+async def test_the_app_applies_every_setting_of_the_process(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """create_app, not only `python app.py`, installs the naming rule and the change limit."""
+    from bot.domain.change import limit_writers, writers_at_once
+    from bot.domain.naming import set_naming_rule
+    from tests.teams_env import dev_settings, texts, the_card, trust_fakes
+
+    trust_fakes(monkeypatch)
+    with FakeBotConnector(None) as connector:
+        settings = dev_settings(
+            empty_db_url, connector, naming_rule="[a-z]+(?:_[a-z]+)*", max_concurrent_changes=1
+        )
+        set_naming_rule(Settings().naming_rule)
+        limit_writers(Settings().max_concurrent_changes)
+        async with running_bot(settings) as bot:
+            assert writers_at_once() == 1
+            for name in ("TEAMS-SEATS", "teams_seats"):
+                before = len(connector.activities)
+                text = f"product add {name} --kind teams-seats --capacity 5"
+                assert (await bot.post(message(text, connector.service_url))).status == 201
+                [reply] = (await connector.wait_for_async(before + 1))[before:]
+                assert any("[a-z]+(?:_[a-z]+)*" in t for t in texts(the_card(reply))) == (
+                    name == "TEAMS-SEATS"
+                )
+            assert await Product.filter(name="teams_seats").exists()
+            assert not await Product.filter(name="TEAMS-SEATS").exists()
+    set_naming_rule(Settings().naming_rule)
+    limit_writers(Settings().max_concurrent_changes)
+
+
 class TcpRelay:
     """A TCP relay on 127.0.0.1 (own thread) that can be cut and restored: a network outage
     between the bot and its database."""
