@@ -222,16 +222,15 @@ def main() -> int:
 
 async def _freeze_startup_objects(app: web.Application) -> None:
     """What start-up made (modules, settings, the edge) lives as long as the process: moved out
-    of the collector's reach, so that its full passes no longer walk it. Measured under load:
-    full collections went from every few seconds, each stalling every turn in flight for
-    40–100 ms, to rare and short."""
+    of the collector's reach, so that its full passes no longer walk it: under load they ran
+    every few seconds and stalled every turn in flight (docs/benchmarks.md)."""
     gc.collect()
     gc.freeze()
 
 
 def _event_loop() -> asyncio.AbstractEventLoop | None:
-    """uvloop's event loop when it is installed (the same asyncio, less CPU per turn: about 8 %
-    more turns per second in benchmarks/load.py), else asyncio's own."""
+    """uvloop's event loop when it is installed (the same asyncio, less CPU per turn:
+    docs/benchmarks.md), else asyncio's own."""
     try:
         import uvloop
     except ImportError:

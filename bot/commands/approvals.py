@@ -67,6 +67,7 @@ async def answer_change(ctx: Context, result: Outcome | approvals.Held) -> Reply
     if not isinstance(result, approvals.Held):
         return changed(result)
     if result.request is None:
+        assert result.preview is not None  # a dry run
         preview = changed(result.preview)
         preview.text = (
             f"{preview.text} This is more than {result.threshold:,} units, so the real change "

@@ -255,7 +255,3 @@ def _match_slots(
             i = _match_slots(slot.items, toks, i, parsed, command, required=False)
     return i
 
-
-def split_list(value: str) -> list[str]:
-    """`a,b , c` → [a, b, c] for UPN[,UPN...] arguments."""
-    return [part.strip() for part in value.split(",") if part.strip()]

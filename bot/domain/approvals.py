@@ -140,12 +140,12 @@ class ApprovalRule:
 
 @dataclass(frozen=True)
 class Held:
-    """A change above the threshold: what approving it would do, and the request that now waits
-    for an approver (None for a dry run, which asks nothing of anyone)."""
+    """A change above the threshold: the request that now waits for an approver, or for a dry
+    run (which asks nothing of anyone) what approving it would do."""
 
-    preview: Outcome
-    request: ApprovalRequest | None
     threshold: int
+    request: ApprovalRequest | None = None
+    preview: Outcome | None = None
 
 
 async def allocate(
@@ -197,9 +197,11 @@ async def _hold(
     conversation_id: str | None,
 ) -> Held:
     if dry_run:
-        return Held(await CARRY_OUT[action](origin, payload, True), None, rule.threshold)
-    request, preview = await _request(origin, action, payload, rule.ttl_hours, conversation_id)
-    return Held(preview, request, rule.threshold)
+        return Held(rule.threshold, preview=await CARRY_OUT[action](origin, payload, True))
+    request = await request_change(
+        origin, action, payload, ttl_hours=rule.ttl_hours, conversation_id=conversation_id
+    )
+    return Held(rule.threshold, request=request)
 
 
 async def request_change(
@@ -212,17 +214,6 @@ async def request_change(
 ) -> ApprovalRequest:
     """Hold a change for approval, whatever its size. Refused at once if it could not be
     carried out now."""
-    request, _ = await _request(origin, action, payload, ttl_hours, conversation_id)
-    return request
-
-
-async def _request(
-    origin: Origin,
-    action: str,
-    payload: dict[str, Any],
-    ttl_hours: int,
-    conversation_id: str | None,
-) -> tuple[ApprovalRequest, Outcome]:
     carry_out = CARRY_OUT.get(action)
     if carry_out is None:
         raise InvalidInput(f"{action} changes do not go through approvals.")
@@ -266,7 +257,7 @@ async def _request(
                 "expires_at": request.expires_at.isoformat(),
             },
         )
-    return request, preview
+    return request
 
 
 def _summary(action: str, payload: dict[str, Any], preview: Outcome) -> str:

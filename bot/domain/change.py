@@ -231,9 +231,8 @@ async def _finish(
 
 # Changes of this process inside a transaction at once. Every change appends to the audit chain,
 # so they pass its head one at a time whatever this number; the others wait here instead of at
-# the database, where each release of a row lock wakes every one of its waiters (two bot
-# processes allocating one product on PostgreSQL: ×0.87 of one process with all their turns
-# waiting there, ×1.22–1.35 with this queue).
+# the database, where each release of a row lock wakes every one of its waiters (measured with
+# two bot processes allocating one product: docs/benchmarks.md).
 WRITERS_AT_ONCE = 2
 _writers_at_once = WRITERS_AT_ONCE
 _WRITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (

@@ -45,8 +45,8 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
         url = f"{url}{sep}journal_mode=WAL&busy_timeout=10000"
     if name == "postgres" and "maxsize=" not in url:
         # Tortoise's pool holds 5 connections by default: with several turns at once each
-        # report query queued for one (usage on PostgreSQL at 32 conversations: p99 355 → 285
-        # ms with 20). Two bot processes with 20 each stay well under max_connections (100).
+        # report query queued for one (docs/benchmarks.md). Two bot processes with 20 each stay
+        # well under max_connections (100).
         sep = "&" if "?" in url else "?"
         url = f"{url}{sep}maxsize={POSTGRES_POOL_SIZE}"
     return {

@@ -72,7 +72,7 @@ FORECAST_MIN_POINTS = 3
 # list is counted, not shown).
 LIST_LIMIT = 10
 # Delivery states of a DigestDelivery row.
-PENDING, SENT, FAILED, REMOVED, SKIPPED = "pending", "sent", "failed", "removed", "skipped"
+PENDING, SENT, FAILED, REMOVED = "pending", "sent", "failed", "removed"
 
 _TIME = re.compile(r"([01]?\d|2[0-3])[:.h]([0-5]\d)")
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,\-?LW#]+")
