@@ -23,7 +23,7 @@ from app import BACKGROUND_TASKS, create_app
 from bot.config import Settings
 from bot.domain.models import Product
 from tests.fakes import FakeBotConnector
-from tests.teams_env import message, running_bot
+from tests.support.teams_env import message, running_bot
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,7 @@ async def test_the_app_applies_every_setting_of_the_process(
     """create_app, not only `python app.py`, installs the naming rule and the change limit."""
     from bot.domain.change import limit_writers, writers_at_once
     from bot.domain.naming import set_naming_rule
-    from tests.teams_env import dev_settings, texts, the_card, trust_fakes
+    from tests.support.teams_env import dev_settings, texts, the_card, trust_fakes
 
     trust_fakes(monkeypatch)
     with FakeBotConnector(None) as connector:

@@ -26,7 +26,14 @@ from bot.domain import db
 from bot.domain.models import Allocation, ApprovalRequest, ApprovalStatus, Product
 from bot.teams.render import VERB_FORM_SUBMIT
 from tests.fakes import FakeBotConnector
-from tests.teams_env import dev_settings, message, running_bot, seed_ledger, texts, trust_fakes
+from tests.support.teams_env import (
+    dev_settings,
+    message,
+    running_bot,
+    seed_ledger,
+    texts,
+    trust_fakes,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 THRESHOLD = 5

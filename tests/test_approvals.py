@@ -39,8 +39,8 @@ from bot.domain.models import (
 from bot.teams import render as r
 from bot.teams.approval_cards import after_reply
 from bot.teams.card_actions import handle_card_action
-from tests.ledger_state import check_invariants, origin, snapshot
-from tests.teams_env import trust_fakes
+from tests.support.ledger_state import check_invariants, origin, snapshot
+from tests.support.teams_env import trust_fakes
 
 SETTINGS = Settings(approval_threshold=100, approval_ttl_hours=72)
 POLICY = DevPolicy(("ada", "bob", "carol"))  # admins and approvers; "mallory" is neither
@@ -498,8 +498,8 @@ async def test_request_in_chat_decided_in_the_approvals_channel_through_the_app(
     """Alice asks in her chat; the request card is also posted to the approvals channel; Bob
     approves there; Alice's card is updated in place; the change is made once."""
     from tests.fakes import FakeBotConnector
-    from tests.teams_env import ADMIN_OID, dev_settings, message, running_bot, seed_ledger
-    from tests.teams_env import texts as card_texts
+    from tests.support.teams_env import ADMIN_OID, dev_settings, message, running_bot, seed_ledger
+    from tests.support.teams_env import texts as card_texts
 
     trust_fakes(monkeypatch)
     bob = "b0b00000-0000-4000-8000-000000000001"

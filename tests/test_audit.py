@@ -14,7 +14,7 @@ from bot.commands.dispatch import run_text
 from bot.commands.reply import Changed, Error, Message, Reply, Table
 from bot.domain import db
 from bot.domain.models import AuditEvent
-from tests.ledger_state import context, dev_context, snapshot
+from tests.support.ledger_state import context, dev_context, snapshot
 
 pytestmark = pytest.mark.usefixtures("database")
 

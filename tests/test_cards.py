@@ -46,8 +46,9 @@ from bot.domain.models import ApprovalRequest, NumberType, ProductKind
 from bot.domain.naming import set_naming_rule
 from bot.teams import render as r
 from bot.teams.card_actions import run_action
-from tests import cardcheck, dbutil
-from tests.ledger_state import origin
+from tests import cardcheck
+from tests.support import dbutil
+from tests.support.ledger_state import origin
 
 SETTINGS = Settings(approval_threshold=100)
 POLICY = DevPolicy(("ada", "bob"))

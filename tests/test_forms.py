@@ -26,7 +26,7 @@ from bot.domain import ledger
 from bot.domain.models import Allocation, ApprovalRequest, AuditEvent, ProductKind
 from bot.teams import render as r
 from bot.teams.card_actions import handle_card_action
-from tests.ledger_state import origin, snapshot
+from tests.support.ledger_state import origin, snapshot
 
 pytestmark = pytest.mark.usefixtures("database")
 

@@ -22,7 +22,7 @@ from bot.domain.directory_sync import DirectoryMember, sync_accounts
 from bot.domain.models import Account, AccountKind, AuditEvent, ProductKind
 from bot.domain.usage import usage_report
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.graph_env import (
+from tests.support.graph_env import (
     GRAPH_ROLE,
     ScriptedGraph,
     actor,

@@ -25,8 +25,8 @@ from tests.fakes import (
     FakeIdentityProvider,
 )
 from tests.fakes.identity import CHANNEL_METADATA_PATH
-from tests.ledger_state import snapshot
-from tests.teams_env import (
+from tests.support.ledger_state import snapshot
+from tests.support.teams_env import (
     APP_ID,
     HeldProxy,
     Posted,

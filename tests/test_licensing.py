@@ -33,8 +33,8 @@ from bot.domain.models import (
     Subscription,
 )
 from bot.domain.usage import usage_report
-from tests import ledger_state
-from tests.ledger_state import check_invariants, context, origin, snapshot
+from tests.support import ledger_state
+from tests.support.ledger_state import check_invariants, context, origin, snapshot
 
 pytestmark = pytest.mark.usefixtures("database")
 

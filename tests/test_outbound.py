@@ -22,8 +22,8 @@ from app import EDGE
 from bot.teams.connector import UntrustedServiceUrl
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider
 from tests.fakes._server import INFO
-from tests.ledger_state import snapshot
-from tests.teams_env import (
+from tests.support.ledger_state import snapshot
+from tests.support.teams_env import (
     APP_ID,
     BOT_ID,
     HeldProxy,

@@ -28,7 +28,7 @@ from bot.domain import ledger
 from bot.domain.change import Origin
 from bot.domain.models import AuditEvent, ProductKind
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.graph_env import (
+from tests.support.graph_env import (
     APPROVER_GROUP,
     GRAPH_ROLE,
     actor,
@@ -39,7 +39,7 @@ from tests.graph_env import (
     populate,
     trust_fakes,
 )
-from tests.graph_env import OTHER_TENANT as OTHER_TENANT_ID
+from tests.support.graph_env import OTHER_TENANT as OTHER_TENANT_ID
 
 GATE_TITLES = {"Not allowed", "Not available here"}
 SYNC_GROUP = oid("group:acme-voice-users")
