@@ -280,6 +280,12 @@ class _Lost(Exception):
     """Someone else decided the request between our read and our conditional update."""
 
 
+def is_requester(request: ApprovalRequest, actor_id: str) -> bool:
+    """Whether `actor_id` asked for `request`. Entra object ids are GUIDs and CLI operators'
+    UPNs are case-insensitive, so case does not tell two people apart."""
+    return actor_id.strip().lower() == (request.requester_id or "").strip().lower()
+
+
 async def decide(
     origin: Origin,
     request_id: str,
@@ -297,7 +303,7 @@ async def decide(
     request = await current(request_id, now)
     if request.status is not ApprovalStatus.PENDING:
         raise _already(request)
-    if origin.actor_id == request.requester_id:
+    if is_requester(request, origin.actor_id):
         raise Forbidden(
             "You asked for this change, so you cannot decide it: another approver must."
         )

@@ -74,7 +74,7 @@ LIST_LIMIT = 10
 # Delivery states of a DigestDelivery row.
 PENDING, SENT, FAILED, REMOVED, SKIPPED = "pending", "sent", "failed", "removed", "skipped"
 
-_TIME = re.compile(r"([01]?\d|2[0-3])[:.h]([0-5]\d)")
+_TIME = re.compile(r"([01]?[0-9]|2[0-3])[:.h]([0-5][0-9])")
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,\-?LW#]+")
 # Far enough either side of a moment to cover any DST shift when iterating wall-clock slots.
 _MARGIN = timedelta(hours=3)

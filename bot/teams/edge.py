@@ -23,6 +23,7 @@ to listen anywhere but loopback in that mode.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from contextvars import ContextVar
@@ -181,9 +182,14 @@ class ChannelAuthentication(BotFrameworkAuthentication):
             if scheme != "Bearer" or not token:
                 raise PermissionError("no bearer token")
             # Only channel tokens: emulator and skill tokens (other issuers) are not accepted.
-            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            unverified = jwt.decode(token, options={"verify_signature": False})
+            issuer = unverified.get("iss")
             if issuer != self._settings.channel_issuer:
                 raise _NotAChannelToken(f"issuer {issuer!r}")
+            # PyJWT checks `exp` only when it is present: a token without one would never expire.
+            exp = unverified.get("exp")
+            if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+                raise PermissionError("the token has no expiry (exp)")
             # Without these botbuilder skips the serviceurl and endorsement checks.
             if not activity.service_url or not activity.channel_id:
                 raise PermissionError("activity without serviceUrl or channelId")
@@ -278,20 +284,17 @@ class Edge:
         Authentication failures answer 401; an untrusted serviceUrl 403 (before anything runs);
         a body that is not an activity 400 / 415.
         """
-        if not self.settings.dev_mode and not request.headers.get("Authorization", "").startswith(
-            "Bearer "
-        ):
+        authorization = request.headers.getall("Authorization", [])
+        if len(authorization) > 1:
+            # Which one counts would depend on who reads the headers; neither does.
+            log.warning("inbound request refused: %d Authorization headers", len(authorization))
+            raise web.HTTPUnauthorized()
+        if not self.settings.dev_mode and not (authorization or [""])[0].startswith("Bearer "):
             log.warning("inbound request refused: no bearer token")
             raise web.HTTPUnauthorized()
         if "application/json" not in request.headers.get("Content-Type", ""):
             raise web.HTTPUnsupportedMediaType()
-        try:
-            body = await request.json()
-            activity = Activity().deserialize(body) if isinstance(body, dict) else None
-        except (ValueError, DeserializationError):
-            activity = None
-        if activity is None or not activity.type:
-            raise web.HTTPBadRequest(text="the body is not a Bot Framework activity")
+        activity = await read_activity(request)
         correlation = CORRELATION_ID.set(str(activity.id)[:200] if activity.id else None)
         try:
             async with self.gate.place():
@@ -324,6 +327,37 @@ class Edge:
                 body = serializer_helper(body)
             return web.json_response(body, status=invoke_response.status, dumps=dumps)
         return web.Response(status=HTTPStatus.CREATED)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body, or a 400 for any body that cannot be read as JSON.
+
+    Beside malformed text this catches what the parser cannot take: nesting deep enough to
+    exhaust the recursion limit (`RecursionError`, not a `ValueError`), bytes that are not
+    UTF-8, and a body over the app's size limit (413 stays 413).
+    """
+    try:
+        raw = await request.read()
+        return json.loads(raw)
+    except web.HTTPException:
+        raise
+    except (ValueError, RecursionError, MemoryError):
+        raise web.HTTPBadRequest(text="the body is not JSON this bot can read") from None
+
+
+async def read_activity(request: web.Request) -> Activity:
+    """The body as a Bot Framework activity, or a 400: nothing else runs for it."""
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        # msrest would make a string of any `type` (a list, a number) rather than refuse it.
+        raise web.HTTPBadRequest(text="the body is not a Bot Framework activity")
+    try:
+        activity = Activity().deserialize(body)
+    except (ValueError, TypeError, AttributeError, RecursionError, DeserializationError):
+        activity = None
+    if activity is None or not isinstance(activity.type, str) or not activity.type:
+        raise web.HTTPBadRequest(text="the body is not a Bot Framework activity")
+    return activity
 
 
 async def _on_turn_error(turn_context: TurnContext, error: Exception) -> None:
