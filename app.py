@@ -29,9 +29,7 @@ from bot.domain import change, db
 from bot.domain.naming import set_naming_rule
 from bot.scheduler import run_scheduler
 from bot.teams.cards import front_door_services
-from bot.teams.connector import TrustedServiceUrls
-from bot.teams.edge import CORRELATION_ID, Edge, build_edge
-from bot.teams.proactive import ProactiveSender
+from bot.teams.edge import CORRELATION_ID, Edge, build_edge, build_sender
 
 log = logging.getLogger("bot.app")
 
@@ -114,16 +112,12 @@ async def _http(app: web.Application) -> AsyncIterator[None]:
 async def _edge(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     credentials = None if settings.dev_mode else ClientCredentials(settings)
-    # Approvals: the gate the ledger commands consult, and copies to the approvals channel.
-    sender = ProactiveSender(
-        app[HTTP],
-        token=credentials.connector_token if credentials else None,
-        is_trusted=TrustedServiceUrls(
-            settings.trusted_service_urls, allow_loopback=settings.dev_mode
-        ).trusts,
-    )
+    # One Bot Connector sender for the process (replies, approvals channel, scheduler), so
+    # one rate limiter sees every send. Approvals: the gate the ledger commands consult, and
+    # copies to the approvals channel.
+    sender = build_sender(settings, app[HTTP], credentials)
     services = front_door_services(settings, sender)
-    app[EDGE] = build_edge(settings, app[HTTP], credentials, services)
+    app[EDGE] = build_edge(settings, app[HTTP], credentials, services, sender)
     try:
         yield
     finally:
@@ -164,13 +158,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def _scheduler(app: web.Application) -> None:
     """Digests, usage snapshots, approval expiry and quarantine release (one leader at a time)."""
-    edge = app[EDGE]
-    await run_scheduler(
-        app[SETTINGS],
-        app[HTTP],
-        edge.credentials.connector_token if edge.credentials else None,
-        edge.connectors.trusted.trusts,
-    )
+    await run_scheduler(app[SETTINGS], app[EDGE].sender)
 
 
 def create_app(settings: Settings, *, schedule: bool = False) -> web.Application:

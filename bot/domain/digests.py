@@ -46,6 +46,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
+from tortoise.expressions import Q
 from tortoise.functions import Count
 
 from bot.domain.change import Origin, change
@@ -356,6 +357,166 @@ async def last_sent_to(conversation_id: str) -> datetime | None:
         .first()
     )
     return row.slot if row else None
+
+
+# ----- deliveries: one claim per digest slot --------------------------------------------
+#
+# Each digest slot is sent **once**: before posting, an instance claims the slot by inserting
+# its `digest_delivery` row (unique on digest + slot); whoever fails that insert does not post.
+# So even two leaders at once (a paused process whose lease ran out) cannot post a slot twice.
+# A claim left pending by an instance that died mid-send is taken over once it is older than
+# `STALE_CLAIM` (longer than a send may take: the sender gives up within minutes); that is the
+# one case where a digest may be posted twice — it was posted but the crash came before the row
+# said so.
+#
+# A slot missed while no instance was running is posted once when one starts, if it is still
+# recent: within half the schedule's period and at most `MAX_CATCH_UP`; older slots are skipped
+# (never a burst of stale digests). A slot earlier than the subscription itself is never sent.
+# Conversations where the bot was removed are skipped.
+
+MAX_CATCH_UP = timedelta(hours=12)
+STALE_CLAIM = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A digest slot this instance holds the claim to: post it, then `record_delivery`."""
+
+    subscription: DigestSubscription
+    slot: datetime
+    since: datetime  # the digest reports changes since this moment (its last posted slot)
+
+    @property
+    def digest_id(self) -> int:
+        return self.subscription.id
+
+
+@dataclass
+class DueSlots:
+    claims: list[Claim]
+    # The earliest slot after now of any active digest (when the next claim may be due).
+    next_slot: datetime | None
+
+
+def _due_slot(
+    sub: DigestSubscription, now: datetime, cache: dict[Any, Any]
+) -> tuple[datetime | None, datetime]:
+    """The slot of `sub` due at `now` (None if none is), and its next slot after `now`."""
+    key = (sub.cron, sub.timezone)
+    if key not in cache:
+        schedule = schedule_of(sub)
+        slot = schedule.latest_at_or_before(now)
+        window = MAX_CATCH_UP
+        if slot is not None:
+            before = schedule.latest_at_or_before(slot - timedelta(microseconds=1))
+            if before is not None:
+                window = min(window, (slot - before) / 2)
+        cache[key] = (slot, window, schedule.next_after(now))
+    slot, window, nxt = cache[key]
+    if slot is None or slot < now - window or slot < sub.created_at:
+        return None, nxt
+    return slot, nxt
+
+
+async def claim_due(holder: str, now: datetime) -> DueSlots:
+    """Claim every due slot of an active digest that nobody has claimed (one unique row each);
+    return the claims `holder` now holds, with what each digest reports changes since."""
+    subs = await DigestSubscription.filter(active=True, conversation__active=True).select_related(
+        "conversation"
+    )
+    cache: dict[Any, Any] = {}
+    due: list[tuple[DigestSubscription, datetime]] = []
+    next_slot: datetime | None = None
+    for sub in subs:
+        slot, nxt = _due_slot(sub, now, cache)
+        next_slot = nxt if next_slot is None or nxt < next_slot else next_slot
+        if slot is not None:
+            due.append((sub, slot))
+    if not due:
+        return DueSlots([], next_slot)
+    mine = await _claim(holder, due, now)
+    since = await _since(mine)
+    return DueSlots([Claim(sub, slot, since[sub.id]) for sub, slot in mine], next_slot)
+
+
+async def _claim(
+    holder: str, due: list[tuple[DigestSubscription, datetime]], now: datetime
+) -> list[tuple[DigestSubscription, datetime]]:
+    ids = [s.id for s, _ in due]
+    first = min(slot for _, slot in due)
+    rows = await DigestDelivery.filter(digest_id__in=ids, slot__gte=first).values(
+        "id", "digest_id", "slot", "status", "claimed_at"
+    )
+    existing = {(r["digest_id"], r["slot"]): r for r in rows}
+    fresh = [
+        DigestDelivery(digest_id=s.id, slot=slot, status=PENDING, claimed_by=holder, claimed_at=now)
+        for s, slot in due
+        if (s.id, slot) not in existing
+    ]
+    if fresh:
+        # A row another instance inserted first stays theirs (the insert is skipped).
+        await DigestDelivery.bulk_create(fresh, ignore_conflicts=True)
+    for r in existing.values():
+        stale = r["claimed_at"] is None or r["claimed_at"] < now - STALE_CLAIM
+        if r["status"] == PENDING and stale:
+            # Left pending by an instance that died mid-send: take it over.
+            await DigestDelivery.filter(
+                Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - STALE_CLAIM),
+                id=r["id"],
+                status=PENDING,
+            ).update(claimed_by=holder, claimed_at=now)
+    mine = set(
+        await DigestDelivery.filter(
+            digest_id__in=ids, slot__gte=first, status=PENDING, claimed_by=holder
+        ).values_list("digest_id", "slot")
+    )
+    return [(s, slot) for s, slot in due if (s.id, slot) in mine]
+
+
+async def _since(claimed: list[tuple[DigestSubscription, datetime]]) -> dict[int, datetime]:
+    """Changes are reported since the digest's last posted slot, or one period back."""
+    last = await last_sent([s.id for s, _ in claimed])
+    out: dict[int, datetime] = {}
+    before: dict[tuple[str, str, datetime], datetime | None] = {}
+    for sub, slot in claimed:
+        if sub.id in last:
+            out[sub.id] = last[sub.id]
+            continue
+        key = (sub.cron, sub.timezone, slot)
+        if key not in before:
+            before[key] = schedule_of(sub).latest_at_or_before(slot - timedelta(microseconds=1))
+        out[sub.id] = before[key] or slot - timedelta(days=1)
+    return out
+
+
+async def record_delivery(
+    holder: str,
+    claim: Claim,
+    status: str,
+    *,
+    attempts: int = 0,
+    error: str | None = None,
+    activity_id: str | None = None,
+    at: datetime | None = None,
+) -> None:
+    """What became of a claimed slot: SENT, REMOVED (the bot is gone) or FAILED (why)."""
+    if status not in (SENT, REMOVED, FAILED):
+        raise ValueError(f"not a final delivery status: {status!r}")
+    await DigestDelivery.filter(
+        digest_id=claim.digest_id, slot=claim.slot, claimed_by=holder
+    ).update(
+        status=status,
+        attempts=attempts,
+        sent_at=(at or datetime.now(UTC)) if status == SENT else None,
+        error=error[:500] if error else None,
+        activity_id=activity_id[:255] if activity_id else None,
+    )
+
+
+async def release_claims(holder: str, claims: list[Claim], why: str) -> None:
+    """Nothing was sent: record the failure so the rows do not look in flight."""
+    for claim in claims:
+        await record_delivery(holder, claim, FAILED, error=why)
 
 
 # ----- snapshots -------------------------------------------------------------------------

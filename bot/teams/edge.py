@@ -53,7 +53,7 @@ from botframework.connector.auth import (
 )
 from botframework.connector.auth.jwt_token_extractor import JwtTokenExtractor, _OpenIdMetadata
 from botframework.connector.skills import BotFrameworkClient
-from msrest.exceptions import DeserializationError
+from msrest.exceptions import DeserializationError, HttpOperationError
 from msrest.serialization import Model
 
 from bot.auth.credentials import ClientCredentials
@@ -62,9 +62,15 @@ from bot.auth.membership import GraphPolicy
 from bot.auth.policy import DevPolicy, Policy
 from bot.auth.sso import TeamsSso
 from bot.config import Settings
-from bot.teams.bot import FusionBot
-from bot.teams.connector import ConnectorPool, TrustedServiceUrls, UntrustedServiceUrl
+from bot.teams.bot import FusionBot, tenant_of
+from bot.teams.connector import (
+    ConnectorPool,
+    ConnectorUnavailable,
+    TrustedServiceUrls,
+    UntrustedServiceUrl,
+)
 from bot.teams.gate import TurnGate
+from bot.teams.proactive import TURN, ProactiveSender, TurnBudget
 from bot.teams.render import dumps
 
 log = logging.getLogger("bot.teams.edge")
@@ -74,6 +80,10 @@ KEYS_TIMEOUT_SECONDS = 10
 CLOCK_SKEW_SECONDS = 300
 #: Distinct (token, channel, service URL) triples remembered as checked.
 CHECKED_TOKENS = 256
+
+#: Seconds a turn's replies may take, retries included, from the moment its activity is read:
+#: the Bot Connector gives up on a bot that has not answered in 15 s (and Teams redelivers).
+TURN_BUDGET = 10.0
 
 #: The id of the activity being served: the correlation id of every log line of its turn.
 CORRELATION_ID: ContextVar[str | None] = ContextVar("correlation_id", default=None)
@@ -271,8 +281,10 @@ class Edge:
     bot: Bot
     # Outbound: trusted service URLs + reused connector clients (replies, adapter proactive).
     connectors: ConnectorPool
-    # The bot's own tokens (None in local development mode); proactive senders use
-    # `credentials.connector_token` with `connectors.trusted.trusts`.
+    # The process's one Bot Connector sender: the connector clients' transport, and what the
+    # scheduler, the approvals channel and provisioning post and update cards with.
+    sender: ProactiveSender
+    # The bot's own tokens (None in local development mode).
     credentials: ClientCredentials | None = None
     signing_keys: SigningKeys | None = None
     services: dict[str, Any] = field(default_factory=dict)
@@ -298,7 +310,12 @@ class Edge:
         correlation = CORRELATION_ID.set(str(activity.id)[:200] if activity.id else None)
         try:
             async with self.gate.place():
-                return await self._turn(request, activity)
+                # The turn's replies are retried (429, 5xx) only while the channel still waits.
+                budget = TURN.set(TurnBudget(tenant_of(activity), time.monotonic() + TURN_BUDGET))
+                try:
+                    return await self._turn(request, activity)
+                finally:
+                    TURN.reset(budget)
         finally:
             CORRELATION_ID.reset(correlation)
 
@@ -365,8 +382,8 @@ async def _on_turn_error(turn_context: TurnContext, error: Exception) -> None:
     the user something went wrong if the connector still works."""
     activity = turn_context.activity
     log.error("turn failed", exc_info=error)
-    if isinstance(error, UntrustedServiceUrl):
-        return
+    if isinstance(error, (UntrustedServiceUrl, ConnectorUnavailable)) or _unsendable(error):
+        return  # the connector cannot take a message now: telling the user would fail too
     text = (
         "Something went wrong and the request may not have been completed. "
         f"Reference: {activity.id or '-'}."
@@ -392,6 +409,16 @@ async def _on_turn_error(turn_context: TurnContext, error: Exception) -> None:
         log.warning("could not tell the user about the failure", exc_info=True)
 
 
+def _unsendable(error: Exception) -> bool:
+    """The Bot Connector refused the turn's reply as one more would be: 403 (the bot was
+    removed or blocked) or 429 beyond the turn's budget."""
+    response = getattr(error, "response", None)
+    return isinstance(error, HttpOperationError) and getattr(response, "status_code", None) in (
+        403,
+        429,
+    )
+
+
 def build_policy(settings: Settings, graph: GraphClient | None) -> Policy:
     """Local development: the listed dev admins. Otherwise tenants from settings and group
     administrators through Entra ID."""
@@ -400,17 +427,33 @@ def build_policy(settings: Settings, graph: GraphClient | None) -> Policy:
     return GraphPolicy(settings, graph)
 
 
+def build_sender(
+    settings: Settings, session: aiohttp.ClientSession, credentials: ClientCredentials | None
+) -> ProactiveSender:
+    """The process's one Bot Connector sender (replies, card updates, proactive posts)."""
+    trusted = TrustedServiceUrls(settings.trusted_service_urls, allow_loopback=settings.dev_mode)
+    return ProactiveSender(
+        session,
+        token=credentials.connector_token if credentials else None,
+        is_trusted=trusted.trusts,
+    )
+
+
 def build_edge(
     settings: Settings,
     session: aiohttp.ClientSession,
     credentials: ClientCredentials | None,
     services: dict[str, Any] | None = None,
+    sender: ProactiveSender | None = None,
 ) -> Edge:
-    """Adapter, authentication, connectors and bot, made once for the app's lifetime."""
+    """Adapter, authentication, connectors and bot, made once for the app's lifetime.
+
+    `sender` is the process's one Bot Connector sender (made here if not given): the
+    connector clients send through it, so replies share its rate limiter with every other send.
+    """
     trusted = TrustedServiceUrls(settings.trusted_service_urls, allow_loopback=settings.dev_mode)
-    connectors = ConnectorPool(
-        trusted, session, credentials.connector_token if credentials else None
-    )
+    sender = sender or build_sender(settings, session, credentials)
+    connectors = ConnectorPool(trusted, sender)
     keys = (
         None
         if settings.dev_mode
@@ -425,4 +468,4 @@ def build_edge(
     sso = None if settings.dev_mode else TeamsSso(settings, session)
     bot = FusionBot(settings, build_policy(settings, graph), front_door, sso)
     gate = TurnGate(settings.max_concurrent_turns)
-    return Edge(settings, adapter, bot, connectors, credentials, keys, front_door, gate)
+    return Edge(settings, adapter, bot, connectors, sender, credentials, keys, front_door, gate)
