@@ -281,7 +281,7 @@ async def subscribe(
             cron=schedule.cron,
             timezone=schedule.timezone,
             description=schedule.description[:200],
-            created_by=(origin.actor_name or origin.actor_id)[:255],
+            created_by=origin.actor_name or origin.actor_id,
         )
         after = {
             "schedule": schedule.description,
