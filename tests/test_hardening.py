@@ -22,7 +22,8 @@ from bot.commands.dispatch import run_text
 from bot.commands.reply import Error
 from bot.domain import approvals
 from bot.domain.change import Origin
-from bot.domain.errors import Forbidden
+from bot.domain.digests import CRON_RULE, parse_schedule
+from bot.domain.errors import Forbidden, InvalidInput
 from bot.domain.models import Allocation, ApprovalRequest, AuditEvent, RequestKey
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider
 from tests.ledger_state import context, refused, snapshot
@@ -347,3 +348,34 @@ def test_cli_as_is_validated_like_names(case: str, tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert "Contoso" not in ok.stdout  # none of the refused runs added the customer
+
+
+# ----- 9. schedules say what they accept --------------------------------------------------------
+
+STANDARD_CRON = ["0 8 * * 1-5", "0 7 * * MON-FRI", "30 6 1 JAN-MAR *", "0 */2 * * *", "0 8 * * 7"]
+EXTENSIONS = {
+    "0 8 ? * *": "'?' is not standard cron",
+    "0 8 L * *": "'L' is not standard cron",
+    "0 8 * * 5L": "'5L' is not standard cron",
+    "0 8 15W * *": "'15W' is not standard cron",
+    "0 8 * * 1#2": "'1#2' is not standard cron",
+    "*/90 * * * *": "must be between 1 and 59",
+    "0 */24 * * *": "must be between 1 and 23",
+    "0 8 5/2 * *": "needs * or a range before it",
+    "0 8 * * FRI-MON": "runs backwards",
+    "0 8 * JANUARY *": "'JANUARY' is not standard cron",
+    "0 8 ٥ * *": "'٥' is not standard cron",
+}
+
+
+@pytest.mark.parametrize("cron", STANDARD_CRON)
+def test_standard_five_field_cron_is_accepted(cron: str) -> None:
+    assert parse_schedule(cron).cron == cron
+
+
+@pytest.mark.parametrize("cron", list(EXTENSIONS))
+def test_cron_extensions_are_refused_with_the_rule(cron: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_schedule(cron)
+    assert EXTENSIONS[cron] in info.value.message
+    assert CRON_RULE in info.value.message
