@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from bot.commands.dispatch import run_text
 from bot.commands.reply import Error
@@ -26,6 +27,7 @@ from bot.domain.digests import CRON_RULE, parse_schedule
 from bot.domain.errors import Forbidden, InvalidInput
 from bot.domain.models import Allocation, ApprovalRequest, AuditEvent, RequestKey
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider
+from tests.fakes._server import ThreadedServer
 from tests.ledger_state import context, refused, snapshot
 from tests.teams_env import (
     APP_ID,
@@ -379,3 +381,79 @@ def test_cron_extensions_are_refused_with_the_rule(cron: str) -> None:
         parse_schedule(cron)
     assert EXTENSIONS[cron] in info.value.message
     assert CRON_RULE in info.value.message
+
+
+# ----- 2. the Bot Framework OpenID metadata, of the wrong shape ----------------------------------
+
+
+class ServedMetadata(ThreadedServer):
+    """OpenID metadata and a key set as scripted (`{keys}` in the metadata is this server's
+    key-set URL)."""
+
+    def __init__(self, metadata: bytes, keys: bytes) -> None:
+        super().__init__()
+        self.metadata = metadata
+        self.keys = keys
+
+    def build_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metadata", self._metadata)
+        app.router.add_get("/keys", self._keys)
+        return app
+
+    async def _metadata(self, request: web.Request) -> web.Response:
+        body = self.metadata.replace(b"{keys}", f"{self.base_url}/keys".encode())
+        return web.Response(body=body, content_type="application/json")
+
+    async def _keys(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.keys, content_type="application/json")
+
+
+GOOD_METADATA = b'{"issuer": "https://api.botframework.com", "jwks_uri": "{keys}"}'
+MALFORMED_METADATA = {
+    "jwks_uri a number": (b'{"jwks_uri": 5}', None),
+    "no jwks_uri": (b'{"issuer": "https://api.botframework.com"}', None),
+    "metadata not JSON": (b"<html>maintenance</html>", None),
+    "metadata a list": (b"[]", None),
+    "keys null": (GOOD_METADATA, b'{"keys": null}'),
+    "keys empty": (GOOD_METADATA, b'{"keys": []}'),
+    "a key that is a number": (GOOD_METADATA, b'{"keys": [5]}'),
+    "a key without kid": (GOOD_METADATA, b'{"keys": [{"kty": "RSA", "n": "x", "e": "AQAB"}]}'),
+    "keys nested deep": (GOOD_METADATA, b'{"keys": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_METADATA))
+async def test_malformed_signing_key_documents_refuse_tokens_and_say_why(
+    empty_db_url: str,
+    idp: FakeIdentityProvider,
+    graph: FakeGraph,
+    connector: FakeBotConnector,
+    case: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metadata, keys = MALFORMED_METADATA[case]
+    real_keys = json.dumps(
+        {"keys": [k.jwk(with_endorsements=True) for k in idp.channel_keys.values()]}
+    )
+    with ServedMetadata(metadata, keys or real_keys.encode()) as served:
+        settings = auth_settings(
+            empty_db_url,
+            idp,
+            graph,
+            connector,
+            botframework_openid_metadata=f"{served.base_url}/metadata",
+        )
+        async with running_bot(settings) as bot:
+            await seed_ledger()
+            door = Door(bot, idp, connector)
+            before = await snapshot()
+            posted = await bot.post(door.activity(), door.token())
+            assert posted.status == 401
+            assert "signing keys not refreshed" in caplog.text
+            assert door.connector.requests == []
+            assert await snapshot() == before
+            # Once the documents are right again, the same kind of token gets in.
+            served.metadata, served.keys = GOOD_METADATA, real_keys.encode()
+            posted = await bot.post(door.activity("whoami"), door.token())
+            assert posted.status == 201

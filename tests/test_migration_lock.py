@@ -139,7 +139,8 @@ async def _keys_after_migrating(url: str) -> dict[str, str]:
     for key in OLD_KEYS:
         await conn.execute_query(
             db.sql(
-                "INSERT INTO request_key (key, outcome, created_at) VALUES (?, ?, CURRENT_TIMESTAMP)"
+                "INSERT INTO request_key (key, outcome, created_at) "
+                "VALUES (?, ?, CURRENT_TIMESTAMP)"
             ),
             [key, '{"events": []}'],
         )
