@@ -21,7 +21,7 @@ import pytest_asyncio
 from app import EDGE
 from bot.domain.models import ConversationRef
 from bot.teams.edge import TURN_BUDGET
-from bot.teams.proactive import SendOutcome, Target
+from bot.teams.proactive import TURN, SendOutcome, Target, TurnBudget
 from tests.fakes import Failure, FakeBotConnector, SentActivity
 from tests.teams_env import RunningBot, dev_settings, message, running_bot, seed_ledger, table
 from tests.teams_env import the_card as card_of
@@ -145,3 +145,15 @@ async def test_a_malformed_answer_to_a_delivered_reply_is_read_before_use(
     door.connector.fail_next(1, Failure.malformed(answer, 201), kinds=("send",))
     result = await sender.post(Target(OTHER, door.connector.service_url), {"type": "message"})
     assert result.outcome is SendOutcome.SENT and result.activity_id is None
+
+
+async def test_a_turn_past_its_budget_still_sends_what_it_has(door: Door) -> None:
+    # A long bulk operation's last update comes after the turn's 10 s: it is still sent (only
+    # retries and long holds are cut short by the budget).
+    sender = door.bot.server.app[EDGE].sender
+    budget = TURN.set(TurnBudget(None, time.monotonic() - 5))
+    try:
+        result = await sender.post(Target(OTHER, door.connector.service_url), {"type": "message"})
+    finally:
+        TURN.reset(budget)
+    assert result.outcome is SendOutcome.SENT

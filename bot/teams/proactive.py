@@ -61,6 +61,7 @@ log = logging.getLogger("bot.teams.proactive")
 TokenSource = Callable[[], Awaitable[str]]
 RETRYABLE = frozenset({412, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 600.0  # a longer Retry-After gives up instead of holding a digest for ages
+TURN_GRACE = 1.0  # seconds a send may wait for the limiter even after its turn's deadline
 
 
 class Window(NamedTuple):
@@ -344,7 +345,9 @@ class ProactiveSender:
         started = time.monotonic()
         deadline = started + self._give_up_after
         if turn is not None:
-            deadline = min(deadline, turn.deadline)
+            # A turn that has used its budget (a long bulk operation) may still wait a moment
+            # for a rate window; only retries and long holds are cut short.
+            deadline = min(deadline, max(turn.deadline, started + TURN_GRACE))
         result = SendResult(SendOutcome.FAILED)
         throttled = server_errors = 0
         while True:
