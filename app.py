@@ -30,9 +30,7 @@ from bot.domain import change, db
 from bot.domain.naming import set_naming_rule
 from bot.scheduler import run_scheduler
 from bot.teams.approvals_channel import ApprovalsChannel
-from bot.teams.connector import TrustedServiceUrls
-from bot.teams.edge import CORRELATION_ID, Edge, build_edge
-from bot.teams.proactive import ProactiveSender
+from bot.teams.edge import CORRELATION_ID, Edge, build_edge, build_sender
 
 log = logging.getLogger("bot.app")
 
@@ -114,18 +112,14 @@ async def _http(app: web.Application) -> AsyncIterator[None]:
 async def _edge(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     credentials = None if settings.dev_mode else ClientCredentials(settings)
+    # One Bot Connector sender for the process (replies, approvals channel, scheduler), so
+    # one rate limiter sees every send.
+    sender = build_sender(settings, app[HTTP], credentials)
     services = Services()
     if settings.approvals_channel:
         # Copies of new approval requests go to the approvals channel.
-        sender = ProactiveSender(
-            app[HTTP],
-            token=credentials.connector_token if credentials else None,
-            is_trusted=TrustedServiceUrls(
-                settings.trusted_service_urls, allow_loopback=settings.dev_mode
-            ).trusts,
-        )
         services = Services(approvals_channel=ApprovalsChannel(settings.approvals_channel, sender))
-    app[EDGE] = build_edge(settings, app[HTTP], credentials, services)
+    app[EDGE] = build_edge(settings, app[HTTP], credentials, services, sender)
     try:
         yield
     finally:
@@ -166,13 +160,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def _scheduler(app: web.Application) -> None:
     """Digests, usage snapshots, approval expiry and quarantine release (one leader at a time)."""
-    edge = app[EDGE]
-    await run_scheduler(
-        app[SETTINGS],
-        app[HTTP],
-        edge.credentials.connector_token if edge.credentials else None,
-        edge.connectors.trusted.trusts,
-    )
+    await run_scheduler(app[SETTINGS], app[EDGE].sender)
 
 
 def apply_settings(settings: Settings) -> None:

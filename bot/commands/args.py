@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from bot.domain.naming import MAX_QUANTITY
 
 # Longer than this is no count of anything; refused as too large, not parsed.
-_WHOLE = re.compile(r"[+]?\d{1,30}")
+_WHOLE = re.compile(r"[+]?[0-9]{1,30}")
 
 
 def _whole(value: Any, lowest: int) -> int:
@@ -28,7 +28,7 @@ def _whole(value: Any, lowest: int) -> int:
         n = int(value)
     elif _WHOLE.fullmatch(text):
         n = int(text)
-    elif re.fullmatch(r"\d+", text):
+    elif re.fullmatch(r"[0-9]+", text):
         raise ValueError(f"is too large (at most {MAX_QUANTITY:,})")
     else:
         raise ValueError(f"must be a positive whole number, got {str(value)[:40]!r}")
