@@ -116,6 +116,20 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    for choice in choices:
+        if raw.lower() == choice.lower():
+            return choice
+    raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+
+
 DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql", "asyncpg", "psycopg")
 
 
@@ -179,6 +193,10 @@ class Settings:
     # Teams SSO: the Application ID URI an SSO token may be meant for, besides the app id
     # (webApplicationInfo.resource in the app package). Default api://FUSION_PUBLIC_HOST/APP_ID.
     sso_resource: str = ""
+    # Logs: `json` (one object per line) or `text` (readable, for local development).
+    log_format: str = "json"
+    # Empty: each front door's own (the bot and scheduler INFO, the CLI WARNING).
+    log_level: str = ""
 
     @property
     def dev_mode(self) -> bool:
@@ -267,6 +285,8 @@ class Settings:
             max_concurrent_turns=_int(env, "FUSION_MAX_CONCURRENT_TURNS", 8, minimum=0),
             max_concurrent_changes=_int(env, "FUSION_MAX_CONCURRENT_CHANGES", 2, minimum=0),
             sso_resource=sso_resource,
+            log_format=_choice(env, "FUSION_LOG_FORMAT", LOG_FORMATS, "json"),
+            log_level=_choice(env, "FUSION_LOG_LEVEL", LOG_LEVELS, "").upper(),
         )
         settings.check()
         return settings

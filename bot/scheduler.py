@@ -53,6 +53,7 @@ from bot.domain.digests import (
     take_snapshot,
 )
 from bot.domain.models import DigestDelivery, DigestSubscription, SchedulerLease
+from bot.logs import configure_logging
 from bot.teams.proactive import ProactiveSender, SendOutcome, SendResult, Target, TokenSource
 from bot.teams.render import render
 
@@ -406,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ticks", type=int, default=None, help="stop after this many ticks")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    settings = Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level or "INFO")
     asyncio.run(_main(args.ticks))
     return 0
 

@@ -96,10 +96,21 @@ def test_the_domain_imports_neither_the_sdk_nor_aiohttp() -> None:
     [
         (
             "bot/domain/",
-            ("bot.auth", "bot.commands", "bot.teams", "bot.scheduler", "bot.__main__", "app"),
+            (
+                "bot.auth",
+                "bot.commands",
+                "bot.teams",
+                "bot.scheduler",
+                "bot.__main__",
+                "app",
+                "bot.app",
+            ),
         ),
-        ("bot/auth/", ("bot.commands", "bot.teams", "bot.scheduler", "bot.__main__", "app")),
-        ("bot/commands/", ("bot.teams", "bot.scheduler", "bot.__main__", "app")),
+        (
+            "bot/auth/",
+            ("bot.commands", "bot.teams", "bot.scheduler", "bot.__main__", "app", "bot.app"),
+        ),
+        ("bot/commands/", ("bot.teams", "bot.scheduler", "bot.__main__", "app", "bot.app")),
     ],
 )
 def test_imports_point_down(layer: str, above: tuple[str, ...]) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from http import HTTPStatus
@@ -61,6 +60,7 @@ from bot.auth.membership import GraphPolicy
 from bot.auth.policy import DevPolicy, Policy
 from bot.auth.sso import TeamsSso
 from bot.config import Settings
+from bot.logs import CORRELATION_ID
 from bot.teams.bot import FusionBot
 from bot.teams.connector import ConnectorPool, TrustedServiceUrls, UntrustedServiceUrl
 from bot.teams.gate import TurnGate
@@ -73,9 +73,6 @@ KEYS_TIMEOUT_SECONDS = 10
 CLOCK_SKEW_SECONDS = 300
 #: Distinct (token, channel, service URL) triples remembered as checked.
 CHECKED_TOKENS = 256
-
-#: The id of the activity being served: the correlation id of every log line of its turn.
-CORRELATION_ID: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 
 
 class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
