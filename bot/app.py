@@ -17,15 +17,17 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from bot import metrics
 from bot.auth.credentials import ClientCredentials, client_ssl_context
 from bot.config import ConfigError, Settings
-from bot.domain import change, db
+from bot.domain import approvals, change, db
 from bot.domain.naming import set_naming_rule
 from bot.logs import configure_logging
 from bot.scheduler import run_scheduler
@@ -43,6 +45,7 @@ SETTINGS = web.AppKey("settings", Settings)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 EDGE = web.AppKey("edge", Edge)
 BACKGROUND_TASKS = web.AppKey("background_tasks", list[BackgroundTask])
+METRICS_AUDIENCE = web.AppKey("metrics_audience", metrics.MetricsAudience)
 
 HEALTH_TIMEOUT_SECONDS = 5
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
@@ -116,18 +119,70 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    return await request.app[EDGE].receive(request)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await request.app[EDGE].receive(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.turn_answered(status, time.perf_counter() - started)
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and serving HTTP (a load balancer's "restart me?" question)."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """It can serve a turn (the "send me traffic?" question): the database answers, every
+    migration is applied, and the Bot Framework signing keys are loaded (fetched now if not)."""
+    checks: dict[str, str] = {}
     try:
         await asyncio.wait_for(db.connection().execute_query("SELECT 1"), HEALTH_TIMEOUT_SECONDS)
+        checks["database"] = "ok"
     except Exception as exc:  # any failure means the database cannot serve a turn
-        log.warning("health check: database unavailable", extra={"error": repr(exc)})
-        return web.json_response(
-            {"status": "unavailable", "database": f"unavailable ({type(exc).__name__})"}, status=503
-        )
-    return web.json_response({"status": "ok", "database": "ok"})
+        checks["database"] = f"unavailable ({type(exc).__name__})"
+    if checks["database"] == "ok":
+        try:
+            missing = await asyncio.wait_for(db.pending_migrations(), HEALTH_TIMEOUT_SECONDS)
+            checks["migrations"] = "ok" if not missing else "pending: " + ", ".join(missing)
+        except Exception as exc:
+            checks["migrations"] = f"unknown ({type(exc).__name__})"
+    keys = request.app[EDGE].signing_keys
+    if keys is None:
+        checks["signing_keys"] = "not needed (local development mode)"
+    else:
+        try:
+            loaded = await asyncio.wait_for(keys.load(), HEALTH_TIMEOUT_SECONDS)
+            checks["signing_keys"] = "ok" if loaded else "none published"
+        except Exception as exc:
+            checks["signing_keys"] = f"unavailable ({type(exc).__name__})"
+    ready = all(v == "ok" or v.startswith("not needed") for v in checks.values())
+    if not ready:
+        log.warning("not ready", extra=checks)
+    return web.json_response(
+        {"status": "ok" if ready else "unavailable", **checks}, status=200 if ready else 503
+    )
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus text, to loopback and the networks FUSION_METRICS_NETWORKS names; 404 to
+    anyone else (it is not there for them)."""
+    if not request.app[METRICS_AUDIENCE].allows(request.remote):
+        raise web.HTTPNotFound()
+    try:
+        waiting: int | None = len(await approvals.pending())
+    except Exception:  # the page still answers; the gauge keeps its last value
+        log.warning("metrics: could not count pending approvals", exc_info=True)
+        waiting = None
+    body = await asyncio.to_thread(metrics.exposition, waiting)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = metrics.CONTENT_TYPE
+    return response
 
 
 async def _scheduler(app: web.Application) -> None:
@@ -146,11 +201,14 @@ def create_app(settings: Settings, *, schedule: bool = False) -> web.Application
     embedded in a test runs no background work unless it asks)."""
     app = web.Application()
     app[SETTINGS] = settings
+    app[METRICS_AUDIENCE] = metrics.MetricsAudience(settings.metrics_networks)
     background: list[BackgroundTask] = [_scheduler] if schedule else []
     app[BACKGROUND_TASKS] = background
     app.cleanup_ctx.extend([_database, _http, _edge, _background])
     app.router.add_post("/api/messages", messages)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
     return app
 
 

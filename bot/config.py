@@ -116,6 +116,18 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    found = []
+    for part in _csv(env.get(name)):
+        try:
+            found.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError as exc:
+            raise ConfigError(
+                f"{name}: {part!r} is not a network (CIDR such as 10.0.0.0/8)"
+            ) from exc
+    return tuple(found)
+
+
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -193,6 +205,8 @@ class Settings:
     # Teams SSO: the Application ID URI an SSO token may be meant for, besides the app id
     # (webApplicationInfo.resource in the app package). Default api://FUSION_PUBLIC_HOST/APP_ID.
     sso_resource: str = ""
+    # Networks (CIDR) besides loopback that may read GET /metrics.
+    metrics_networks: tuple[str, ...] = ()
     # Logs: `json` (one object per line) or `text` (readable, for local development).
     log_format: str = "json"
     # Empty: each front door's own (the bot and scheduler INFO, the CLI WARNING).
@@ -285,6 +299,7 @@ class Settings:
             max_concurrent_turns=_int(env, "FUSION_MAX_CONCURRENT_TURNS", 8, minimum=0),
             max_concurrent_changes=_int(env, "FUSION_MAX_CONCURRENT_CHANGES", 2, minimum=0),
             sso_resource=sso_resource,
+            metrics_networks=_networks(env, "FUSION_METRICS_NETWORKS"),
             log_format=_choice(env, "FUSION_LOG_FORMAT", LOG_FORMATS, "json"),
             log_level=_choice(env, "FUSION_LOG_LEVEL", LOG_LEVELS, "").upper(),
         )

@@ -38,6 +38,7 @@ import aiohttp
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 
+from bot import metrics
 from bot.commands.digests import digest_reply
 from bot.config import Settings
 from bot.domain import approvals, numbers
@@ -285,6 +286,7 @@ class Scheduler:
             log.exception("digest delivery failed", extra={"digest_id": sub.id})
             result = SendResult(SendOutcome.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
         status = {SendOutcome.SENT: SENT, SendOutcome.REMOVED: REMOVED}.get(result.outcome, FAILED)
+        metrics.digest_delivered(status)
         await DigestDelivery.filter(digest_id=sub.id, slot=slot, claimed_by=self.holder).update(
             status=status,
             attempts=result.attempts,

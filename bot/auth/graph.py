@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from bot import metrics
 from bot.config import Settings
 
 log = logging.getLogger("bot.auth.graph")
@@ -187,6 +188,7 @@ class GraphClient:
                 async with self._session.request(
                     method, url, json=body, headers=headers, timeout=timeout, allow_redirects=False
                 ) as resp:
+                    metrics.graph_answered(resp.status)
                     if 200 <= resp.status < 300:
                         return await _json(resp)
                     code, message = await _error(resp)
@@ -200,6 +202,7 @@ class GraphClient:
                     else:
                         raise _refusal(resp.status, code, message)
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                metrics.graph_answered(None)
                 wait = _backoff(attempt)
                 why = _short(str(exc)) or type(exc).__name__
                 problem = GraphUnavailable(f"Microsoft Graph could not be reached ({why}).")

@@ -42,6 +42,7 @@ from msrest.universal_http.async_abc import AsyncClientResponse
 from multidict import CIMultiDict
 from yarl import URL
 
+from bot import metrics
 from bot.teams.render import Card, dumps
 
 log = logging.getLogger("bot.teams.connector")
@@ -185,6 +186,7 @@ class _SessionSender(AsyncHTTPSender):  # type: ignore[misc]
             allow_redirects=False,
         ) as resp:
             body = await resp.read()
+        metrics.connector_answered(resp.status)
         return Response(request, _SessionResponse(http, resp, body))
 
 

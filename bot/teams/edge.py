@@ -97,6 +97,12 @@ class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
         JwtTokenExtractor.metadataCache[url] = keys
         return keys
 
+    async def load(self) -> bool:
+        """Fetch the keys now unless some are loaded (readiness); whether any are."""
+        if not self.keys:
+            await self._refresh()
+        return bool(self.keys)
+
     async def _refresh(self) -> None:
         stale_since = self.last_updated
         async with self._lock:

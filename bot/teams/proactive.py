@@ -46,6 +46,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from bot import metrics
 from bot.domain import conversations
 from bot.domain.models import ConversationRef
 from bot.teams.render import attachment
@@ -274,6 +275,7 @@ class ProactiveSender:
                     url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
                 ) as resp:
                     result.status = resp.status
+                    metrics.connector_answered(resp.status)
                     retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
                     text = await resp.text(errors="replace")
             except (aiohttp.ClientError, TimeoutError) as exc:
