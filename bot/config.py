@@ -69,6 +69,8 @@ CLOUDS: dict[str, CloudEndpoints] = {
 }
 
 DEFAULT_NAMING_RULE = r"[A-Z0-9]+(?:-[A-Z0-9]+)*"
+#: The Azure Bot's identity types (MicrosoftAppType), as the Bot Framework spells them.
+APP_TYPES = ("SingleTenant", "MultiTenant", "UserAssignedMSI")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -126,6 +128,18 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
                 f"{name}: {part!r} is not a network (CIDR such as 10.0.0.0/8)"
             ) from exc
     return tuple(found)
+
+
+def _app_type(env: Mapping[str, str]) -> str:
+    """MicrosoftAppType, validated; SingleTenant when a tenant id is set and no type is given
+    (Azure no longer offers multi-tenant bots for new registrations)."""
+    raw = (env.get("MicrosoftAppType") or "").strip()
+    if not raw:
+        return "SingleTenant" if (env.get("MicrosoftAppTenantId") or "").strip() else "MultiTenant"
+    for known in APP_TYPES:
+        if raw.lower() == known.lower():
+            return known
+    raise ConfigError(f"MicrosoftAppType must be one of {', '.join(APP_TYPES)}, got {raw!r}")
 
 
 LOG_FORMATS = ("json", "text")
@@ -218,6 +232,11 @@ class Settings:
         return not self.app_id
 
     @property
+    def managed_identity(self) -> bool:
+        """The bot's tokens come from its user-assigned managed identity, not a secret."""
+        return self.app_type == "UserAssignedMSI"
+
+    @property
     def effective_approver_groups(self) -> tuple[str, ...]:
         return self.approver_group_ids or self.admin_group_ids
 
@@ -265,7 +284,7 @@ class Settings:
             app_id=(env.get("MicrosoftAppId") or "").strip(),
             app_password=env.get("MicrosoftAppPassword") or "",
             app_tenant_id=(env.get("MicrosoftAppTenantId") or "").strip(),
-            app_type=env.get("MicrosoftAppType") or "MultiTenant",
+            app_type=_app_type(env),
             admin_group_ids=_csv(env.get("FUSION_ADMIN_GROUP_IDS")),
             approver_group_ids=_csv(env.get("FUSION_APPROVER_GROUP_IDS")),
             allowed_tenants=_csv(env.get("FUSION_ALLOWED_TENANTS")),
@@ -314,7 +333,16 @@ class Settings:
                 f"so it only listens on loopback; HOST={self.host!r} is refused. "
                 "Set MicrosoftAppId/MicrosoftAppPassword to serve other addresses."
             )
-        if not self.dev_mode and not self.app_password:
+        if self.app_type not in APP_TYPES:
+            raise ConfigError(f"MicrosoftAppType must be one of {', '.join(APP_TYPES)}")
+        if not self.dev_mode and self.app_type != "MultiTenant" and not self.app_tenant_id:
+            raise ConfigError(f"MicrosoftAppTenantId is required for a {self.app_type} bot")
+        if not self.dev_mode and self.managed_identity and self.app_password:
+            raise ConfigError(
+                "a UserAssignedMSI bot has no password (MicrosoftAppId is the managed "
+                "identity's client id): remove MicrosoftAppPassword"
+            )
+        if not self.dev_mode and not self.managed_identity and not self.app_password:
             raise ConfigError("MicrosoftAppPassword is required when MicrosoftAppId is set")
         if self.dev_admins and not self.dev_mode:
             raise ConfigError("FUSION_DEV_ADMINS is only allowed in local development mode")
