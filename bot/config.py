@@ -27,6 +27,8 @@ class CloudEndpoints:
     graph_scope: str
     # Issuer of Bot Framework channel tokens in this cloud.
     channel_issuer: str
+    # The Bot Framework token service (OAuth connections, Teams SSO token exchange).
+    token_service_url: str = "https://token.botframework.com"
 
 
 CLOUDS: dict[str, CloudEndpoints] = {
@@ -56,6 +58,7 @@ CLOUDS: dict[str, CloudEndpoints] = {
         connector_scope="https://api.botframework.us/.default",
         graph_scope="https://graph.microsoft.us/.default",
         channel_issuer="https://api.botframework.us",
+        token_service_url="https://tokengcch.botframework.azure.us",
     ),
     "dod": CloudEndpoints(
         login_authority="https://login.microsoftonline.us",
@@ -65,6 +68,7 @@ CLOUDS: dict[str, CloudEndpoints] = {
         connector_scope="https://api.botframework.us/.default",
         graph_scope="https://dod-graph.microsoft.us/.default",
         channel_issuer="https://api.botframework.us",
+        token_service_url="https://apiDoD.botframework.azure.us",
     ),
 }
 
@@ -217,8 +221,12 @@ class Settings:
     # bot/domain/change.py
     max_concurrent_changes: int = 2
     # Teams SSO: the Application ID URI an SSO token may be meant for, besides the app id
-    # (webApplicationInfo.resource in the app package). Default api://FUSION_PUBLIC_HOST/APP_ID.
+    # (webApplicationInfo.resource in the app package). Default api://botid-APP_ID, as
+    # Microsoft's bot SSO docs name it.
     sso_resource: str = ""
+    # The Azure Bot's OAuth connection for Teams SSO; empty: no OAuth card is sent.
+    sso_connection: str = ""
+    token_service_url: str = CLOUDS["public"].token_service_url
     # Networks (CIDR) besides loopback that may read GET /metrics.
     metrics_networks: tuple[str, ...] = ()
     # Logs: `json` (one object per line) or `text` (readable, for local development).
@@ -273,9 +281,8 @@ class Settings:
 
         trusted = _csv(env.get("FUSION_TRUSTED_SERVICE_URLS")) or cloud.trusted_service_urls
         app_id = (env.get("MicrosoftAppId") or "").strip()
-        public_host = (env.get("FUSION_PUBLIC_HOST") or "").strip()
         sso_resource = (env.get("FUSION_SSO_RESOURCE") or "").strip() or (
-            f"api://{public_host}/{app_id}" if public_host and app_id else ""
+            f"api://botid-{app_id}" if app_id else ""
         )
         settings = cls(
             database_url=_database_url(env.get("DATABASE_URL") or "sqlite://fusion.sqlite3"),
@@ -318,6 +325,10 @@ class Settings:
             max_concurrent_turns=_int(env, "FUSION_MAX_CONCURRENT_TURNS", 8, minimum=0),
             max_concurrent_changes=_int(env, "FUSION_MAX_CONCURRENT_CHANGES", 2, minimum=0),
             sso_resource=sso_resource,
+            sso_connection=(env.get("FUSION_SSO_CONNECTION") or "").strip(),
+            token_service_url=(
+                env.get("FUSION_TOKEN_SERVICE_URL") or cloud.token_service_url
+            ).rstrip("/"),
             metrics_networks=_networks(env, "FUSION_METRICS_NETWORKS"),
             log_format=_choice(env, "FUSION_LOG_FORMAT", LOG_FORMATS, "json"),
             log_level=_choice(env, "FUSION_LOG_LEVEL", LOG_LEVELS, "").upper(),

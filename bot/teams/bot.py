@@ -30,7 +30,6 @@ from botbuilder.schema import (
 
 from bot.auth.actor import Actor
 from bot.auth.policy import Policy
-from bot.auth.sso import SsoRejected, TeamsSso
 from bot.commands.dispatch import run_text
 from bot.commands.registry import Context
 from bot.commands.reply import Reply
@@ -38,6 +37,8 @@ from bot.config import Settings
 from bot.domain import conversations
 from bot.teams.cards import after_reply, card_activity, handle_card_action, same_answer
 from bot.teams.render import render
+from bot.teams.sso import INVOKES as SSO_INVOKES
+from bot.teams.sso import SsoFlow, needs_groups
 
 log = logging.getLogger("bot.teams.bot")
 
@@ -45,8 +46,6 @@ log = logging.getLogger("bot.teams.bot")
 REFERENCE_FRESH_SECONDS = 60.0
 #: Conversations whose last stored reference this process remembers.
 REFERENCES_KEPT = 10_000
-#: The invoke in which Teams hands the bot the user's SSO token.
-TOKEN_EXCHANGE = "signin/tokenExchange"
 
 
 class CardInPlace:
@@ -130,7 +129,7 @@ class FusionBot(ActivityHandler):
         settings: Settings,
         policy: Policy,
         services: dict[str, Any],
-        sso: TeamsSso | None = None,
+        sso: SsoFlow | None = None,
     ) -> None:
         self._settings = settings
         self._policy = policy
@@ -165,6 +164,8 @@ class FusionBot(ActivityHandler):
             await handle_card_action(turn_context, actor, self._context(actor))
             return
         actor = self._actor(activity, "chat")
+        if self._sso is not None and needs_groups(text):
+            await self._sso.offer(turn_context, actor)  # Teams SSO: an OAuth card, once
         card = CardInPlace(turn_context)
         reply = await run_text(text, self._context(actor, progress=card.show_progress))
         reply = await same_answer(reply)  # a redelivered activity: what the first one did
@@ -177,34 +178,24 @@ class FusionBot(ActivityHandler):
         return await handle_card_action(turn_context, actor, self._context(actor))
 
     async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse | None:
-        if turn_context.activity.name == TOKEN_EXCHANGE:
-            return await self._exchange_token(turn_context.activity)
+        if turn_context.activity.name in SSO_INVOKES:
+            return await self._sign_in(turn_context.activity)
         return await super().on_invoke_activity(turn_context)
 
-    async def _exchange_token(self, activity: Activity) -> InvokeResponse:
-        """Teams SSO: remember the groups a valid token lists (200); anything else 412, which
-        tells Teams the exchange failed, and nothing is remembered. Identity stays the
-        authenticated activity's: a token for anyone else does not count."""
-        value = activity.value if isinstance(activity.value, Mapping) else {}
-        token = value.get("token")
-        try:
-            if self._sso is None:
-                raise SsoRejected("this bot does not use Teams SSO (local development mode)")
-            if not isinstance(token, str) or not token:
-                raise SsoRejected("no token")
-            actor = actor_from(activity, "chat")
-            await self._sso.exchange(token, object_id=actor.object_id, tenant_id=actor.tenant_id)
-        except SsoRejected as exc:
-            log.warning("SSO token refused: %s", exc)
+    async def _sign_in(self, activity: Activity) -> InvokeResponse:
+        """Teams SSO's invokes (bot/teams/sso.py); identity stays the authenticated activity's."""
+        if self._sso is None:
+            log.warning("SSO invoke refused: local development mode")
+            value = activity.value if isinstance(activity.value, Mapping) else {}
             return InvokeResponse(
                 status=int(HTTPStatus.PRECONDITION_FAILED),
                 body={
                     "id": value.get("id"),
                     "connectionName": value.get("connectionName"),
-                    "failureDetail": f"The token could not be used: {exc}",
+                    "failureDetail": "This bot does not use Teams SSO (local development mode).",
                 },
             )
-        return InvokeResponse(status=int(HTTPStatus.OK))
+        return await self._sso.invoke(activity, actor_from(activity, "chat"))
 
     @staticmethod
     def _create_invoke_response(body: object = None) -> InvokeResponse:

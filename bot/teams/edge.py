@@ -58,13 +58,13 @@ from bot.auth.credentials import ClientCredentials
 from bot.auth.graph import GraphClient
 from bot.auth.membership import GraphPolicy
 from bot.auth.policy import DevPolicy, Policy
-from bot.auth.sso import TeamsSso
 from bot.config import Settings
 from bot.logs import CORRELATION_ID
 from bot.teams.bot import FusionBot
 from bot.teams.connector import ConnectorPool, TrustedServiceUrls, UntrustedServiceUrl
 from bot.teams.gate import TurnGate
 from bot.teams.render import dumps
+from bot.teams.sso import sso_flow
 
 log = logging.getLogger("bot.teams.edge")
 
@@ -391,7 +391,7 @@ def build_edge(
     front_door = dict(services or {})
     if graph is not None:
         front_door["graph"] = graph
-    sso = None if settings.dev_mode else TeamsSso(settings, session)
+    sso = None if settings.dev_mode else sso_flow(settings, session, credentials)
     bot = FusionBot(settings, build_policy(settings, graph), front_door, sso)
     gate = TurnGate(settings.max_concurrent_turns)
     return Edge(settings, adapter, bot, connectors, credentials, keys, front_door, gate)
