@@ -59,8 +59,13 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         clock = time.strftime("%H:%M:%S", time.localtime(record.created))
-        fields = " ".join(f"{k}={v}" for k, v in _extra(record).items() if v is not None)
-        line = f"{clock} {record.levelname.lower():7} {record.name}: {record.getMessage()}"
+        # aiohttp's access lines already say everything their extra fields hold.
+        extra = {} if record.name == "aiohttp.access" else _extra(record)
+        message = record.getMessage()
+        fields = " ".join(
+            f"{k}={v}" for k, v in extra.items() if v is not None and str(v) not in message
+        )
+        line = f"{clock} {record.levelname.lower():7} {record.name}: {message}"
         if fields:
             line += f"  [{fields}]"
         if record.exc_info:
