@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml requirements-dev.lock
 setup: $(STAMP)
 
 # Local development mode: SQLite file, no Azure, loopback only; everyone on this machine is admin.
+# Readable log lines (FUSION_LOG_FORMAT=json for the production form).
 run: $(STAMP)
-	FUSION_DEV_ADMINS="$${FUSION_DEV_ADMINS:-*}" $(BIN)/python app.py
+	FUSION_DEV_ADMINS="$${FUSION_DEV_ADMINS:-*}" FUSION_LOG_FORMAT="$${FUSION_LOG_FORMAT:-text}" \
+	  $(BIN)/python app.py
 
 # Node packages for the card renderer, the Teams manifest schema and the Agents Playground
 # (offline after install).
@@ -57,7 +59,7 @@ UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3
 lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'uv>=0.5'
 	$(UV_COMPILE) $(UPGRADE) -o requirements.lock
-	$(UV_COMPILE) --extra test -c requirements.lock -o requirements-dev.lock
+	$(UV_COMPILE) $(UPGRADE) --extra test -c requirements.lock -o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) build test-artifacts .pytest_cache
