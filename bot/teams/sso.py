@@ -120,8 +120,8 @@ class SsoFlow:
         value: Mapping[str, Any] = activity.value if isinstance(activity.value, Mapping) else {}
         if activity.name == VERIFY_STATE:
             return await self._verify_state(activity, actor, value)
-        exchange_id = value.get("id") if isinstance(value.get("id"), str) else ""
-        token = value.get("token") if isinstance(value.get("token"), str) else ""
+        exchange_id = str(value["id"]) if isinstance(value.get("id"), str) else ""
+        token = str(value["token"]) if isinstance(value.get("token"), str) else ""
         # The same exchange (id and token) sent again: the same answer, not a second exchange.
         key = (actor.object_id.lower(), exchange_id, hashlib.sha256(token.encode()).hexdigest())
         if exchange_id and key in self._answered:
