@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -138,7 +139,7 @@ def new_admin(graph: FakeGraph) -> str:
     return oid
 
 
-async def test_the_sso_sequence_card_exchange_then_no_graph(teams: Teams) -> None:
+async def test_the_sso_sequence_card_exchange_then_no_graph(teams: Teams, artifacts: Path) -> None:
     calls = teams.graph_calls()
     # 1. The first admin command: an OAuth card, and the answer decided through Graph.
     sent = await teams.say("products")
@@ -182,6 +183,26 @@ async def test_the_sso_sequence_card_exchange_then_no_graph(teams: Teams) -> Non
         sent = await teams.say(text)
         assert answer(sent) == title and oauth_cards(sent) == []
     assert teams.graph_calls() == calls + 1
+    (artifacts / "sso").mkdir(exist_ok=True)
+    (artifacts / "sso" / "sequence.json").write_text(
+        json.dumps(
+            {
+                "1 user types 'products'; bot posts the OAuth card": card,
+                "  token service GetSignInResource state": state,
+                "2 Teams invokes signin/tokenExchange": {
+                    "id": resource["id"],
+                    "connectionName": CONNECTION,
+                    "token": "<SSO token>",
+                },
+                "  token service exchanges": teams.tokens.exchanges,
+                "  bot answers": {"status": status, "body": body},
+                "3 'usage', 'products': Graph calls after the exchange": teams.graph_calls()
+                - calls,
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
 
 
 async def test_a_failed_exchange_is_412_and_graph_decides(teams: Teams) -> None:
