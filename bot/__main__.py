@@ -299,8 +299,9 @@ async def main(argv: list[str]) -> int:
     if cli.help and not cli.words:
         print(HELP, end="")
         return 0
-    if cli.help:
-        cli.words = ["help", *[w for w in cli.words if not w.startswith("-")]]
+    if cli.help:  # `fusion allocate 5 X --help`: the help of allocate
+        asked = find(cli.words)
+        cli.words = ["help", *(asked.name.split() if asked else cli.words[:2])]
     if not cli.words:
         return fail(2, "usage", "No command given.", as_json=cli.as_json, usage=USAGE)
     try:

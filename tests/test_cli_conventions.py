@@ -60,7 +60,12 @@ def test_version_and_command_help(tmp_path: Path) -> None:
     done = run("--version", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("fusion ")
     assert done.stdout.split()[1][0].isdigit()
-    for args in (("allocate", "--help"), ("-h", "allocate"), ("help", "allocate")):
+    for args in (
+        ("allocate", "--help"),
+        ("-h", "allocate"),
+        ("help", "allocate"),
+        ("allocate", "5", "X", "--help"),
+    ):
         done = run(*args, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert "allocate N PRODUCT to SUBSCRIPTION" in done.stdout

@@ -165,7 +165,8 @@ class FusionBot(ActivityHandler):
             return
         actor = self._actor(activity, "chat")
         if self._sso is not None and needs_groups(text):
-            await self._sso.offer(turn_context, actor)  # Teams SSO: an OAuth card, once
+            if self._policy.tenant_allowed(actor).allowed:
+                await self._sso.offer(turn_context, actor)  # Teams SSO: an OAuth card, once
         card = CardInPlace(turn_context)
         reply = await run_text(text, self._context(actor, progress=card.show_progress))
         reply = await same_answer(reply)  # a redelivered activity: what the first one did
