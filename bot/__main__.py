@@ -282,7 +282,8 @@ def database_problem(exc: BaseException, url: str) -> DatabaseProblem | None:
 def fail(status: int, code: str, message: str, *, as_json: bool, usage: str | None = None) -> int:
     """An error before or beside any command: to standard error, as JSON if asked."""
     if as_json:
-        print(json.dumps({"error": code, "message": message, "usage": usage}), file=sys.stderr)
+        document = {"error": code, "message": message, "usage": usage}
+        print(json.dumps(document, indent=2, ensure_ascii=False), file=sys.stderr)
     else:
         print(message + ("\n" + usage if usage else ""), file=sys.stderr)
     return status
