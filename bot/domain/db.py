@@ -260,3 +260,20 @@ def is_outage(exc: BaseException) -> bool:
         and any(m in text for m in markers)
         or ("asyncpg" in text and any(m in text for m in markers))
     )
+
+
+async def pending_migrations() -> list[str]:
+    """The project's migrations not applied to the open database yet (for readiness)."""
+    import importlib
+    import pkgutil
+
+    from tortoise.migrations.recorder import MigrationRecorder
+
+    package = importlib.import_module(MIGRATIONS)
+    on_disk = {
+        name
+        for _, name, is_pkg in pkgutil.iter_modules(package.__path__)
+        if not is_pkg and name[0] not in "_~"
+    }
+    applied = await MigrationRecorder(connection()).applied_migrations()
+    return sorted(on_disk - {key.name for key in applied if key.app_label == "models"})

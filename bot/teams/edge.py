@@ -26,7 +26,6 @@ import asyncio
 import json
 import logging
 import time
-from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from http import HTTPStatus
@@ -61,9 +60,9 @@ from bot.auth.credentials import ClientCredentials
 from bot.auth.graph import GraphClient
 from bot.auth.membership import GraphPolicy
 from bot.auth.policy import DevPolicy, Policy
-from bot.auth.sso import TeamsSso
 from bot.commands.registry import Services
 from bot.config import Settings
+from bot.logs import CORRELATION_ID
 from bot.teams.bot import FusionBot, tenant_of
 from bot.teams.connector import (
     ConnectorPool,
@@ -74,6 +73,7 @@ from bot.teams.connector import (
 from bot.teams.gate import TurnGate
 from bot.teams.proactive import TURN, ProactiveSender, TurnBudget
 from bot.teams.render import dumps
+from bot.teams.sso import sso_flow
 
 log = logging.getLogger("bot.teams.edge")
 
@@ -86,9 +86,6 @@ CHECKED_TOKENS = 256
 #: Seconds a turn's replies may take, retries included, from the moment its activity is read:
 #: the Bot Connector gives up on a bot that has not answered in 15 s (and Teams redelivers).
 TURN_BUDGET = 10.0
-
-#: The id of the activity being served: the correlation id of every log line of its turn.
-CORRELATION_ID: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 
 
 class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
@@ -112,6 +109,12 @@ class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
         keys = cls(url, session)
         JwtTokenExtractor.metadataCache[url] = keys
         return keys
+
+    async def load(self) -> bool:
+        """Fetch the keys now unless some are loaded (readiness); whether any are."""
+        if not self.keys:
+            await self._refresh()
+        return bool(self.keys)
 
     async def _refresh(self) -> None:
         stale_since = self.last_updated
@@ -511,7 +514,7 @@ def build_edge(
     front_door = services or Services()
     if graph is not None:
         front_door = replace(front_door, graph=graph)
-    sso = None if settings.dev_mode else TeamsSso(settings, session)
+    sso = None if settings.dev_mode else sso_flow(settings, session, credentials)
     bot = FusionBot(settings, build_policy(settings, graph), front_door, sso)
     gate = TurnGate(settings.max_concurrent_turns)
     return Edge(settings, adapter, bot, connectors, sender, credentials, keys, front_door, gate)
