@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests import dbutil
+from tests.support import dbutil
 
 ROOT = Path(__file__).resolve().parent.parent
 

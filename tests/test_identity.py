@@ -13,7 +13,7 @@ from bot.auth.credentials import ClientCredentials, CredentialsError
 from bot.config import ConfigError, Settings
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider
 from tests.fakes.managed_identity import FakeManagedIdentityEndpoint
-from tests.teams_env import (
+from tests.support.teams_env import (
     APP_ID,
     auth_settings,
     message,

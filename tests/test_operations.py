@@ -18,7 +18,7 @@ from app import create_app
 from bot.app import metrics_page
 from bot.config import Settings
 from tests.fakes import Failure, FakeBotConnector, FakeGraph, FakeIdentityProvider
-from tests.teams_env import (
+from tests.support.teams_env import (
     APP_ID,
     OUTSIDER_OID,
     RunningBot,

@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity
 from tests.fakes.token_service import FakeTokenService
-from tests.teams_env import (
+from tests.support.teams_env import (
     ADMIN_GROUP,
     ADMIN_OID,
     APP_ID,

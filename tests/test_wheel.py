@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from tests.fakes import FakeBotConnector
-from tests.teams_env import message, texts
+from tests.support.teams_env import message, texts
 
 pytestmark = pytest.mark.slow
 
