@@ -104,8 +104,6 @@ def parse_command_line(argv: list[str]) -> Invocation:
             else:
                 raise CommandLineError(f"{name} needs a {'UPN' if name == '--as' else 'number'}")
             if name == "--as":
-                if not value.strip():
-                    raise CommandLineError("--as needs a UPN")
                 try:
                     found.operator = check_actor_id(value, "--as value")
                 except InvalidInput as exc:
