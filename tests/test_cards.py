@@ -39,17 +39,21 @@ from bot.commands.reply import (
     Progress,
     Reply,
     Table,
+    Usage,
 )
 from bot.config import DEFAULT_NAMING_RULE, Settings
 from bot.domain import approvals, db, ledger
 from bot.domain.models import ApprovalRequest, NumberType, ProductKind
 from bot.domain.naming import set_naming_rule
+from bot.domain.usage import ProductUsage, SubscriptionUsage
 from bot.teams import render as r
 from bot.teams.cards import run_action
 from tests import cardcheck, dbutil
 from tests.ledger_state import origin
 
 SETTINGS = Settings(approval_threshold=100)
+#: Teams on a phone or beside a meeting (about 360–450 px), and a full-width desktop card.
+NARROW_AND_FULL = (400, 800)
 POLICY = DevPolicy(("ada", "bob"))
 _ids = itertools.count(1)
 
@@ -175,6 +179,22 @@ def every_reply_type() -> dict[str, Reply]:
                 ("user13@contoso.com", "no such user"),
             ],
         ),
+        "type-usage": Usage(
+            title="Usage",
+            products=[
+                ProductUsage(
+                    "NUMBERS-GB-GEOGRAPHIC",
+                    "technical",
+                    "numbers",
+                    "numbers",
+                    "active",
+                    1_750,
+                    1_400,
+                    612,
+                    [SubscriptionUsage("CONTOSO-01", 1_400, 612)],
+                )
+            ],
+        ),
         "type-progress-done": Progress(
             title="Pack GOLD assigned",
             done=3,
@@ -255,6 +275,14 @@ async def gallery() -> dict[str, dict[str, Any]]:
     )
     assert isinstance(again, Message) and again.data["duplicate"]
     out["allocate-duplicate-delivery"] = again
+    out["numbers-add"] = await say("numbers add +442071234000-+442071234009")
+    out["user-add"] = await say(
+        'user add ada.lovelace@contoso.example --subscription ACME-01 --name "Ada Lovelace"'
+    )
+    out["number-assign"] = await say("number assign next GB to ada.lovelace@contoso.example")
+    out["numbers"] = await say("numbers")
+    out["users"] = await say("users")
+    out["digest-now"] = await say("digest now")
     out["audit"] = await say("audit --limit 15")
     out["audit-verify"] = await say("audit verify")
     out.update(every_reply_type())
@@ -308,12 +336,12 @@ async def test_every_card_renders_in_the_adaptivecards_renderer(
 ) -> None:
     cards = await gallery()
     report = await asyncio.to_thread(
-        cardcheck.check_cards,
-        cards,
-        render=True,
-        conventions=True,
-        out_dir=cardcheck.ARTIFACTS_DIR,
+        cardcheck.render_cards, cards, cardcheck.ARTIFACTS_DIR, widths=NARROW_AND_FULL
     )
+    # Read as a person would, on a phone and at full width: no word broken across lines,
+    # nothing wider than the card.
+    problems = cardcheck.layout_problems(report)
+    assert problems == {}, json.dumps(problems, indent=1, ensure_ascii=False)
     assert set(report) == set(cards)
     sizes = await asyncio.to_thread(
         lambda: {
@@ -352,7 +380,7 @@ def test_long_answers_are_cut_to_stay_under_the_limit() -> None:
     card = r.render(big)
     assert r.card_size(card) <= cardcheck.MAX_CARD_BYTES
     assert cardcheck.card_problems(card) == []
-    assert "more rows are not shown" in json.dumps(card)
+    assert "more are not shown" in json.dumps(card)
     busy = Progress(
         title="Bulk",
         done=5000,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from bot.commands import words
 from bot.commands.args import Args, Quantity, Text
 from bot.commands.registry import REGISTRY, Access, CommandSpec, Context, command
-from bot.commands.reply import Error, Message, Reply, Table
+from bot.commands.reply import Error, Message, Record, Reply, Table
+from bot.commands.words import event_sentence
 from bot.domain import audit
 
 
@@ -131,10 +133,18 @@ async def audit_list(ctx: Context, args: AuditArgs) -> Reply:
         ]
         for e in events
     ]
+    records = [
+        Record(
+            title=event_sentence(e.actor_name or e.actor_id, e.action, e.target, e.before, e.after),
+            detail=f"{e.at:%-d %b %Y %H:%M} UTC · via {e.source}",
+        )
+        for e in events
+    ]
     return Table(
         title="Audit",
         columns=["When (UTC)", "Who", "Via", "Action", "Target", "Before", "After"],
         rows=rows,
+        records=records,
         data=[audit.event_json(e) for e in events],
         note="" if rows else "No matching events.",
     )
@@ -171,8 +181,5 @@ async def audit_export(ctx: Context, args: Args) -> Reply:
 def _short(value: object) -> str:
     if value is None:
         return ""
-    if isinstance(value, dict):
-        text = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
-    else:
-        text = str(value)
+    text = words.value(value)
     return text if len(text) <= 60 else text[:57] + "…"
