@@ -402,3 +402,38 @@ def test_user_text_is_inserted_as_text_never_read_as_a_template() -> None:
     assert card["body"][1]["text"] == "${title} and ${tone}"
     assert card["body"][2]["facts"] == [{"title": "${text}", "value": "${facts}"}]
     assert "actions" not in card
+
+
+async def test_a_dry_run_goes_ahead_with_exactly_the_change_it_showed(ledger_db: None) -> None:
+    await seed()
+    preview = await say("allocate 25 SIP-CHANNELS to ACME-01 --dry-run")
+    assert isinstance(preview, Changed) and preview.dry_run
+    card = r.render(preview)
+    (button,) = [a for a in card["actions"] if a["title"] == "Go ahead"]
+    assert button["verb"] == r.VERB_FORM_SUBMIT and button["fallback"]["data"] == button["data"]
+    data = {k: v for k, v in button["data"].items() if k != "verb"}
+    assert data["dry_run"] is False and data["command"] == "allocate"
+    assert {k: data[k] for k in ("quantity", "product", "subscription")} == {
+        "quantity": "25",
+        "product": "SIP-CHANNELS",
+        "subscription": "ACME-01",
+    }
+    done, _ = await run_action(r.VERB_FORM_SUBMIT, data, context())
+    assert isinstance(done, Changed) and not done.dry_run
+    assert done.after == {**(preview.after or {})}
+    # A second click on the same button changes nothing again.
+    again, _ = await run_action(r.VERB_FORM_SUBMIT, data, context())
+    assert not (isinstance(again, Changed) and not again.dry_run and again.after != done.after)
+    product = await ledger.find_product("SIP-CHANNELS")
+    assert await ledger.allocated_total(db.connection(), product.id) == 40 + 25
+    # Above the approval threshold the go-ahead still becomes a request.
+    big = await say("allocate 150 TEAMS-SEATS to ACME-01 --dry-run")
+    assert isinstance(big, Changed) and big.go_ahead, big
+    assert "will wait for an approver" in big.text
+    command, fields = big.go_ahead
+    held, _ = await run_action(
+        r.VERB_FORM_SUBMIT,
+        {**fields, "command": command, "form_id": "go-ahead-test-1", "dry_run": False},
+        context(),
+    )
+    assert isinstance(held, Approval), held
