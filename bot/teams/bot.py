@@ -12,6 +12,7 @@ stored (which also makes a conversation marked inactive active again).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -45,8 +46,20 @@ log = logging.getLogger("bot.teams.bot")
 REFERENCE_FRESH_SECONDS = 60.0
 #: Conversations whose last stored reference this process remembers.
 REFERENCES_KEPT = 10_000
+#: A turn still working after this long shows Teams' typing indicator until its answer.
+TYPING_AFTER_SECONDS = 0.5
 #: The invoke in which Teams hands the bot the user's SSO token.
 TOKEN_EXCHANGE = "signin/tokenExchange"
+
+
+async def _typing_after(turn_context: TurnContext, delay: float) -> None:
+    """Send a typing activity once the turn has taken `delay` seconds (most answer sooner and
+    send none); a failed send only loses the indicator."""
+    await asyncio.sleep(delay)
+    try:
+        await turn_context.send_activity(Activity(type=ActivityTypes.typing))
+    except Exception as exc:  # the answer still goes out; the indicator is a courtesy
+        log.info("typing indicator not sent: %r", exc)
 
 
 class CardInPlace:
@@ -166,8 +179,12 @@ class FusionBot(ActivityHandler):
             return
         actor = self._actor(activity, "chat")
         card = CardInPlace(turn_context)
-        reply = await run_text(text, self._context(actor, progress=card.show_progress))
-        reply = await same_answer(reply)  # a redelivered activity: what the first one did
+        typing = asyncio.create_task(_typing_after(turn_context, TYPING_AFTER_SECONDS))
+        try:
+            reply = await run_text(text, self._context(actor, progress=card.show_progress))
+            reply = await same_answer(reply)  # a redelivered activity: what the first one did
+        finally:
+            typing.cancel()
         await after_reply(turn_context, reply, await card.show(reply))
 
     async def on_adaptive_card_invoke(
