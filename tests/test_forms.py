@@ -123,7 +123,7 @@ def texts(card: Any) -> str:
                 walk(item)
 
     walk(card)
-    return "\n".join(out)
+    return "\n".join(out).replace("\u2060", "")  # as a reader sees it
 
 
 async def seed() -> None:

@@ -110,3 +110,15 @@ def event_sentence(actor: str, action: str, target: str, before: Any, after: Any
         did = did.format(name=name)
     change = _changes(before, after)
     return f"{actor} {did}" + (f": {change}" if change else "")
+
+
+def target_name(target: str) -> str:
+    """An event's target as people name it: "allocation:ACME-01/TEAMS-SEATS" is
+    "TEAMS-SEATS → ACME-01", "product:TEAMS-SEATS" is "TEAMS-SEATS"; other text is kept."""
+    kind, sep, name = target.partition(":")
+    if not sep or not kind.isalpha() or kind.lower() != kind:
+        return target
+    if kind == "allocation" and "/" in name:
+        code, _, product = name.partition("/")
+        return f"{product} → {code}"
+    return name

@@ -51,7 +51,7 @@ MAX_TEXT = 4_000  # characters of one text block before it is cut
 #: CONTOSO-01), a browser or phone would otherwise break the word there when the line is full.
 #: The grammar drops it again from text pasted back from a card.
 WORD_JOINER = "\u2060"
-_INNER_HYPHEN = re.compile(r"([-/?)\]}*+|!])(?=[^\s\u2060])")
+_INNER_HYPHEN = re.compile(r"([-/?)\]}+|!])(?=[^\s\u2060])")
 #: Figures and their unit stay on one line: "67 %", "5 days".
 NBSP = "\u00a0"
 
@@ -251,8 +251,14 @@ def card_json(card: Mapping[str, Any]) -> str:
 
 
 def card_size(card: Mapping[str, Any]) -> int:
-    """Bytes of the card as compact JSON in UTF-8: what is sent."""
-    return len(card_json(card).encode())
+    """Bytes of the card as compact JSON with non-ASCII escaped (\\u2060): what is sent."""
+    return sent_size(card_json(card))
+
+
+def sent_size(encoded: str | bytes) -> int:
+    """Bytes of JSON text once its non-ASCII characters are escaped, as they are sent."""
+    text = encoded.decode() if isinstance(encoded, bytes) else encoded
+    return len(text.encode("ascii", "backslashreplace"))
 
 
 def unbroken(node: Any) -> Any:

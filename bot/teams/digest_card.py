@@ -212,7 +212,7 @@ def _card(reply: Digest, keep: int | None) -> dict[str, Any]:
             "facts": [],
             "sections": sections,
             "note": note
-            or f"Bars are allocated ÷ capacity, amber from {WARN_FROM:.0%}, red from "
+            or f"Bars are allocated ÷ capacity, amber from {percent(WARN_FROM)}, red from "
             f"{report.threshold_percent}{NBSP}%.",
             "paging": f"Page {reply.page} of {reply.pages}" if reply.pages > 1 else "",
             "actions": actions,

@@ -31,6 +31,7 @@ from bot.commands.reply import (
     Table,
     Usage,
 )
+from bot.commands.words import target_name
 from bot.teams.blocks import (
     CONTENT_TYPE,
     CONTROL_KEYS,
@@ -52,6 +53,7 @@ from bot.teams.blocks import (
     heading,
     percent,
     record,
+    sent_size,
     template,
     text,
     unbroken,
@@ -324,7 +326,7 @@ def _usage(reply: Usage, keep: int | None = None) -> dict:
 
 
 def _changed(reply: Changed) -> dict:
-    facts = [("Target", reply.target)] if reply.target else []
+    facts = [("Target", target_name(reply.target))] if reply.target else []
     body = reply.text if reply.text and reply.text not in reply.title else ""
     title = reply.title
     actions = []
@@ -628,7 +630,7 @@ def render(reply: Reply, *, actionable: bool = True) -> Card:
         )
         card = unbroken(shape(reply, None))  # type: ignore[arg-type]
         encoded = orjson.dumps(card)
-        while len(encoded) > MAX_CARD_BYTES and keep > 0:
+        while sent_size(encoded) > MAX_CARD_BYTES and keep > 0:
             keep = keep * 3 // 4 if keep > 4 else keep - 1
             card = unbroken(shape(reply, keep))  # type: ignore[arg-type]
             encoded = orjson.dumps(card)
@@ -651,7 +653,7 @@ def render(reply: Reply, *, actionable: bool = True) -> Card:
     if encoded is None:
         card = unbroken(card)
         encoded = orjson.dumps(card)
-    if len(encoded) > MAX_CARD_BYTES:
+    if sent_size(encoded) > MAX_CARD_BYTES:
         # Only pathological input gets here (e.g. thousands of facts): say so in a small card.
         card = bind(
             template("message"),
