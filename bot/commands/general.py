@@ -253,7 +253,7 @@ async def audit_list(ctx: Context, args: AuditArgs) -> Reply:
     records = [
         Record(
             title=event_sentence(e.actor_name or e.actor_id, e.action, e.target, e.before, e.after),
-            detail=f"{e.at:%-d %b %Y %H:%M} UTC · via {e.source}",
+            detail=f"{words.when(e.at, ctx.actor.timezone)} · via {e.source}",
         )
         for e in events
     ]

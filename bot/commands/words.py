@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import functools
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 #: action → what the actor did, with {name} (the target without its kind) filled in.
 _DID = {
@@ -122,3 +125,62 @@ def target_name(target: str) -> str:
         code, _, product = name.partition("/")
         return f"{product} → {code}"
     return name
+
+
+_NOUNS = {
+    "allocation.allocate": ("allocation", "allocations"),
+    "allocation.release": ("release", "releases"),
+    "approval.request": ("approval request", "approval requests"),
+    "approval.approve": ("approval", "approvals"),
+    "approval.reject": ("rejection", "rejections"),
+    "approval.expire": ("expired request", "expired requests"),
+    "approval.fail": ("approval not carried out", "approvals not carried out"),
+    "number.add": ("number range added", "number ranges added"),
+    "number.assign": ("number assigned", "numbers assigned"),
+    "number.release": ("number released", "numbers released"),
+    "number.reserve": ("reservation", "reservations"),
+    "account.add": ("account added", "accounts added"),
+    "product.add": ("product added", "products added"),
+    "product.capacity": ("capacity change", "capacity changes"),
+    "license.assign": ("license assigned", "licenses assigned"),
+    "license.unassign": ("license unassigned", "licenses unassigned"),
+    "pack.assign": ("pack assigned", "packs assigned"),
+}
+
+
+def action_noun(action: str, count: int) -> str:
+    """What `count` events of `action` are called: "3 allocations", "1 number assigned"."""
+    one, many = _NOUNS.get(action, (action.replace(".", " "), action.replace(".", " ")))
+    return one if count == 1 else many
+
+
+@functools.cache
+def known_zone(name: str) -> ZoneInfo | None:
+    """The IANA time zone `name`, or None when there is no such zone."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def when(at: datetime, zone: str | None = None, now: datetime | None = None) -> str:
+    """A moment as people read it: "2 Dec 08:00 UTC" (with the year when it is not this
+    year's), in the reader's time zone when known, else UTC."""
+    tz = (known_zone(zone) if zone else None) or UTC
+    local = at.astimezone(tz)
+    current = (now or datetime.now(UTC)).astimezone(tz)
+    name = "UTC" if tz is UTC else (local.tzname() or str(zone))
+    day = f"{local.day} {local:%b}" + (f" {local.year}" if local.year != current.year else "")
+    return f"{day} {local:%H:%M} {name}"
+
+
+def relative(at: datetime, now: datetime | None = None) -> str:
+    """ "in 3 days", "2 hours ago", "in 5 minutes", "now"."""
+    delta = (at - (now or datetime.now(UTC))).total_seconds()
+    span = abs(delta)
+    for unit, seconds in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if span >= seconds:
+            n = round(span / seconds)
+            amount = f"{n} {unit}{'s' if n != 1 else ''}"
+            return f"in {amount}" if delta > 0 else f"{amount} ago"
+    return "now"

@@ -21,7 +21,6 @@ import functools
 import json
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -143,29 +142,6 @@ def figure(value: int | float | None) -> str:
 def percent(share: float) -> str:
     """A share (0..1) as "67 %", figure and sign on one line."""
     return f"{100 * share:.0f}{NBSP}%"
-
-
-def when(at: datetime, tz: tzinfo | None = None, now: datetime | None = None) -> str:
-    """A moment as people read it: "2 Dec 08:00 UTC" (the year when it is not this one), in
-    the reader's time zone when known."""
-    zone = tz or UTC
-    local = at.astimezone(zone)
-    current = (now or datetime.now(UTC)).astimezone(zone)
-    name = local.tzname() or "UTC"
-    day = f"{local.day} {local:%b}" + (f" {local.year}" if local.year != current.year else "")
-    return f"{day} {local:%H:%M} {name}"
-
-
-def relative(at: datetime, now: datetime | None = None) -> str:
-    """ "in 3 days", "2 hours ago", "in 5 minutes"."""
-    delta = (at - (now or datetime.now(UTC))).total_seconds()
-    span = abs(delta)
-    for unit, seconds in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
-        if span >= seconds:
-            n = round(span / seconds)
-            words = f"{n} {unit}{'s' if n != 1 else ''}"
-            return f"in {words}" if delta > 0 else f"{words} ago"
-    return "now"
 
 
 # ----- elements ------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from bot.auth.sso import SsoRejected, TeamsSso
 from bot.commands.dispatch import run_text
 from bot.commands.registry import Context
 from bot.commands.reply import Reply
+from bot.commands.words import known_zone
 from bot.config import Settings
 from bot.domain import conversations
 from bot.teams.cards import after_reply, card_activity, handle_card_action, same_answer
@@ -114,7 +115,20 @@ def actor_from(activity: Activity, source: str) -> Actor:
         # Teams redelivers an activity it got no answer for: the same id has one effect.
         idempotency_key=activity.id,
         conversation_id=activity.conversation.id if activity.conversation else None,
+        timezone=client_timezone(activity),
     )
+
+
+def client_timezone(activity: Activity) -> str | None:
+    """The IANA time zone of the `clientInfo` entity Teams sends with a message, if valid."""
+    for entity in activity.entities if isinstance(activity.entities, list) else []:
+        kind = getattr(entity, "type", None)
+        if not isinstance(kind, str) or kind.lower() != "clientinfo":
+            continue
+        zone = (entity.additional_properties or {}).get("timezone")
+        if isinstance(zone, str) and 0 < len(zone) <= 64 and known_zone(zone):
+            return zone
+    return None
 
 
 def command_text(activity: Activity) -> str:

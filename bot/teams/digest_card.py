@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from bot.commands.reply import Digest
-from bot.commands.words import event_sentence
+from bot.commands.words import action_noun, event_sentence, relative, when
 from bot.domain.digests import DigestReport, ProductLine
 from bot.teams.blocks import (
     MAX_CARD_BYTES,
@@ -25,11 +25,9 @@ from bot.teams.blocks import (
     heading,
     percent,
     record,
-    relative,
     template,
     text,
     unbroken,
-    when,
 )
 
 # Bar colours: comfortable, getting full, at or over the alert threshold.
@@ -88,6 +86,29 @@ def _product(p: ProductLine, threshold: float, first: bool) -> list[dict[str, An
     return [{"type": "Container", "spacing": "None" if first else "Small", "items": items}]
 
 
+def _open_licenses(lines: list[ProductLine]) -> list[dict[str, Any]]:
+    """Licenses without a capacity in one short paragraph: they cannot run out."""
+    if not lines:
+        return []
+    names = ", ".join(
+        f"{p.name} ({figure(p.in_use)})" if p.in_use else p.name for p in lines[: LIST_CAP * 4]
+    )
+    more = len(lines) - min(len(lines), LIST_CAP * 4)
+    return [
+        text(
+            f"**{figure(len(lines))} licenses with open capacity**, "
+            f"{figure(sum(p.in_use for p in lines))} in use",
+            spacing="Medium",
+        ),
+        text(
+            names + (f" and {more:,} more" if more > 0 else ""),
+            isSubtle=True,
+            size="Small",
+            spacing="None",
+        ),
+    ]
+
+
 def _alerts(report: DigestReport) -> list[dict[str, Any]]:
     """The pools and subscriptions near exhaustion, with their forecast, named first."""
     if not report.pool_alerts and not report.subscription_alerts_total and not report.forecasts:
@@ -134,6 +155,11 @@ def _changes(report: DigestReport) -> list[dict[str, Any]]:
         out.append(text("No changes.", isSubtle=True))
         return out
     shown = report.changes[:LIST_CAP]
+    kinds = ", ".join(
+        f"{figure(n)} {action_noun(action, n)}"
+        for action, n in list(report.changes_by_action.items())[:6]
+    )
+    out.append(text(f"**{figure(report.changes_total)} changes**: {kinds}", spacing="Small"))
     for c in shown:
         sentence = event_sentence(cut(c.actor, 40), c.action, cut(c.target, 80), None, None)
         out.append(text(sentence, spacing="Small"))
@@ -176,8 +202,10 @@ def _card(reply: Digest, keep: int | None) -> dict[str, Any]:
     if shown:
         title = "Products" + (f" (page {reply.page} of {reply.pages})" if reply.pages > 1 else "")
         sections.append(heading(title))
-        for i, p in enumerate(shown):
+        pools = [p for p in shown if not p.open_capacity]
+        for i, p in enumerate(pools):
             sections += _product(p, threshold, i == 0)
+        sections += _open_licenses([p for p in shown if p.open_capacity])
     if reply.page == 1:
         sections += _changes(report) + _approvals(report)
     note = ""

@@ -258,9 +258,23 @@ def _usage(reply: Usage, keep: int | None = None) -> dict:
 
     products = reply.products if keep is None else reply.products[:keep]
     body: list[dict[str, Any]] = []
-    for i, u in enumerate(products):
+    for u in products:
         open_capacity = u.capacity >= OPEN_LICENSE_CAPACITY
         share = "open capacity" if open_capacity else f"{percent(u.utilisation)} allocated"
+        if open_capacity:
+            # Nothing to run out of: one line, no figure grid.
+            body.append(
+                record(
+                    f"**{u.name}**",
+                    f"open capacity · {figure(u.allocated)} allocated · {figure(u.in_use)} in use"
+                    + "".join(
+                        f" · {s.code}: {figure(s.allocated)} allocated, {figure(s.in_use)} in use"
+                        for s in u.subscriptions[:5]
+                    ),
+                    first=not body,
+                )
+            )
+            continue
         block: list[dict[str, Any]] = [
             {
                 "type": "ColumnSet",
@@ -297,7 +311,7 @@ def _usage(reply: Usage, keep: int | None = None) -> dict:
         ]
         block += [text(line, size="Small", spacing="None") for line in subs]
         container: dict[str, Any] = {"type": "Container", "items": block, "spacing": "Medium"}
-        if i:
+        if body:
             container["separator"] = True
         body.append(container)
     notes = [reply.note] if reply.note else []
