@@ -171,7 +171,7 @@ def to_text(reply: Reply) -> str:
     elif isinstance(reply, Approval):
         if reply.text:
             lines.append(_plain(reply.text))
-        lines.append(f"  request {reply.request_id}: {reply.status}")
+        lines.append(f"  request {reply.short_id or reply.request_id}: {reply.status}")
         keys = list(dict.fromkeys([*(reply.before or {}), *(reply.after or {})]))
         for key in keys:
             old, new = (reply.before or {}).get(key), (reply.after or {}).get(key)

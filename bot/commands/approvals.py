@@ -46,6 +46,7 @@ def approval_reply(request: ApprovalRequest, text: str = "") -> Approval:
         data=approvals.view(request),
         ok=request.status is not ApprovalStatus.FAILED,
         request_id=request.id,
+        short_id=approvals.short_id(request),
         summary=request.summary,
         requester=request.requester_name or request.requester_id,
         status=status,
@@ -92,18 +93,21 @@ class ApprovalGate:
                 "will wait for an approver."
             )
             return preview
-        request = await approvals.request_change(
-            ctx.actor.origin(),
-            action,
-            payload,
-            ttl_hours=ctx.settings.approval_ttl_hours,
-            conversation_id=ctx.actor.conversation_id,
-        )
+        try:
+            request = await approvals.request_change(
+                ctx.actor.origin(),
+                action,
+                payload,
+                ttl_hours=ctx.settings.approval_ttl_hours,
+                conversation_id=ctx.actor.conversation_id,
+            )
+        except approvals.SameRequestPending as same:
+            return approval_reply(same.request, f"{same.message} Nothing was requested again.")
+        typed = approvals.short_id(request)
         reply = approval_reply(
             request,
             f"More than {threshold:,} units: this change waits for an approver. "
-            "Approvers can use the buttons or type "
-            f"`approve {request.id}` / `reject {request.id}`.",
+            f"Approvers can use the buttons or type `approve {typed}` / `reject {typed}`.",
         )
         post: Callable[[Approval], Awaitable[Any]] | None = ctx.services.get(CHANNEL_SERVICE)
         if post is not None:
@@ -135,7 +139,7 @@ async def approvals_list(ctx: Context, args: ApprovalsArgs) -> Reply:
     found = await (approvals.recent(200) if args.all else approvals.pending())
     rows = [
         [
-            r.id,
+            approvals.short_id(r),
             r.summary,
             r.requester_name or r.requester_id,
             when(r.created_at) or "",

@@ -108,6 +108,8 @@ class Approval(Reply):
     """An approval request (pending or decided), shown as a card with Approve / Reject."""
 
     request_id: str = ""
+    #: What people type and read aloud (A-17); buttons send `request_id`.
+    short_id: str = ""
     summary: str = ""
     requester: str = ""
     status: str = "pending"

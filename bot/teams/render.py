@@ -482,7 +482,7 @@ def _approval(reply: Approval, actionable: bool = True) -> dict:
     )
     facts: list[tuple[str, str]] = [
         ("Requested by", reply.requester),
-        ("Request", reply.request_id),
+        ("Request", reply.short_id or reply.request_id),
     ]
     if reply.status == "pending":
         if reply.expires_at:
