@@ -82,8 +82,7 @@ async def _pending_approvals() -> Choices:
         .values_list("id", "number", "summary", "requester_name")
     )
     return [
-        (f"{f'A-{n}' if n else rid}: {summary} — {who}", str(rid))
-        for rid, n, summary, who in rows
+        (f"{f'A-{n}' if n else rid}: {summary} — {who}", str(rid)) for rid, n, summary, who in rows
     ]
 
 

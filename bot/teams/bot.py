@@ -53,14 +53,30 @@ TYPING_AFTER_SECONDS = 0.5
 TOKEN_EXCHANGE = "signin/tokenExchange"
 
 
-async def _typing_after(turn_context: TurnContext, delay: float) -> None:
-    """Send a typing activity once the turn has taken `delay` seconds (most answer sooner and
-    send none); a failed send only loses the indicator."""
-    await asyncio.sleep(delay)
-    try:
-        await turn_context.send_activity(Activity(type=ActivityTypes.typing))
-    except Exception as exc:  # the answer still goes out; the indicator is a courtesy
-        log.info("typing indicator not sent: %r", exc)
+class TypingIndicator:
+    """Teams' typing indicator for a turn that takes longer than `delay` seconds: one typing
+    activity, sent only if no answer went out first. A send once begun is let finish (never
+    cut off mid-request), so the indicator always arrives before the answer."""
+
+    def __init__(self, turn_context: TurnContext, delay: float) -> None:
+        self._turn = turn_context
+        self._sending = False
+        self._task = asyncio.create_task(self._run(delay))
+
+    async def _run(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._sending = True
+        try:
+            await self._turn.send_activity(Activity(type=ActivityTypes.typing))
+        except Exception as exc:  # the answer still goes out; the indicator is a courtesy
+            log.info("typing indicator not sent: %r", exc)
+
+    async def stop(self) -> None:
+        """Before the turn's first card: no indicator after it."""
+        if self._sending:
+            await asyncio.shield(self._task)
+        else:
+            self._task.cancel()
 
 
 class CardInPlace:
@@ -193,12 +209,17 @@ class FusionBot(ActivityHandler):
             return
         actor = self._actor(activity, "chat")
         card = CardInPlace(turn_context)
-        typing = asyncio.create_task(_typing_after(turn_context, TYPING_AFTER_SECONDS))
+        typing = TypingIndicator(turn_context, TYPING_AFTER_SECONDS)
+
+        async def progress(report: Reply) -> None:
+            await typing.stop()  # the progress card is showing: no indicator after it
+            await card.show_progress(report)
+
         try:
-            reply = await run_text(text, self._context(actor, progress=card.show_progress))
+            reply = await run_text(text, self._context(actor, progress=progress))
             reply = await same_answer(reply)  # a redelivered activity: what the first one did
         finally:
-            typing.cancel()
+            await typing.stop()
         await after_reply(turn_context, reply, await card.show(reply))
 
     async def on_adaptive_card_invoke(
