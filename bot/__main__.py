@@ -30,6 +30,7 @@ from bot.commands.reply import (
     Table,
     Usage,
 )
+from bot.commands.words import would
 from bot.config import ConfigError, Settings
 from bot.domain import db
 from bot.domain.naming import set_naming_rule
@@ -146,8 +147,11 @@ def to_text(reply: Reply) -> str:
         if reply.note:
             lines.append(reply.note)
     elif isinstance(reply, Changed):
-        if reply.dry_run and reply.text and reply.text not in reply.title:
-            lines.append(reply.text)
+        if reply.dry_run:
+            outcome = reply.title.removeprefix("Dry run — nothing changed: ")
+            lines[0] = f"Dry run — nothing changed. {would(outcome)}"
+            if reply.text and reply.text not in reply.title:
+                lines.append(reply.text)
         keys = list(dict.fromkeys([*(reply.before or {}), *(reply.after or {})]))
         for key in keys:
             old = (reply.before or {}).get(key)

@@ -418,6 +418,12 @@ async def test_a_dry_run_goes_ahead_with_exactly_the_change_it_showed(ledger_db:
         "product": "SIP-CHANNELS",
         "subscription": "ACME-01",
     }
+    # The values stay in a form under the preview, to change and dry-run again.
+    (edit,) = [a for a in card["actions"] if a["type"] == "Action.ShowCard"]
+    values = {i["id"]: i.get("value") for i in edit["card"]["body"] if "id" in i}
+    assert values["product"] == "SIP-CHANNELS" and values["subscription"] == "ACME-01"
+    assert values["quantity"] == 25
+    assert [a["title"] for a in edit["card"]["actions"]] == ["Submit", "Dry run"]
     done, _ = await run_action(r.VERB_FORM_SUBMIT, data, context())
     assert isinstance(done, Changed) and not done.dry_run
     assert done.after == {**(preview.after or {})}

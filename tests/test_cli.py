@@ -269,7 +269,7 @@ def test_dry_run_shows_before_and_after_and_changes_nothing(cli: CLI, empty_db_u
     cli.ok("allocate", "3", "TEAMS-SEATS", "to", "ACME-01")
     before = cli.json("audit", "export")
     text = cli.ok("allocate", "5", "TEAMS-SEATS", "to", "ACME-01", "--dry-run")
-    assert text.startswith("Dry run — nothing changed: Allocated 5")
+    assert text.startswith("Dry run — nothing changed. Would allocate 5")
     assert "allocated: 3 → 8" in text
     dry = cli.json("product", "capacity", "TEAMS-SEATS", "30", "--dry-run")
     assert dry == {

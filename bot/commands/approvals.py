@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from bot.commands import words
 from bot.commands.args import Args, Quantity, Text
 from bot.commands.ledger import AllocationArgs, CapacityArgs, changed, paged
 from bot.commands.registry import Access, Context, command
@@ -28,7 +29,8 @@ CHANNEL_SERVICE = "approvals_channel"
 
 
 def when(at: datetime | None) -> str | None:
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else None
+    """A request's time as people read it (2 Dec 08:00 UTC)."""
+    return words.when(at) if at else None
 
 
 def approval_reply(request: ApprovalRequest, text: str = "") -> Approval:
@@ -54,7 +56,11 @@ def approval_reply(request: ApprovalRequest, text: str = "") -> Approval:
         after=request.after,
         decided_by=request.decided_by_name or request.decided_by_id,
         decided_at=when(request.decided_at),
-        expires_at=when(request.expires_at),
+        expires_at=(
+            f"{when(request.expires_at)} ({words.relative(request.expires_at)})"
+            if request.status is ApprovalStatus.PENDING
+            else when(request.expires_at)
+        ),
         reason=request.reason,
         text=text,
     )

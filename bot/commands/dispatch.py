@@ -135,6 +135,10 @@ async def _run(
             # What "Go ahead" sends back: the same fields, for real (every rule re-checked).
             fields = {k: v for k, v in data.items() if k != "dry_run"}
             reply.go_ahead = (spec.name, fields)
+            # The values typed stay in a form under the preview, to change and try again.
+            from bot.commands.forms import build_form
+
+            reply.form = await build_form(spec, ctx, fields)
         return reply
     except Duplicate as exc:
         return Message(

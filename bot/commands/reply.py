@@ -64,6 +64,8 @@ class Changed(Reply):
     #: For a dry run: the command and the fields that carry out exactly the change shown
     #: (set by the dispatcher; the card's "Go ahead" button sends them back).
     go_ahead: tuple[str, dict[str, Any]] | None = None
+    #: For a dry run: the command's form with the values it ran with, to change and run again.
+    form: Form | None = None
 
 
 @dataclass

@@ -106,11 +106,12 @@ def event_sentence(actor: str, action: str, target: str, before: Any, after: Any
         reason = after.get("reason")
         did = _DID.get(action, action).format(name=name)
         return f"{actor} {did}" + (f": “{reason}”" if reason else "")
-    did = _DID.get(action)
-    if did is None:
-        did = f"{action.replace('.', ' ').replace('_', ' ')} {name}"
-    else:
-        did = did.format(name=name)
+    template = _DID.get(action)
+    did = (
+        template.format(name=name)
+        if template is not None
+        else f"{action.replace('.', ' ').replace('_', ' ')} {name}"
+    )
     change = _changes(before, after)
     return f"{actor} {did}" + (f": {change}" if change else "")
 
@@ -184,3 +185,27 @@ def relative(at: datetime, now: datetime | None = None) -> str:
             amount = f"{n} {unit}{'s' if n != 1 else ''}"
             return f"in {amount}" if delta > 0 else f"{amount} ago"
     return "now"
+
+
+_WOULD = {
+    "Added": "Would add",
+    "Allocated": "Would allocate",
+    "Assigned": "Would assign",
+    "Changed": "Would change",
+    "Created": "Would create",
+    "Released": "Would release",
+    "Reserved": "Would reserve",
+    "Retired": "Would retire",
+    "Set": "Would set",
+    "Stopped": "Would stop",
+    "Subscribed": "Would subscribe",
+}
+
+
+def would(outcome: str) -> str:
+    """A change's outcome said as what a dry run would do: "Allocated 5 …" → "Would allocate
+    5 …" (other wordings get "If carried out: ")."""
+    first, _, rest = outcome.partition(" ")
+    if first in _WOULD:
+        return f"{_WOULD[first]} {rest}"
+    return f"If carried out: {outcome}" if outcome else outcome

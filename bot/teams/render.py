@@ -31,7 +31,7 @@ from bot.commands.reply import (
     Table,
     Usage,
 )
-from bot.commands.words import target_name
+from bot.commands.words import target_name, would
 from bot.teams.blocks import (
     CONTENT_TYPE,
     CONTROL_KEYS,
@@ -348,6 +348,7 @@ def _changed(reply: Changed) -> dict:
         # The badge says it is a dry run; the title says what the change would do.
         for prefix in ("Dry run — nothing changed: ", "Dry run — "):
             title = title.removeprefix(prefix)
+        title = would(title)
         if reply.go_ahead:
             command, fields = reply.go_ahead
             actions.append(
@@ -363,6 +364,21 @@ def _changed(reply: Changed) -> dict:
                     },
                     style="positive",
                 )
+            )
+        if reply.form is not None:
+            inputs: list[dict] = []
+            for field in reply.form.fields:
+                inputs.extend(_input(field, None))
+            actions.append(
+                {
+                    "type": "Action.ShowCard",
+                    "title": "Change values",
+                    "card": {
+                        "type": "AdaptiveCard",
+                        "body": inputs,
+                        "actions": _form_actions(reply.form),
+                    },
+                }
             )
     return bind(
         template("changed"),
@@ -450,7 +466,6 @@ def _form(reply: Form) -> dict:
     inputs: list[dict] = []
     for field in reply.fields:
         inputs.extend(_input(field, reply.errors.get(field.name)))
-    data = {"command": reply.command, "form_id": reply.form_id}
     return bind(
         template("form"),
         {
@@ -458,12 +473,17 @@ def _form(reply: Form) -> dict:
             "usage": reply.usage.splitlines()[0] if reply.usage else "",
             "problem": cut(" ".join(general), MAX_TEXT),
             "inputs": inputs,
-            "actions": [
-                execute("Submit", VERB_FORM_SUBMIT, {**data, "dry_run": False}, style="positive"),
-                execute("Dry run", VERB_FORM_SUBMIT, {**data, "dry_run": True}),
-            ],
+            "actions": _form_actions(reply),
         },
     )
+
+
+def _form_actions(form: Form) -> list[dict]:
+    data = {"command": form.command, "form_id": form.form_id}
+    return [
+        execute("Submit", VERB_FORM_SUBMIT, {**data, "dry_run": False}, style="positive"),
+        execute("Dry run", VERB_FORM_SUBMIT, {**data, "dry_run": True}),
+    ]
 
 
 _APPROVAL_LOOK = {
