@@ -174,7 +174,8 @@ def render_cards(
     ``msteams.width``: screenshots ``<name>-<width>.png``, and per width in
     ``report[name]["widths"][str(width)]`` its ``layout`` problems — a word broken across
     lines (a DOM range per word with more than one line box) or anything overflowing sideways
-    — and its ``height`` in pixels.  Raises
+    — its ``height`` in pixels and the ``text`` a reader sees. ``targetWidth`` is honoured as
+    Teams does (elements that do not target the width are left out).  Raises
     :class:`RendererError` when the renderer cannot run at all.
     """
     if not cards:
