@@ -138,6 +138,36 @@ async def approval_in(status: str) -> Approval:
     return done
 
 
+async def busy_digest() -> Reply:
+    """`digest now` over 15 pools with four weeks of daily snapshots: pools near exhaustion
+    with a forecast, a trend, changes and pending approvals."""
+    from datetime import date
+
+    from bot.domain.models import Product, UsageSnapshot
+
+    ops = origin()
+    for i in range(15):
+        name = f"POOL-{i:02}-{['GB-GEO', 'SIP', 'SEATS'][i % 3]}"
+        await ledger.add_product(ops, name, ProductKind.CUSTOM, 1_000)
+        await ledger.allocate(ops, 50 + 65 * i, name, "FAB-01")
+    today = date.today()
+    rows = []
+    for product in await Product.filter(name__startswith="POOL-"):
+        final = 50 + 65 * int(product.name[5:7])
+        for back in range(28, 0, -1):
+            rows.append(
+                UsageSnapshot(
+                    day=today - timedelta(days=back),
+                    product_id=product.id,
+                    capacity=1_000,
+                    allocated=max(0, final - 6 * back),
+                    in_use=0,
+                )
+            )
+    await UsageSnapshot.bulk_create(rows)
+    return await say("digest now")
+
+
 def every_reply_type() -> dict[str, Reply]:
     """One constructed reply of each type (also the ones no command produces yet)."""
     return {
@@ -283,6 +313,7 @@ async def gallery() -> dict[str, dict[str, Any]]:
     out["numbers"] = await say("numbers")
     out["users"] = await say("users")
     out["digest-now"] = await say("digest now")
+    out["digest-15-products"] = await busy_digest()
     out["audit"] = await say("audit --limit 15")
     out["audit-verify"] = await say("audit verify")
     out.update(every_reply_type())

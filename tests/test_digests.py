@@ -285,11 +285,13 @@ async def test_digest_card_is_valid_small_and_pages_when_large() -> None:
     assert universal_action_problems(card) == []
     assert card_size(card) <= MAX_CARD_BYTES
     text = _texts(card)
-    assert "Near exhaustion (≥ 90\u00a0%)" in text
+    assert "Running out" in text and "over the 90\u00a0% alert" in text
     assert "CUSTOM-POOL-59" in text  # the fullest pools come first
     assert "CUSTOM-POOL-00" not in text
-    bars = [c for c in _walk(card) if c.get("type") == "Column" and c.get("style") == "attention"]
-    assert bars and bars[0]["width"] == 99
+    # Bars are coloured by the alert threshold: the fullest pool (99 %) in red, nearly full.
+    bars = [c for c in _walk(card) if c.get("type") == "TextRun" and "█" in c.get("text", "")]
+    assert bars[0]["color"] == "Attention" and bars[0]["text"].count("█") == 16
+    assert {b["color"] for b in bars} >= {"Attention", "Warning"}
     last = render(digest_reply(report, page=3, page_size=25))
     assert card_problems(last) == [] and "CUSTOM-POOL-00" in _texts(last)
     # A page size that cannot fit is cut to the limit, with a note.

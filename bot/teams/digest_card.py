@@ -44,46 +44,100 @@ def _tone(share: float, threshold: float) -> str:
     return "good"
 
 
-def bar(share: float, style: str) -> dict[str, Any]:
-    """A horizontal bar filled to `share` (0..1): two weighted columns, the filled one coloured."""
-    filled = max(0, min(100, round(100 * share)))
-    columns = [
-        {"type": "Column", "width": filled, "style": style, "minHeight": "8px", "items": []},
-        {
-            "type": "Column",
-            "width": 100 - filled,
-            "style": "emphasis",
-            "minHeight": "8px",
-            "spacing": "None",
-            "items": [],
-        },
-    ]
+#: Characters of a utilisation bar (fits 360 px beside its figures' first words).
+BAR_CHARS = 16
+_BAR_COLOR = {"good": "Good", "warning": "Warning", "attention": "Attention"}
+
+
+def bar(share: float, tone: str) -> dict[str, Any]:
+    """A utilisation bar as a text run: █ filled to `share` (0..1), ░ for the rest, coloured
+    by the alert threshold (one line high, unlike styled columns with their padding)."""
+    filled = max(0, min(BAR_CHARS, round(BAR_CHARS * share)))
     return {
-        "type": "ColumnSet",
-        "spacing": "Small",
-        "minHeight": "8px",
-        "columns": [c for c in columns if c["width"]],
+        "type": "TextRun",
+        "text": "█" * filled + "░" * (BAR_CHARS - filled),
+        "fontType": "Monospace",
+        "color": _BAR_COLOR.get(tone, "Default"),
     }
 
 
 def _product(p: ProductLine, threshold: float, first: bool) -> list[dict[str, Any]]:
-    """A product: its name on one line, its figures on a subtle line under it, a bar."""
-    if p.open_capacity:
-        figures = f"{figure(p.allocated)} allocated · {figure(p.in_use)} in use · open capacity"
-    else:
-        figures = (
-            f"{percent(p.utilisation)} · {figure(p.allocated)} of {figure(p.capacity)} "
-            f"allocated · {figure(p.in_use)} in use"
-        )
-    tone = "good" if p.open_capacity else _tone(p.utilisation, threshold)
+    """A pool: its name, then its bar and figures on one line."""
+    tone = _tone(p.utilisation, threshold)
     color = {"attention": "Attention", "warning": "Warning"}.get(tone, "Default")
-    items: list[dict[str, Any]] = [
-        text(f"**{p.name}**", spacing="None", color=color),
-        text(figures, spacing="None", isSubtle=True, size="Small"),
+    figures = (
+        f" {percent(p.utilisation)} · {figure(p.allocated)} of {figure(p.capacity)} allocated · "
+        f"{figure(p.in_use)} in use"
+    )
+    return [
+        {
+            "type": "Container",
+            "spacing": "None" if first else "Small",
+            "items": [
+                text(f"**{p.name}**", spacing="None", color=color),
+                {
+                    "type": "RichTextBlock",
+                    "spacing": "None",
+                    "inlines": [
+                        bar(p.utilisation, tone),
+                        {"type": "TextRun", "text": figures, "isSubtle": True, "size": "Small"},
+                    ],
+                },
+            ],
+        }
     ]
-    if not p.open_capacity:
-        items.append(bar(p.utilisation, tone))
-    return [{"type": "Container", "spacing": "None" if first else "Small", "items": items}]
+
+
+#: Pools drawn in the trend chart (the fullest), and points per line (one a week, or less).
+TREND_POOLS = 4
+TREND_POINTS = 8
+
+
+def _trend(report: DigestReport) -> list[dict[str, Any]]:
+    """The last weeks' utilisation of the fullest pools: a Chart.Line where Teams draws charts,
+    with a sentence per pool (first → last) as its fallback for clients without charts."""
+    by_name = {p.name: p for p in report.products if not p.open_capacity and p.capacity}
+    pools = sorted(
+        (n for n, pts in report.trends.items() if n in by_name and len(pts) >= 2),
+        key=lambda n: (-by_name[n].utilisation, n),
+    )[:TREND_POOLS]
+    if not pools:
+        return []
+    lines, sentences = [], []
+    for name in pools:
+        points = report.trends[name]
+        step = max(1, -(-len(points) // TREND_POINTS))
+        kept = points[::step]
+        if kept[-1] != points[-1]:
+            kept.append(points[-1])
+        capacity = by_name[name].capacity
+        lines.append(
+            {
+                "legend": name,
+                "values": [
+                    {"x": f"{d.day} {d:%b}", "y": round(100 * v / capacity)} for d, v in kept
+                ],
+            }
+        )
+        first, last = points[0], points[-1]
+        sentences.append(
+            f"**{name}**: {percent(first[1] / capacity)} on {first[0].day} {first[0]:%b} → "
+            f"{percent(last[1] / capacity)} on {last[0].day} {last[0]:%b}"
+        )
+    fallback = {
+        "type": "Container",
+        "items": [text(line, spacing="Small") for line in sentences],
+    }
+    return [
+        heading("Trend (allocated ÷ capacity, %)"),
+        {
+            "type": "Chart.Line",
+            "title": "Allocated ÷ capacity (%)",
+            "colorSet": "categorical",
+            "data": lines,
+            "fallback": fallback,
+        },
+    ]
 
 
 def _open_licenses(lines: list[ProductLine]) -> list[dict[str, Any]]:
@@ -113,7 +167,7 @@ def _alerts(report: DigestReport) -> list[dict[str, Any]]:
     """The pools and subscriptions near exhaustion, with their forecast, named first."""
     if not report.pool_alerts and not report.subscription_alerts_total and not report.forecasts:
         return []
-    out = [heading(f"Near exhaustion (≥ {report.threshold_percent}{NBSP}%)", "Attention")]
+    out = [heading("Running out", "Attention")]
     forecast = {f.product: f for f in report.forecasts}
     named: set[str] = set()
     for p in report.pool_alerts[:LIST_CAP]:
@@ -121,7 +175,14 @@ def _alerts(report: DigestReport) -> list[dict[str, Any]]:
         f = forecast.get(p.name)
         left = f"{figure(p.capacity - p.allocated)} left to allocate"
         soon = f" · runs out in about {figure(round(f.days))} days" if f else ""
-        out.append(record(f"**{p.name}** {percent(p.utilisation)}", left + soon, first=True))
+        out.append(
+            record(
+                f"**{p.name}** {percent(p.utilisation)} allocated, over the "
+                f"{report.threshold_percent}{NBSP}% alert",
+                left + soon,
+                first=True,
+            )
+        )
     for f in report.forecasts[:LIST_CAP]:
         if f.product in named:
             continue
@@ -180,7 +241,8 @@ def _approvals(report: DigestReport) -> list[dict[str, Any]]:
         out.append(
             record(
                 cut(a.summary, 120),
-                f"{a.id} · asked by {cut(a.requester, 40)} · expires {relative(a.expires_at)}",
+                f"{a.short_id or a.id} · asked by {cut(a.requester, 40)} · "
+                f"expires {relative(a.expires_at)}",
                 first=True,
             )
         )
@@ -198,7 +260,7 @@ def _card(reply: Digest, keep: int | None) -> dict[str, Any]:
     shown = products if keep is None else products[:keep]
     sections: list[dict[str, Any]] = []
     if reply.page == 1:
-        sections += _alerts(report)
+        sections += _alerts(report) + _trend(report)
     if shown:
         title = "Products" + (f" (page {reply.page} of {reply.pages})" if reply.pages > 1 else "")
         sections.append(heading(title))

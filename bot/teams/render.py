@@ -295,14 +295,31 @@ def _usage(reply: Usage, keep: int | None = None) -> dict:
                     },
                 ],
             },
-            _figure_grid(
-                [
-                    ("Capacity", "open" if open_capacity else figure(u.capacity)),
-                    ("Allocated", figure(u.allocated)),
-                    ("Unallocated", "—" if open_capacity else figure(u.unallocated)),
-                    ("In use", figure(u.in_use)),
-                ]
-            ),
+            # Four figures fit a phone; Teams at full width shows all six.
+            {
+                **_figure_grid(
+                    [
+                        ("Capacity", figure(u.capacity)),
+                        ("Allocated", figure(u.allocated)),
+                        ("Unallocated", figure(u.unallocated)),
+                        ("In use", figure(u.in_use)),
+                    ]
+                ),
+                "targetWidth": "atMost:Narrow",
+            },
+            {
+                **_figure_grid(
+                    [
+                        ("Capacity", figure(u.capacity)),
+                        ("Allocated", figure(u.allocated)),
+                        ("Unallocated", figure(u.unallocated)),
+                        ("In use", figure(u.in_use)),
+                        ("Free", figure(u.allocated - u.in_use)),
+                        ("Utilisation", percent(u.utilisation)),
+                    ]
+                ),
+                "targetWidth": "atLeast:Standard",
+            },
         ]
         subs = [
             f"**{s.code}**: {figure(s.allocated)} allocated, {figure(s.in_use)} in use, "

@@ -463,8 +463,8 @@ async function main() {
 
   const text = JSON.stringify(report, null, 2);
   if (opts.report) fs.writeFileSync(opts.report, text + "\n");
-  process.stdout.write(text + "\n");
-  process.exit(anyErrors ? 1 : 0);
+  // Exit once the report is flushed: a pipe takes 64 KB at a time, and exiting earlier cuts it.
+  process.stdout.write(text + "\n", () => process.exit(anyErrors ? 1 : 0));
 }
 
 main().catch((e) => {
