@@ -561,6 +561,7 @@ class DigestReport:
                 "first": [
                     {
                         "id": a.id,
+                        "short_id": a.short_id or a.id,
                         "summary": a.summary,
                         "requester": a.requester,
                         "expires_at": a.expires_at.isoformat(),
