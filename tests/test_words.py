@@ -3,7 +3,6 @@ event codes and `None`; dates in the reader's time zone; approval ids people can
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 
