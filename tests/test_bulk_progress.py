@@ -58,7 +58,12 @@ async def test_pack_assignment_updates_its_card_as_it_goes(
         # The ledger: 25 whole packs, 5 users with nothing.
         assert await LicenseAssignment.all().count() == 2 * (USERS - 5)
 
-    sent = [a for a in connector.activities if a.kind in ("reply", "send", "update")]
+    every = [a for a in connector.activities if a.kind in ("reply", "send", "update")]
+    # Teams' typing indicator, if the turn took long enough before its first card, comes
+    # first and once; never after the progress card is showing.
+    typing = [a for a in every if a.activity.get("type") == "typing"]
+    assert len(typing) <= 1 and all(every.index(t) == 0 for t in typing)
+    sent = [a for a in every if a.activity.get("type") != "typing"]
     first, *updates = sent
     # One card posted, then updated in place: the same activity every time.
     assert first.kind in ("reply", "send")
@@ -70,3 +75,19 @@ async def test_pack_assignment_updates_its_card_as_it_goes(
     assert any(f"of {USERS}" in t for t in running), running
     final = " ".join(texts(the_card(updates[-1])))
     assert "AUDIO-CONF" in final and "user000@contoso.example" in final, final
+
+
+async def test_a_turn_that_takes_a_while_shows_the_typing_indicator_first(
+    empty_db_url: str, connector: FakeBotConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.teams import bot as teams_bot
+
+    # Every turn "takes a while" from its first instant: the indicator goes before the answer.
+    monkeypatch.setattr(teams_bot, "TYPING_AFTER_SECONDS", 0.0)
+    async with running_bot(dev_settings(empty_db_url, connector)) as bot:
+        posted = await bot.post(message("products", connector.service_url))
+        assert posted.status in (200, 201)
+        await connector.wait_for_async(2, timeout=20)
+    sent = [a for a in connector.activities if a.kind in ("reply", "send")]
+    assert [a.activity.get("type") for a in sent] == ["typing", "message"]
+    assert not sent[0].activity.get("attachments") and sent[1].activity["attachments"]

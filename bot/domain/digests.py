@@ -731,6 +731,7 @@ class PendingApproval:
     summary: str
     requester: str
     expires_at: datetime
+    short_id: str = ""  # what people type: A-17
 
 
 @dataclass
@@ -748,6 +749,8 @@ class DigestReport:
     changes: list[ChangeLine] = field(default_factory=list)
     changes_total: int = 0
     changes_by_action: dict[str, int] = field(default_factory=dict)
+    #: Pool → its daily allocated figures over the forecast window, oldest first (the trend).
+    trends: dict[str, list[tuple[date, int]]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         """The documented `--json` shape of a digest."""
@@ -813,6 +816,7 @@ class DigestReport:
                 "first": [
                     {
                         "id": a.id,
+                        "short_id": a.short_id or a.id,
                         "summary": a.summary,
                         "requester": a.requester,
                         "expires_at": a.expires_at.isoformat(),
@@ -883,7 +887,13 @@ async def build_report(
     pending = ApprovalRequest.filter(status=ApprovalStatus.PENDING, expires_at__gt=now)
     approvals_total = await pending.count()
     approvals = [
-        PendingApproval(a.id, a.summary, a.requester_name or a.requester_id, a.expires_at)
+        PendingApproval(
+            a.id,
+            a.summary,
+            a.requester_name or a.requester_id,
+            a.expires_at,
+            short_id=f"A-{a.number}" if a.number else a.id,
+        )
         for a in await pending.order_by("expires_at").limit(LIST_LIMIT)
     ]
 
@@ -897,6 +907,11 @@ async def build_report(
         forecasts=forecasts,
         approvals=approvals,
         approvals_total=approvals_total,
+        trends={
+            names[pid]: sorted(points)
+            for pid, points in series.items()
+            if names[pid] in by_name and not by_name[names[pid]].open_capacity
+        },
     )
     if since is not None:
         await add_changes(report, since)
