@@ -179,6 +179,31 @@ class Settings:
     # Teams SSO: the Application ID URI an SSO token may be meant for, besides the app id
     # (webApplicationInfo.resource in the app package). Default api://FUSION_PUBLIC_HOST/APP_ID.
     sso_resource: str = ""
+    # Provisioning into customers' Teams tenants (SPEC §9): off by default (ledger only).
+    provisioning: bool = False
+    # The Entra app whose tokens are asked for in each customer tenant (default: the bot's own).
+    provisioning_app_id: str = ""
+    provisioning_app_password: str = field(default="", repr=False)
+    emergency_location_countries: tuple[str, ...] = ("US", "CA")
+    provisioning_concurrency: int = 8
+    provisioning_idle_seconds: float = 1.0
+
+    @property
+    def provisioning_off_reason(self) -> str:
+        """Why provisioning is off ("" when it is on)."""
+        if not self.provisioning:
+            return "Provisioning into Teams is off (FUSION_PROVISIONING=off): the ledger only."
+        if self.cloud != "public":
+            return (
+                "Provisioning into Teams is off: Microsoft Graph's Teams number management exists "
+                f"in the global cloud only, and this bot runs in FUSION_CLOUD={self.cloud}."
+            )
+        if not (self.provisioning_app_id or self.app_id):
+            return (
+                "Provisioning into Teams is off: it needs an Entra app (MicrosoftAppId and "
+                "MicrosoftAppPassword, or FUSION_PROVISIONING_APP_ID and its password)."
+            )
+        return ""
 
     @property
     def dev_mode(self) -> bool:
@@ -267,6 +292,13 @@ class Settings:
             max_concurrent_turns=_int(env, "FUSION_MAX_CONCURRENT_TURNS", 8, minimum=0),
             max_concurrent_changes=_int(env, "FUSION_MAX_CONCURRENT_CHANGES", 2, minimum=0),
             sso_resource=sso_resource,
+            provisioning=_bool(env, "FUSION_PROVISIONING", False),
+            provisioning_app_id=(env.get("FUSION_PROVISIONING_APP_ID") or "").strip(),
+            provisioning_app_password=env.get("FUSION_PROVISIONING_APP_PASSWORD") or "",
+            emergency_location_countries=tuple(
+                c.upper() for c in _csv(env.get("FUSION_EMERGENCY_LOCATION_COUNTRIES", "US,CA"))
+            ),
+            provisioning_concurrency=_int(env, "FUSION_PROVISIONING_CONCURRENCY", 8, minimum=1),
         )
         settings.check()
         return settings
@@ -281,5 +313,9 @@ class Settings:
             )
         if not self.dev_mode and not self.app_password:
             raise ConfigError("MicrosoftAppPassword is required when MicrosoftAppId is set")
+        if self.provisioning_app_id and not self.provisioning_app_password:
+            raise ConfigError(
+                "FUSION_PROVISIONING_APP_PASSWORD is required with FUSION_PROVISIONING_APP_ID"
+            )
         if self.dev_admins and not self.dev_mode:
             raise ConfigError("FUSION_DEV_ADMINS is only allowed in local development mode")

@@ -26,7 +26,7 @@ from bot.domain import db
 from bot.domain.errors import Conflict, Duplicate, Unavailable, Unconfirmed
 from bot.domain.models import AuditEvent, AuditHead, RequestKey
 
-SOURCES = frozenset({"chat", "card", "approval", "schedule", "cli", "system"})
+SOURCES = frozenset({"chat", "card", "approval", "schedule", "cli", "system", "provisioning"})
 
 
 @dataclass(frozen=True)

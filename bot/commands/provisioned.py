@@ -1,0 +1,88 @@
+"""How number changes that go on into Teams are answered: the rules the settings give the
+ledger, the answer card of a change with a job, and the card of a job when it ends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.commands.ledger import changed
+from bot.commands.reply import Changed
+from bot.config import Settings
+from bot.domain import provisioning as jobs
+from bot.domain.ledger import Outcome
+from bot.domain.models import JobState
+
+_STATES = {
+    JobState.PENDING: "waiting to be sent",
+    JobState.SENT: "sent, Teams is setting it up",
+    JobState.DONE: "done",
+    JobState.FAILED: "failed",
+}
+
+
+def rules(settings: Settings) -> jobs.Rules:
+    """What the settings say about provisioning, for the ledger's number changes."""
+    reason = settings.provisioning_off_reason
+    return jobs.Rules(
+        enabled=not reason,
+        off_reason=reason,
+        location_countries=frozenset(settings.emergency_location_countries),
+    )
+
+
+def provisioned(outcome: Outcome) -> Changed:
+    """The answer to a number change: with a job, it says the number is in the ledger and
+    being set up in Teams (the card is updated when the job ends)."""
+    after = dict(outcome.after) if isinstance(outcome.after, dict) else outcome.after
+    job_id = after.pop("provisioning_job", None) if isinstance(after, dict) else None
+    reply = changed(
+        Outcome(
+            outcome.action, outcome.target, outcome.before, after, outcome.dry_run, outcome.message
+        )
+    )
+    if job_id is None:
+        return reply
+    what = "set up in" if outcome.action == "number.assign" else "taken out of"
+    note = f"Recorded in the ledger; being {what} Teams now (job {job_id})."
+    reply.text = f"{outcome.message} {note}"
+    if isinstance(reply.after, dict):
+        reply.after["teams"] = f"pending (job {job_id})"
+    reply.data["provisioning"] = {"job": job_id, "state": JobState.PENDING.value}
+    return reply
+
+
+def job_reply(job: Any) -> Changed:
+    """A job as it stands, in the words of the card that started it (used when it ends)."""
+    assign = job.action.value == "assign"
+    target = f"{job.e164} → {job.upn}" if assign else job.e164
+    if job.state is JobState.DONE:
+        title = (
+            f"{job.e164} is assigned to {job.upn} in the ledger and in Teams."
+            if assign
+            else f"{job.e164} is released in the ledger and in Teams."
+        )
+        teams = "active" if assign else "released"
+    elif job.state is JobState.FAILED:
+        title = (
+            f"{job.e164} is assigned to {job.upn} in the ledger, but not in Teams."
+            if assign
+            else f"{job.e164} is released in the ledger, but Teams still has it."
+        )
+        teams = "failed"
+    else:
+        title = f"{target}: being set up in Teams (job {job.id})."
+        teams = _STATES[job.state]
+    text = (
+        f"Teams said: {job.reason} Retry with `provisioning retry {job.id}` once it is fixed."
+        if job.state is JobState.FAILED
+        else f"Job {job.id}: {_STATES[job.state]}."
+    )
+    return Changed(
+        title=title,
+        text=text,
+        target=target,
+        before={"teams": "pending"},
+        after={"teams": teams},
+        ok=job.state is not JobState.FAILED,
+        data={"provisioning": jobs.job_view(job)},
+    )
