@@ -189,11 +189,17 @@ async def _provisioning(app: web.Application) -> None:
 
     settings = app[SETTINGS]
     tokens = TenantTokens(settings)
-    numbers = TeamsNumbers(app[HTTP], settings.graph_url, tokens)
+    lease = float(settings.provisioning_lease_seconds)
+    # A step's request ends well inside the claim, so no other instance can take the job while
+    # its request may still reach Graph.
+    numbers = TeamsNumbers(
+        app[HTTP], settings.graph_url, tokens, request_timeout=min(30, lease / 3)
+    )
     worker = Worker(
         numbers,
         concurrency=settings.provisioning_concurrency,
         idle_seconds=settings.provisioning_idle_seconds,
+        lease_seconds=lease,
         on_finished=JobCards(app[PROACTIVE]),
     )
     log.info("provisioning worker started", extra={"worker": worker.name})

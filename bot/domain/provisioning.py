@@ -396,7 +396,13 @@ async def _move(
                 f"provisioning.{state.value}",
                 f"job:{job.id}",
                 {"state": job.state.value},
-                {"state": state.value, "number": job.e164, "account": job.upn, **detail},
+                {
+                    "state": state.value,
+                    "number": job.e164,
+                    "account": job.upn,
+                    "worker": worker,
+                    **detail,
+                },
             )
     if ok:
         job.state = state

@@ -9,7 +9,7 @@ one step of each at once (up to `concurrency`):
   Graph's `statusDetail`;
 - throttled (429) → due again after its Retry-After, and the tenant is held that long, so the
   other jobs of that tenant wait too instead of spending calls on more 429s; Graph down, 5xx,
-  timeouts → due again after a jittered backoff (1 s doubling to 60 s);
+  timeouts → due again after a jittered backoff (1 s doubling to 30 s);
 - refused (validation, permission, a tenant that has not consented, an unknown user) → failed
   with the reason, retryable by an admin (`provisioning retry ID`).
 
@@ -54,7 +54,7 @@ class Worker:
         idle_seconds: float = 1.0,
         first_poll: float = 1.0,
         poll_cap: float = 30.0,
-        backoff_cap: float = 60.0,
+        backoff_cap: float = 30.0,
         on_finished: Finished | None = None,
     ) -> None:
         self.numbers = numbers
