@@ -131,8 +131,12 @@ async def run_action(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Rep
     if verb == VERB_APPROVAL_REFRESH:
         return await _refresh(data, ctx)
     if verb == job_cards.VERB_RETRY:
-        job_id = data.get("job_id")
-        return await run_fields("provisioning retry", {"id": job_id}, ctx), False
+        retried = await run_fields("provisioning retry", {"id": data.get("job_id")}, ctx)
+        if isinstance(retried, Form):  # a button gets no form back: the card data was wrong
+            retried = Error(
+                title="Refused", text="This card does not name a provisioning job.", code="invalid"
+            )
+        return retried, False
     return Error(
         title="Unknown action",
         text="This card asks for an action the bot does not have.",
