@@ -21,6 +21,7 @@ from app import create_app
 from bot.config import Settings
 from bot.domain.models import JobState, ProvisioningJob
 from bot.domain.naming import set_naming_rule
+from tests import cardcheck
 from tests import provisioning_env as env
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity
 from tests.provisioning_env import CUSTOMER_TENANT, e164, oid, upn
@@ -154,11 +155,21 @@ async def test_the_answer_card_follows_the_job_to_its_end(world: World, artifact
         final = the_card(await update_of(w, reply.activity_id, seen))
         assert "in the ledger and in Teams" in words(final)
     assert w.graph.assigned(CUSTOMER_TENANT) == {e164(1): oid(upn(0)), e164(2): oid(upn(1))}
-    import json
-
-    (artifacts / "provisioning").mkdir(exist_ok=True)
-    for name, card in (("1-pending", first), ("2-done", done), ("3-failed", failed)):
-        (artifacts / "provisioning" / f"{name}.json").write_text(json.dumps(card, indent=1))
+    # What the admin sees, in order: schema 1.5, buttons as the house does them, rendered by the
+    # official renderer at full width and at 400 px (screenshots in test-artifacts/provisioning).
+    sequence = {
+        "1-assign-pending": first,
+        "2-assign-done": done,
+        "3-assign-failed": failed,
+        "4-retried-done": final,
+    }
+    folder = artifacts / "provisioning"
+    cardcheck.check_cards(sequence, out_dir=folder, conventions=True)
+    if cardcheck.renderer_available():
+        narrow = cardcheck.render_cards(
+            {f"{k}-400px": v for k, v in sequence.items()}, folder, width=400
+        )
+        assert all(not r["errors"] for r in narrow.values()), narrow
 
 
 async def test_provisioning_lists_jobs_in_teams(world: World) -> None:

@@ -27,6 +27,7 @@ from bot.domain.errors import Conflict, InvalidInput, NotFound
 from bot.domain.ledger import Outcome, _check_guid, find_customer, find_subscription
 from bot.domain.models import (
     Account,
+    AuditEvent,
     Customer,
     JobAction,
     JobState,
@@ -461,6 +462,20 @@ async def mark_failed(job: ProvisioningJob, worker: str, reason: str) -> bool:
         },
         {"reason": reason[:1000]},
     )
+
+
+async def ledger_change(job: ProvisioningJob) -> tuple[Any, Any] | None:
+    """The before → after of the ledger change that wrote `job`, from its audit event."""
+    action = "number.assign" if job.action is JobAction.ASSIGN else "number.release"
+    events = (
+        await AuditEvent.filter(action=action, target=f"number:{job.e164}")
+        .order_by("-id")
+        .limit(50)
+    )
+    for event in events:
+        if isinstance(event.after, dict) and event.after.get("provisioning_job") == job.id:
+            return event.before, event.after
+    return None
 
 
 async def account_object_id(account_id: int) -> str | None:
