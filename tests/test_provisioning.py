@@ -251,3 +251,22 @@ async def test_jobs_of_one_number_reach_teams_in_order(
         if r.info.get("kind") in ("assignNumber", "unassignNumber")
     ]
     assert kinds == ["assignNumber", "unassignNumber", "assignNumber"]
+
+
+async def test_releasing_a_number_teams_never_got_ends_done_without_unassigning(
+    fakes: tuple[FakeIdentityProvider, FakeGraph],
+) -> None:
+    idp, graph = fakes
+    await env.seed(graph, users=1)
+    graph.fail_number(e164(1), "scripted")
+    await numbers.assign_number(OPS, e164(1), upn(0), rules=RULES)
+    async with env.teams_numbers(env.settings_for(idp, graph)) as client:
+        worker = env.worker(client)
+        await env.drain(worker)
+        released = await numbers.release_number(OPS, e164(1), 30, rules=RULES)
+        await env.drain(worker)
+    job = await ProvisioningJob.get(id=released.after["provisioning_job"])
+    assert job.state is JobState.DONE
+    assert graph.count("unassignNumber") == 0
+    done = await AuditEvent.filter(action="provisioning.done").order_by("-id").first()
+    assert done is not None and done.after["how"] == "found unassigned in Teams"

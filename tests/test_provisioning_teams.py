@@ -30,6 +30,7 @@ from tests.teams_env import (
     ADMIN_OID,
     APP_ID,
     APP_SECRET,
+    OUTSIDER_OID,
     RunningBot,
     auth_settings,
     message,
@@ -180,3 +181,41 @@ async def test_provisioning_lists_jobs_in_teams(world: World) -> None:
         await update_of(w, reply.activity_id, 0)
         listing = the_card(await say(w, bot, "provisioning ACME-01 --state done"))
         assert e164(3) in words(listing) and "done" in words(listing)
+
+
+def retry_invoke(w: World, job_id: Any, sender: str = ADMIN_OID) -> dict[str, Any]:
+    data = {"verb": "provisioning.retry", "job_id": job_id}
+    invoke = message(
+        "",
+        w.connector.service_url,
+        tenant=w.idp.tenant_id,
+        sender=sender,
+        type="invoke",
+        name="adaptiveCard/action",
+        value={"action": {"type": "Action.Execute", "verb": "provisioning.retry", "data": data}},
+    )
+    invoke.pop("text")
+    return invoke
+
+
+async def test_the_retry_button_is_checked_like_any_command(world: World) -> None:
+    w = world
+    async with bot_with_worker(w.settings) as bot:
+        await env.seed(w.graph, users=1)
+        w.graph.fail_number(e164(4), "scripted refusal")
+        reply = await say(w, bot, f"number assign {e164(4)} to {upn(0)}")
+        await update_of(w, reply.activity_id, 0)
+        job = await ProvisioningJob.get(e164=e164(4))
+        assert job.state is JobState.FAILED
+        token = w.idp.channel_token(APP_ID, w.connector.service_url)
+        # Someone who is not an administrator: refused, nothing retried.
+        answer = await bot.post(retry_invoke(w, job.id, sender=OUTSIDER_OID), token)
+        assert answer.status == 200
+        assert (await ProvisioningJob.get(id=job.id)).state is JobState.FAILED
+        # Card data of the wrong kind, or naming no job: refused, never a form or a crash.
+        for bad in ("x", None, [1], 10**30, -1, 999):
+            answer = await bot.post(retry_invoke(w, bad), token)
+            assert answer.status == 200, bad
+            shown = " ".join(texts(answer.body["value"]))
+            assert "Something went wrong" not in shown, (bad, shown)
+            assert (await ProvisioningJob.get(id=job.id)).state is JobState.FAILED

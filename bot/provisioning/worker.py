@@ -145,8 +145,9 @@ class Worker:
             object_id = await jobs.account_object_id(job.account_id) or await numbers.user_id(
                 tenant, job.upn
             )
-        if job.attempts > 0:
-            # It may have reached Graph before: look at Teams before asking again.
+        if job.attempts > 0 or job.action is JobAction.UNASSIGN:
+            # It may have reached Graph before: look at Teams before asking again. (A number is
+            # taken back only if Teams has it: the assignment may never have got there.)
             current = await numbers.assignment(tenant, job.e164)
             if job.action is JobAction.ASSIGN and current and current.target_id == object_id:
                 if current.activation_state == "activated":
