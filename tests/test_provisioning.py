@@ -270,3 +270,27 @@ async def test_releasing_a_number_teams_never_got_ends_done_without_unassigning(
     assert graph.count("unassignNumber") == 0
     done = await AuditEvent.filter(action="provisioning.done").order_by("-id").first()
     assert done is not None and done.after["how"] == "found unassigned in Teams"
+
+
+async def test_two_workers_at_once_send_each_job_once(
+    fakes: tuple[FakeIdentityProvider, FakeGraph],
+) -> None:
+    """Two workers (as two instances would) drain the same outbox at the same time; on
+    PostgreSQL their claims skip each other's rows (FOR UPDATE SKIP LOCKED)."""
+    idp, graph = fakes
+    await env.seed(graph, users=30)
+    for i in range(30):
+        await numbers.assign_number(OPS, e164(i), upn(i), rules=RULES)
+    async with env.teams_numbers(env.settings_for(idp, graph)) as client:
+        one, two = env.worker(client, name="one"), env.worker(client, name="two")
+        await asyncio.gather(env.drain(one), env.drain(two))
+    assert await env.states() == {"done": 30}
+    assert one.steps and two.steps, "both workers took jobs"
+    accepted = [
+        r.json["telephoneNumber"]
+        for r in graph.requests
+        if r.info.get("kind") == "assignNumber" and r.status == 202
+    ]
+    assert sorted(accepted) == sorted(e164(i) for i in range(30))
+    assert graph.assigned(CUSTOMER_TENANT) == {e164(i): oid(upn(i)) for i in range(30)}
+    assert (await verify_chain())[0]

@@ -333,6 +333,10 @@ async def claim(
     PostgreSQL: rows another instance is claiming right now are skipped (FOR UPDATE SKIP
     LOCKED); SQLite: the write lock the change takes makes claims one at a time."""
     moment = _now(now)
+    # Most rounds find nothing: a plain read says so without a write transaction.
+    due = ProvisioningJob.filter(state__in=OPEN, due_at__lte=moment)
+    if not await due.exists():
+        return []
     statement = _DUE + (" FOR UPDATE OF j SKIP LOCKED" if db.dialect() == "postgres" else "")
     async with change(ORIGIN) as ch:
         rows = await ch.conn.execute_query_dict(db.sql(statement), [moment, moment, limit])
