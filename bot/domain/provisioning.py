@@ -326,20 +326,36 @@ LIMIT ?
 
 
 async def claim(
-    worker: str, limit: int, lease_seconds: float, now: datetime | None = None
+    worker: str,
+    limit: int,
+    lease_seconds: float,
+    now: datetime | None = None,
+    *,
+    skip_tenants: tuple[str, ...] = (),
 ) -> list[ProvisioningJob]:
-    """Due jobs for `worker`, each first of its account and number, claimed for a while.
+    """Due jobs for `worker`, each first of its account and number, claimed for a while
+    (none of `skip_tenants`: tenants this worker holds back after a 429 or an outage).
 
     PostgreSQL: rows another instance is claiming right now are skipped (FOR UPDATE SKIP
     LOCKED); SQLite: the write lock the change takes makes claims one at a time."""
     moment = _now(now)
     # Most rounds find nothing: a plain read says so without a write transaction.
     due = ProvisioningJob.filter(state__in=OPEN, due_at__lte=moment)
+    if skip_tenants:
+        due = due.exclude(tenant_id__in=skip_tenants)
     if not await due.exists():
         return []
-    statement = _DUE + (" FOR UPDATE OF j SKIP LOCKED" if db.dialect() == "postgres" else "")
+    statement = _DUE
+    params: list[Any] = [moment, moment]
+    if skip_tenants:
+        marks = ", ".join("?" for _ in skip_tenants)
+        statement = statement.replace(
+            "ORDER BY j.id", f"  AND j.tenant_id NOT IN ({marks})\nORDER BY j.id"
+        )
+        params += list(skip_tenants)
+    statement += " FOR UPDATE OF j SKIP LOCKED" if db.dialect() == "postgres" else ""
     async with change(ORIGIN) as ch:
-        rows = await ch.conn.execute_query_dict(db.sql(statement), [moment, moment, limit])
+        rows = await ch.conn.execute_query_dict(db.sql(statement), [*params, limit])
         ids = [int(r["id"]) for r in rows]
         if not ids:
             return []

@@ -88,7 +88,11 @@ class Worker:
 
     async def run_once(self) -> int:
         """One round: claim due jobs, take one step of each. Returns how many were taken."""
-        claimed = await jobs.claim(self.name, self.concurrency * 4, self.lease_seconds)
+        now = time.monotonic()
+        held = tuple(t for t, until in self._held.items() if until > now)
+        claimed = await jobs.claim(
+            self.name, self.concurrency * 4, self.lease_seconds, skip_tenants=held
+        )
         if not claimed:
             return 0
         gate = asyncio.Semaphore(self.concurrency)
