@@ -314,3 +314,29 @@ async def test_paced_to_the_tenants_limit_the_worker_is_not_throttled(
     throttled = [r.at for r in graph.requests if r.status == 429]
     assert len(throttled) <= 2, (len(throttled), len(graph.requests))
     assert pace.waited > 0, "the pace never had to wait: the test proves nothing"
+
+
+async def test_the_number_type_follows_the_subscriptions_mode(
+    fakes: tuple[FakeIdentityProvider, FakeGraph],
+) -> None:
+    from bot.domain import directory, ledger
+    from bot.domain.models import SubscriptionMode
+
+    idp, graph = fakes
+    await env.seed(graph, users=1)
+    await ledger.add_subscription(OPS, "ACME-OC", "Contoso Ltd", SubscriptionMode.OPERATOR_CONNECT)
+    for product in ("NUMBERS-GB-GEO", "TEAMS-SEATS"):
+        await ledger.release(OPS, 1, product, "ACME-01")
+        await ledger.allocate(OPS, 1, product, "ACME-OC")
+    await directory.add_account(OPS, "oc@contoso.com", "ACME-OC")
+    graph.add_user(oid("oc@contoso.com"), "oc@contoso.com")
+    await numbers.assign_number(OPS, e164(5), "oc@contoso.com", rules=RULES)
+    await numbers.assign_number(OPS, e164(6), upn(0), rules=RULES)
+    async with env.teams_numbers(env.settings_for(idp, graph)) as client:
+        await env.drain(env.worker(client))
+    sent = {
+        r.json["telephoneNumber"]: r.json["numberType"]
+        for r in graph.requests
+        if r.info.get("kind") == "assignNumber"
+    }
+    assert sent == {e164(5): "operatorConnect", e164(6): "directRouting"}
