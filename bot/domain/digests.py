@@ -63,6 +63,7 @@ from bot.domain.models import (
     ProductStatus,
     UsageSnapshot,
 )
+from bot.domain.provisioning import counts as provisioning_counts
 from bot.domain.usage import ProductUsage, usage_report
 
 DEFAULT_TIME = "08:00"
@@ -751,6 +752,9 @@ class DigestReport:
     changes_by_action: dict[str, int] = field(default_factory=dict)
     #: Pool → its daily allocated figures over the forecast window, oldest first (the trend).
     trends: dict[str, list[tuple[date, int]]] = field(default_factory=dict)
+    # Provisioning jobs still to reach Teams (pending or sent) and failed ones (SPEC §9).
+    provisioning_pending: int = 0
+    provisioning_failed: int = 0
 
     def as_json(self) -> dict[str, Any]:
         """The documented `--json` shape of a digest."""
@@ -810,6 +814,10 @@ class DigestReport:
                     }
                     for c in self.changes
                 ],
+            },
+            "provisioning_jobs": {
+                "pending": self.provisioning_pending,
+                "failed": self.provisioning_failed,
             },
             "pending_approvals": {
                 "total": self.approvals_total,
@@ -913,6 +921,9 @@ async def build_report(
             if names[pid] in by_name and not by_name[names[pid]].open_capacity
         },
     )
+    jobs = await provisioning_counts()
+    report.provisioning_pending = jobs["pending"] + jobs["sent"]
+    report.provisioning_failed = jobs["failed"]
     if since is not None:
         await add_changes(report, since)
     return report
