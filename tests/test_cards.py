@@ -461,7 +461,7 @@ async def test_a_dry_run_goes_ahead_with_exactly_the_change_it_showed(ledger_db:
     again, _ = await run_action(r.VERB_FORM_SUBMIT, data, context())
     assert not (isinstance(again, Changed) and not again.dry_run and again.after != done.after)
     product = await ledger.find_product("SIP-CHANNELS")
-    assert await ledger.allocated_total(db.connection(), product.id) == 40 + 25
+    assert (await ledger.allocation_totals(db.connection(), product.id))[0] == 40 + 25
     # Above the approval threshold the go-ahead still becomes a request.
     big = await say("allocate 150 TEAMS-SEATS to ACME-01 --dry-run")
     assert isinstance(big, Changed) and big.go_ahead, big
