@@ -237,8 +237,8 @@ def _figure_grid(pairs: list[tuple[str, str]]) -> dict[str, Any]:
                 "type": "Column",
                 "width": "stretch",
                 "items": [
-                    text(label, isSubtle=True, size="Small", spacing="None"),
-                    text(value, weight="Bolder", spacing="None"),
+                    text(label or " ", isSubtle=True, size="Small", spacing="None"),
+                    text(value or " ", weight="Bolder", spacing="None"),
                 ],
             }
             for label, value in pairs
@@ -295,27 +295,23 @@ def _usage(reply: Usage, keep: int | None = None) -> dict:
                     },
                 ],
             },
-            # Four figures fit a phone; Teams at full width shows all six.
+            # Four figures fit a phone. Where Teams gives the width it also shows free and
+            # utilisation under them; a client without responsive layout shows that row too.
+            _figure_grid(
+                [
+                    ("Capacity", figure(u.capacity)),
+                    ("Allocated", figure(u.allocated)),
+                    ("Unallocated", figure(u.unallocated)),
+                    ("In use", figure(u.in_use)),
+                ]
+            ),
             {
                 **_figure_grid(
                     [
-                        ("Capacity", figure(u.capacity)),
-                        ("Allocated", figure(u.allocated)),
-                        ("Unallocated", figure(u.unallocated)),
-                        ("In use", figure(u.in_use)),
-                    ]
-                ),
-                "targetWidth": "atMost:Narrow",
-            },
-            {
-                **_figure_grid(
-                    [
-                        ("Capacity", figure(u.capacity)),
-                        ("Allocated", figure(u.allocated)),
-                        ("Unallocated", figure(u.unallocated)),
-                        ("In use", figure(u.in_use)),
                         ("Free", figure(u.allocated - u.in_use)),
                         ("Utilisation", percent(u.utilisation)),
+                        ("", ""),
+                        ("", ""),
                     ]
                 ),
                 "targetWidth": "atLeast:Standard",

@@ -19,6 +19,7 @@ import path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
+import { layoutProblems } from "./layout.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
@@ -220,55 +221,6 @@ function renderInPage({ card, hostConfig, width, fullWidth, forcedWidth, warning
   return { errors, warnings };
 }
 
-// Runs inside the page after a render: what a reader would see as broken. A word (a run of
-// non-space characters inside one text node) whose DOM range has line boxes on more than one
-// line is broken across lines; an element reaching past the card's right edge, or whose
-// content is wider than its box (clipped or scrolling), overflows sideways.
-function layoutProblems() {
-  const problems = [];
-  const card = document.querySelector("#stage .ac-adaptiveCard");
-  if (!card) return problems;
-  const edge = card.getBoundingClientRect().right + 0.5;
-  const brokenWords = new Set();
-  const walker = document.createTreeWalker(card, NodeFilter.SHOW_TEXT);
-  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-    const value = node.nodeValue;
-    const re = /[^\s]+/g;
-    let m;
-    while ((m = re.exec(value))) {
-      const range = document.createRange();
-      range.setStart(node, m.index);
-      range.setEnd(node, m.index + m[0].length);
-      const tops = new Set();
-      for (const r of range.getClientRects()) {
-        if (r.width > 0 && r.height > 0) tops.add(Math.round(r.top));
-      }
-      if (tops.size > 1) brokenWords.add(m[0].replace(/\u2060/g, ""));
-    }
-  }
-  for (const w of brokenWords) problems.push(`word broken across lines: ${JSON.stringify(w)}`);
-  const describe = (el) => {
-    const text = (el.textContent || "").trim().replace(/\s+/g, " ").replace(/\u2060/g, "");
-    return `<${el.tagName.toLowerCase()} class="${el.className}"> ${JSON.stringify(text.slice(0, 60))}`;
-  };
-  const seen = new Set();
-  for (const el of card.querySelectorAll("*")) {
-    const rect = el.getBoundingClientRect();
-    if (rect.width === 0 || rect.height === 0) continue;
-    let why = null;
-    if (rect.right > edge) why = `reaches ${Math.round(rect.right - edge)} px past the card`;
-    else if (el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== "visible"
-             && el.clientWidth > 0) why = `content ${el.scrollWidth - el.clientWidth} px wider than its box`;
-    if (!why) continue;
-    const key = describe(el);
-    if (seen.has(key)) continue;
-    seen.add(key);
-    problems.push(`overflows sideways (${why}): ${key}`);
-    if (seen.size > 10) break;
-  }
-  return problems;
-}
-
 // A small Markdown subset, the one Teams supports in TextBlock: **bold**, _italic_/*italic*,
 // ~~strike~~, `code`, [links](url), bulleted and numbered lists, paragraphs.
 function installMarkdown() {
@@ -431,7 +383,10 @@ async function main() {
             await document.fonts.ready;
             await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
           });
-          if (forced) at.layout.push(...(await page.evaluate(layoutProblems)));
+          if (forced) {
+            const card = page.locator("#stage .ac-adaptiveCard");
+            if (await card.count()) at.layout.push(...(await card.first().evaluate(layoutProblems)));
+          }
           const stem = forced ? key.replace(/\.json$/i, "") + `-${forced}.json` : key;
           const shot = path.join(opts.out, screenshotName(stem, used));
           await page.locator("#stage").screenshot({ path: shot, animations: "disabled" });
