@@ -28,6 +28,7 @@ from bot.config import ConfigError, Settings
 from bot.domain import change, db
 from bot.domain.naming import set_naming_rule
 from bot.scheduler import run_scheduler
+from bot.teams.agents_edge import AgentsEdge, build_agents_edge
 from bot.teams.cards import front_door_services
 from bot.teams.edge import CORRELATION_ID, Edge, build_edge, build_sender
 
@@ -38,7 +39,7 @@ BackgroundTask = Callable[[web.Application], Coroutine[Any, Any, None]]
 
 SETTINGS = web.AppKey("settings", Settings)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
-EDGE = web.AppKey("edge", Edge)
+EDGE: web.AppKey[Edge | AgentsEdge] = web.AppKey("edge")  # FUSION_EDGE=botbuilder|agents
 BACKGROUND_TASKS = web.AppKey("background_tasks", list[BackgroundTask])
 
 HEALTH_TIMEOUT_SECONDS = 5
@@ -117,7 +118,8 @@ async def _edge(app: web.Application) -> AsyncIterator[None]:
     # copies to the approvals channel.
     sender = build_sender(settings, app[HTTP], credentials)
     services = front_door_services(settings, sender)
-    app[EDGE] = build_edge(settings, app[HTTP], credentials, services, sender)
+    build = build_agents_edge if settings.edge == "agents" else build_edge
+    app[EDGE] = build(settings, app[HTTP], credentials, services, sender)
     try:
         yield
     finally:

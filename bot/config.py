@@ -72,6 +72,10 @@ DEFAULT_NAMING_RULE = r"[A-Z0-9]+(?:-[A-Z0-9]+)*"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
+#: The SDKs an edge can be built on (FUSION_EDGE); the first is the default.
+EDGES = ("botbuilder", "agents")
+
+
 def is_loopback(host: str) -> bool:
     """127.0.0.0/8, ::1 or localhost."""
     if host in LOOPBACK_HOSTS:
@@ -179,6 +183,9 @@ class Settings:
     # Teams SSO: the Application ID URI an SSO token may be meant for, besides the app id
     # (webApplicationInfo.resource in the app package). Default api://FUSION_PUBLIC_HOST/APP_ID.
     sso_resource: str = ""
+    # Which SDK carries the turns: "botbuilder" (bot/teams/edge.py) or "agents" (the
+    # Microsoft 365 Agents SDK, bot/teams/agents_edge.py). FUSION_EDGE.
+    edge: str = "botbuilder"
 
     @property
     def dev_mode(self) -> bool:
@@ -267,12 +274,15 @@ class Settings:
             max_concurrent_turns=_int(env, "FUSION_MAX_CONCURRENT_TURNS", 8, minimum=0),
             max_concurrent_changes=_int(env, "FUSION_MAX_CONCURRENT_CHANGES", 2, minimum=0),
             sso_resource=sso_resource,
+            edge=(env.get("FUSION_EDGE") or "botbuilder").strip().lower(),
         )
         settings.check()
         return settings
 
     def check(self) -> None:
         """Refuse combinations that would open the bot to the world."""
+        if self.edge not in EDGES:
+            raise ConfigError(f"FUSION_EDGE must be one of {', '.join(EDGES)}, got {self.edge!r}")
         if self.dev_mode and not is_loopback(self.host):
             raise ConfigError(
                 "local development mode (no MicrosoftAppId) accepts unauthenticated requests, "

@@ -15,7 +15,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*(ROOT / "bot").rglob("*.py"), ROOT / "app.py"])
-BOT_FRAMEWORK = ("botbuilder", "botframework")
+BOT_FRAMEWORK = ("botbuilder", "botframework", "msrest")
+#: The Microsoft 365 Agents SDK (FUSION_EDGE=agents).
+AGENTS_SDK = ("microsoft_agents",)
+#: What both edges share: no SDK in them (bot/teams/agents_edge.py, bot/teams/edge.py use them).
+EDGE_NEUTRAL = (
+    "bot/teams/inbound.py",
+    "bot/teams/proactive.py",
+    "bot/teams/gate.py",
+    "bot/teams/render.py",
+)
 
 
 def module_name(path: Path) -> str:
@@ -87,8 +96,20 @@ def test_only_the_teams_edge_imports_the_bot_framework_sdk() -> None:
     assert offenders(in_layer(*EDGE), BOT_FRAMEWORK)
 
 
+def test_only_the_teams_edge_imports_the_agents_sdk() -> None:
+    rest = [p for p in SOURCES if not relative(p).startswith(EDGE)]
+    assert offenders(rest, AGENTS_SDK) == {}
+    assert offenders(in_layer("bot/teams/agents_edge.py"), AGENTS_SDK)
+
+
+def test_what_both_edges_share_imports_neither_sdk() -> None:
+    shared = in_layer(*EDGE_NEUTRAL)
+    assert len(shared) == len(EDGE_NEUTRAL)
+    assert offenders(shared, (*BOT_FRAMEWORK, *AGENTS_SDK)) == {}
+
+
 def test_the_domain_imports_neither_the_sdk_nor_aiohttp() -> None:
-    assert offenders(in_layer("bot/domain/"), (*BOT_FRAMEWORK, "aiohttp")) == {}
+    assert offenders(in_layer("bot/domain/"), (*BOT_FRAMEWORK, *AGENTS_SDK, "aiohttp")) == {}
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
@@ -84,7 +84,7 @@ def tenant_of(activity: Activity) -> str | None:
     conversation = activity.conversation
     if conversation is None:
         return None
-    extra = conversation.additional_properties or {}
+    extra = getattr(conversation, "additional_properties", None) or {}  # botbuilder's schema
     found = conversation.tenant_id or extra.get("tenantId")
     return found if isinstance(found, str) and found else None
 
@@ -113,13 +113,15 @@ def command_text(activity: Activity) -> str:
         if not isinstance(kind, str) or kind.lower() != "mention":
             continue
         extra = entity.additional_properties or {}
-        mentioned = extra.get("mentioned")
-        mention = extra.get("text")
-        if (
-            isinstance(mentioned, Mapping)
-            and mentioned.get("id") == bot_id
-            and isinstance(mention, str)
-        ):
+        mentioned = extra.get("mentioned", getattr(entity, "mentioned", None))
+        mention = extra.get("text", getattr(entity, "text", None))
+        # The Agents SDK parses a mention into a model (`Mention.mentioned.id`).
+        mentioned_id = (
+            mentioned.get("id")
+            if isinstance(mentioned, Mapping)
+            else getattr(mentioned, "id", None)
+        )
+        if mentioned is not None and mentioned_id == bot_id and isinstance(mention, str):
             text = text.replace(mention, " ") if mention else text
     return text.replace("\u00a0", " ").strip()
 
@@ -131,8 +133,11 @@ class FusionBot(ActivityHandler):
         policy: Policy,
         services: dict[str, Any],
         sso: TeamsSso | None = None,
+        reference_of: Callable[[Any], dict[str, Any]] | None = None,
     ) -> None:
         self._settings = settings
+        # The stored conversation reference as JSON, from the SDK's activity (an edge's own).
+        self._reference_of = reference_of or _serialized_reference
         self._policy = policy
         self._services = services
         self._sso = sso
@@ -264,7 +269,7 @@ class FusionBot(ActivityHandler):
             fresh = stored is not None and now - stored[1] < REFERENCE_FRESH_SECONDS
             if fresh and stored is not None and stored[0] == seen:
                 return
-            reference = TurnContext.get_conversation_reference(activity).serialize()
+            reference = self._reference_of(activity)
             await conversations.remember(reference, tenant_of(activity), activity.service_url)
             self._stored.pop(cid, None)
             if len(self._stored) >= REFERENCES_KEPT:
@@ -273,6 +278,11 @@ class FusionBot(ActivityHandler):
         except Exception:  # the command still runs; only later proactive posts are affected
             self._stored.pop(cid, None)
             log.warning("could not store the conversation reference", exc_info=True)
+
+
+def _serialized_reference(activity: Activity) -> dict[str, Any]:
+    found: dict[str, Any] = TurnContext.get_conversation_reference(activity).serialize()
+    return found
 
 
 def _account(account: Any) -> tuple[Any, ...]:
