@@ -25,13 +25,20 @@ PROTOCOL_MODULES = frozenset(
         "test_reply_limits",
         "test_gate",
         "test_bulk_progress",
-        "test_playground_e2e",
     )
+)
+#: Protocol tests in modules that are otherwise about something else.
+PROTOCOL_TESTS = frozenset(
+    {"tests.test_playground_e2e::test_playground_drives_the_bot_in_headless_chromium"}
 )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.module.__name__ in PROTOCOL_MODULES and "fusion_edge" in metafunc.fixturenames:
+    module = metafunc.module.__name__
+    protocol = module in PROTOCOL_MODULES or (
+        f"{module}::{metafunc.function.__name__}" in PROTOCOL_TESTS
+    )
+    if protocol and "fusion_edge" in metafunc.fixturenames:
         metafunc.parametrize("fusion_edge", EDGES, indirect=True)
 
 
