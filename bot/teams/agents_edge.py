@@ -26,9 +26,12 @@ FUSION_*); `sdk_configuration(settings)` says what each is in the SDK's own term
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
+import uuid
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
@@ -67,9 +70,12 @@ from bot.teams.edge import CORRELATION_ID, TURN_BUDGET, build_policy, build_send
 from bot.teams.gate import TurnGate
 from bot.teams.inbound import ChannelTokens, SigningKeys, one_authorization, read_json
 from bot.teams.proactive import TURN, ProactiveSender, SendOutcome, SendResult, TurnBudget
-from bot.teams.render import dumps
+from bot.teams.render import Card, dumps
 
 log = logging.getLogger("bot.teams.agents_edge")
+
+#: The rendered cards of the turn being served (see `HeldCards`); set by the edge per turn.
+HELD_CARDS: ContextVar[HeldCards | None] = ContextVar("held_cards", default=None)
 
 MAX_CLIENTS = 64  # distinct service URLs kept; Teams uses a handful of regional ones
 #: The Bot Framework token service (the SDK's user token client is made once and never used:
@@ -93,6 +99,34 @@ def sdk_configuration(settings: Settings) -> dict[str, Any]:
 
 
 # ----- outbound: the SDK's connector client over the process's one sender ---------------------
+
+
+class HeldCards:
+    """The rendered cards a turn sends, handed to the SDK as placeholder strings.
+
+    The SDK copies and re-serializes every activity with pydantic (`model_dump`) before it
+    sends it, and the invoke response twice; a card as a plain value is walked node by node
+    each time (measured: most of the agents edge's extra CPU per turn). A placeholder is a
+    short string to pydantic; `dumps` writes each card in its place as the JSON made once when
+    it was rendered — what the botbuilder edge sends (`render.dumps`)."""
+
+    def __init__(self) -> None:
+        self._cards: dict[str, Card] = {}
+
+    def hold(self, content: Any) -> Any:
+        if not isinstance(content, Card) or content.json is None:
+            return content
+        token = f"\u0000fusion-card:{uuid.uuid4().hex}"
+        self._cards[token] = content
+        return token
+
+    def dumps(self, value: Any) -> str:
+        text = dumps(value)
+        for token, card in self._cards.items():
+            quoted = json.dumps(token)
+            if quoted in text:
+                text = text.replace(quoted, card.json or "null", 1)
+        return text
 
 
 class _Answer:
@@ -119,8 +153,6 @@ class _Answer:
         return self._body.decode(encoding, "replace")
 
     async def json(self, **_: Any) -> Any:
-        import json
-
         return json.loads(self._body) if self._body else None
 
     def raise_for_status(self) -> None:
@@ -193,7 +225,9 @@ class SenderSession:
         where = self._base_url.join(URL(url, encoded=True))
         if params:
             where = where.update_query(params)
-        body = dumps(json).encode() if json is not None else data
+        held = HELD_CARDS.get()
+        text = None if json is None else held.dumps(json) if held is not None else dumps(json)
+        body = text.encode() if text is not None else data
         if isinstance(body, str):
             body = body.encode()
         sending = {**self.headers, **(headers or {})}
@@ -275,8 +309,13 @@ def sdk_activity(activity: Any) -> Activity:
             fields[name] = value
     attachments = getattr(activity, "attachments", None)
     if attachments:
+        held = HELD_CARDS.get()
         fields["attachments"] = [
-            Attachment(content_type=a.content_type, content=a.content) for a in attachments
+            Attachment(
+                content_type=a.content_type,
+                content=held.hold(a.content) if held is not None else a.content,
+            )
+            for a in attachments
         ]
     conversation = getattr(activity, "conversation", None)
     if conversation is not None and conversation.id:
@@ -360,8 +399,13 @@ def card_invoke_problem(value: Any) -> InvokeResponse | None:
 
 
 def _sdk_invoke_response(found: Any) -> InvokeResponse:
-    """botbuilder's InvokeResponse (what the shared logic answers with) as the SDK's."""
-    return InvokeResponse(status=int(found.status), body=found.body)
+    """botbuilder's InvokeResponse (what the shared logic answers with) as the SDK's; a card
+    in its body is held (`HeldCards`) until the edge writes the HTTP answer."""
+    body = found.body
+    held = HELD_CARDS.get()
+    if held is not None and isinstance(body, dict) and "value" in body:
+        body = {**body, "value": held.hold(body["value"])}
+    return InvokeResponse(status=int(found.status), body=body)
 
 
 class AgentsBot(ActivityHandler):
@@ -493,6 +537,7 @@ class AgentsEdge:
         authorization = one_authorization(request, required=not self.settings.dev_mode)
         activity = read_sdk_activity(await read_json(request))
         correlation = CORRELATION_ID.set(str(activity.id)[:200] if activity.id else None)
+        cards = HELD_CARDS.set(HeldCards())
         try:
             async with self.gate.place():
                 budget = TURN.set(TurnBudget(tenant_of(activity), time.monotonic() + TURN_BUDGET))  # type: ignore[arg-type]
@@ -501,6 +546,7 @@ class AgentsEdge:
                 finally:
                     TURN.reset(budget)
         finally:
+            HELD_CARDS.reset(cards)
             CORRELATION_ID.reset(correlation)
 
     async def _claims(self, authorization: str, activity: Activity) -> ClaimsIdentity:
@@ -531,8 +577,11 @@ class AgentsEdge:
                 status=HTTPStatus.FORBIDDEN,
             )
         if invoke_response is not None:
+            held = HELD_CARDS.get()
             return web.json_response(
-                invoke_response.body, status=int(invoke_response.status), dumps=dumps
+                invoke_response.body,
+                status=int(invoke_response.status),
+                dumps=held.dumps if held is not None else dumps,
             )
         return web.Response(status=HTTPStatus.CREATED)
 
