@@ -22,6 +22,8 @@ from bot.commands.registry import Context
 from bot.commands.reply import Approval, Changed, Error, Form, Message, Progress, Reply, Table
 from bot.config import ConfigError, Settings
 from bot.domain import db
+from bot.domain.change import check_actor_id
+from bot.domain.errors import InvalidInput
 from bot.domain.naming import set_naming_rule
 
 USAGE = "usage: python -m bot [--json] [--as UPN] COMMAND [ARGS...]   (python -m bot help)"
@@ -47,6 +49,12 @@ def split_globals(argv: list[str]) -> tuple[bool, str | None, list[str]]:
         else:
             rest.append(arg)
         i += 1
+    if operator is not None:
+        try:
+            operator = check_actor_id(operator, "--as value")
+        except InvalidInput as exc:
+            print(f"{exc.message}\n{USAGE}", file=sys.stderr)
+            raise SystemExit(2) from None
     return as_json, operator, rest
 
 

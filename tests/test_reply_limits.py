@@ -21,7 +21,7 @@ import pytest_asyncio
 from app import EDGE
 from bot.domain.models import ConversationRef
 from bot.teams.edge import TURN_BUDGET
-from bot.teams.proactive import SendOutcome, Target
+from bot.teams.proactive import TURN, SendOutcome, Target, TurnBudget
 from tests.fakes import Failure, FakeBotConnector, SentActivity
 from tests.teams_env import RunningBot, dev_settings, message, running_bot, seed_ledger, table
 from tests.teams_env import the_card as card_of
@@ -126,3 +126,34 @@ async def test_update_replaces_a_posted_activity_through_the_one_sender(
     assert updated.outcome is SendOutcome.SENT
     [change] = [a for a in door.connector.activities if a.kind == kind]
     assert change.activity_id == posted.activity_id and change.text == "2"
+
+
+@pytest.mark.parametrize(
+    "answer", [b"[1, 2]", b'{"id": 5}', b"<html>ok</html>", b'"sent"', b"[" * 50_000]
+)
+async def test_a_malformed_answer_to_a_delivered_reply_is_read_before_use(
+    door: Door, answer: bytes
+) -> None:
+    # The connector took the reply (201) but its answer is not a ResourceResponse: the turn
+    # ends normally, with no second message ("Something went wrong") sent after the first.
+    door.connector.fail_next(1, Failure.malformed(answer, 201), kinds=("reply",))
+    status, _ = await door.say("products")
+    assert status == 201
+    await asyncio.sleep(0.1)
+    assert [r.status for r in door.connector.requests if r.method == "POST"] == [201]
+    sender = door.bot.server.app[EDGE].sender
+    door.connector.fail_next(1, Failure.malformed(answer, 201), kinds=("send",))
+    result = await sender.post(Target(OTHER, door.connector.service_url), {"type": "message"})
+    assert result.outcome is SendOutcome.SENT and result.activity_id is None
+
+
+async def test_a_turn_past_its_budget_still_sends_what_it_has(door: Door) -> None:
+    # A long bulk operation's last update comes after the turn's 10 s: it is still sent (only
+    # retries and long holds are cut short by the budget).
+    sender = door.bot.server.app[EDGE].sender
+    budget = TURN.set(TurnBudget(None, time.monotonic() - 5))
+    try:
+        result = await sender.post(Target(OTHER, door.connector.service_url), {"type": "message"})
+    finally:
+        TURN.reset(budget)
+    assert result.outcome is SendOutcome.SENT

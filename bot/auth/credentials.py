@@ -23,6 +23,7 @@ from typing import Any
 
 import msal
 import requests
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from bot.config import Settings
 
@@ -36,6 +37,20 @@ MULTI_TENANT_AUTHORITY = "botframework.com"
 
 class CredentialsError(Exception):
     """The bot could not get a token for itself; the message says why (never the secret)."""
+
+
+class TokenAnswerMalformed(CredentialsError):
+    """The token endpoint answered, but not with a token response as OAuth 2.0 documents it:
+    the bot cannot know its token, as in an outage (the same request may work later)."""
+
+
+class TokenAnswer(BaseModel):
+    """What a client-credentials token response must hold for the bot to use it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    access_token: StrictStr = Field(min_length=1)
+    expires_in: int = Field(gt=0)
 
 
 def ca_file() -> str | None:
@@ -119,15 +134,24 @@ class ClientCredentials:
             app = await self._app(tenant)
             started = time.monotonic()
             result = await asyncio.to_thread(self._acquire, app, scope)
-            token = result.get("access_token")
-            if not isinstance(token, str) or not token:
-                error = result.get("error") or "no token"
+            if result.get("error"):
+                error = result.get("error")
                 description = str(result.get("error_description") or "").strip()
                 detail = f" ({description.splitlines()[0]})" if description else ""
                 raise CredentialsError(
                     f"Entra ID refused a token for {scope} in tenant {tenant}: {error}{detail}"
                 )
-            lifetime = float(result.get("expires_in") or 0)
+            try:
+                answer = TokenAnswer.model_validate(result)
+            except ValidationError as exc:
+                # msal has cached the answer as a token: a fresh application forgets it.
+                self._apps.pop(tenant, None)
+                where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "the answer"
+                raise TokenAnswerMalformed(
+                    f"Entra ID answered the token request for {scope} with something that is "
+                    f"not a token response ({where}: {exc.errors()[0]['msg'].lower()})"
+                ) from None
+            token, lifetime = answer.access_token, float(answer.expires_in)
             self._tokens[key] = _Token(token, started + lifetime)
             log.info(
                 "token acquired", extra={"scope": scope, "tenant": tenant, "expires_in": lifetime}
@@ -163,7 +187,17 @@ class ClientCredentials:
             result = app.acquire_token_for_client(scopes=[scope])
         except requests.RequestException as exc:
             raise CredentialsError(f"Entra ID could not be reached: {exc}") from exc
-        return dict(result or {})
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            # msal reads the answer as it comes: a body that is not a token response breaks it.
+            raise TokenAnswerMalformed(
+                f"Entra ID answered the token request with something that is not a token "
+                f"response ({type(exc).__name__})"
+            ) from None
+        if not isinstance(result, dict):
+            raise TokenAnswerMalformed(
+                "Entra ID answered the token request with something that is not a token response"
+            )
+        return dict(result)
 
     def close(self) -> None:
         self._http.close()

@@ -157,8 +157,8 @@ async def request_change(
             summary=_summary(action, payload, preview)[:500],
             before=preview.before,
             after=preview.after,
-            requester_id=origin.actor_id[:64],
-            requester_name=origin.actor_name[:255],
+            requester_id=origin.actor_id,
+            requester_name=origin.actor_name,
             status=ApprovalStatus.PENDING,
             expires_at=now + timedelta(hours=ttl_hours),
             conversation_id=conversation_id[:512] if conversation_id else None,
@@ -309,8 +309,8 @@ async def decide(
         )
     reason = reason.strip()[:500] if reason and reason.strip() else None
     decided = {
-        "decided_by_id": origin.actor_id[:64],
-        "decided_by_name": origin.actor_name[:255],
+        "decided_by_id": origin.actor_id,
+        "decided_by_name": origin.actor_name,
         "decided_at": now,
         "reason": reason,
     }

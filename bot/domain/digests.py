@@ -76,7 +76,6 @@ LIST_LIMIT = 10
 PENDING, SENT, FAILED, REMOVED, SKIPPED = "pending", "sent", "failed", "removed", "skipped"
 
 _TIME = re.compile(r"([01]?[0-9]|2[0-3])[:.h]([0-5][0-9])")
-_CRON_FIELD = re.compile(r"[0-9A-Za-z*/,\-?LW#]+")
 # Far enough either side of a moment to cover any DST shift when iterating wall-clock slots.
 _MARGIN = timedelta(hours=3)
 
@@ -203,14 +202,109 @@ def parse_schedule(kind: str, at: str | None = None, zone: str | None = None) ->
     return Schedule(check_cron(word), tz, f"cron {' '.join(word.split())} {tz}")
 
 
+CRON_RULE = (
+    "Standard cron: 5 fields, minute (0-59) hour (0-23) day-of-month (1-31) month (1-12 or "
+    "JAN-DEC) day-of-week (0-7, 0 and 7 are Sunday, or SUN-SAT); each field is *, a number, a "
+    "range a-b, a step */n or a-b/n, or a list of these joined by commas. Not accepted: ?, L, W, "
+    "#, @daily and steps longer than the field."
+)
+# (name, lowest, highest, names for the values)
+_CRON_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    (
+        "month",
+        1,
+        12,
+        {
+            m: i
+            for i, m in enumerate(
+                (
+                    "JAN",
+                    "FEB",
+                    "MAR",
+                    "APR",
+                    "MAY",
+                    "JUN",
+                    "JUL",
+                    "AUG",
+                    "SEP",
+                    "OCT",
+                    "NOV",
+                    "DEC",
+                ),
+                1,
+            )
+        },
+    ),
+    (
+        "day of week",
+        0,
+        7,
+        {d: i for i, d in enumerate(("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"))},
+    ),
+)
+_CRON_ITEM = re.compile(
+    r"(?P<start>\*|[0-9]{1,2}|[A-Za-z]{3})(?:-(?P<end>[0-9]{1,2}|[A-Za-z]{3}))?"
+    r"(?:/(?P<step>[0-9]{1,2}))?",
+    re.ASCII,
+)
+
+
+def _cron_value(text: str, field: tuple[str, int, int, dict[str, int]]) -> int:
+    name, lowest, highest, names = field
+    if text.isalpha():
+        if text.upper() not in names:
+            raise InvalidInput(f"{name} {text!r}: names are allowed only for months and days.")
+        return names[text.upper()]
+    value = int(text)
+    if not lowest <= value <= highest:
+        raise InvalidInput(
+            f"not a valid cron expression: the {name} {value} is outside {lowest}-{highest}."
+        )
+    return value
+
+
+def _check_cron_field(text: str, field: tuple[str, int, int, dict[str, int]]) -> None:
+    name, lowest, highest, _ = field
+    for item in text.split(","):
+        m = _CRON_ITEM.fullmatch(item)
+        if m is None:
+            raise InvalidInput(f"The {name} field {text!r} is not standard cron.")
+        start, end, step = m.group("start"), m.group("end"), m.group("step")
+        if start == "*":
+            if end is not None:
+                raise InvalidInput(f"The {name} field {text!r} is not standard cron.")
+        else:
+            first = _cron_value(start, field)
+            if end is not None and _cron_value(end, field) < first:
+                raise InvalidInput(
+                    f"The {name} range {item!r} runs backwards; write it from low to high."
+                )
+            if step is not None and end is None:
+                raise InvalidInput(
+                    f"The {name} step {item!r} needs * or a range before it (*/n or a-b/n)."
+                )
+        if step is not None and not 1 <= int(step) <= highest - lowest:
+            raise InvalidInput(
+                f"The {name} step {item!r} must be between 1 and {highest - lowest}."
+            )
+
+
 def check_cron(expression: str) -> str:
     parts = expression.split()
-    if len(parts) != 5 or not all(_CRON_FIELD.fullmatch(p) for p in parts):
+    if len(parts) != 5:
         raise InvalidInput(
             f"{expression[:100]!r} is not a schedule: say DAILY or WEEKLY, or give a cron "
             "expression of 5 fields in quotes, minute hour day-of-month month day-of-week, "
             'e.g. "0 8 * * 1-5" (08:00 on weekdays).'
         )
+    try:
+        for part, field in zip(parts, _CRON_FIELDS, strict=True):
+            _check_cron_field(part, field)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{exc.message} {CRON_RULE}") from None
     cron = " ".join(parts)
     try:
         minutes = croniter(cron).expanded[0]
@@ -281,7 +375,7 @@ async def subscribe(
             cron=schedule.cron,
             timezone=schedule.timezone,
             description=schedule.description[:200],
-            created_by=(origin.actor_name or origin.actor_id)[:255],
+            created_by=origin.actor_name or origin.actor_id,
         )
         after = {
             "schedule": schedule.description,

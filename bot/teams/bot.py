@@ -12,6 +12,8 @@ stored (which also makes a conversation marked inactive active again).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -45,6 +47,8 @@ log = logging.getLogger("bot.teams.bot")
 REFERENCE_FRESH_SECONDS = 60.0
 #: Conversations whose last stored reference this process remembers.
 REFERENCES_KEPT = 10_000
+#: Idempotency keys of activities (card forms have `form:` keys of their own).
+ACTIVITY_KEY_PREFIX = "activity:"
 #: The invoke in which Teams hands the bot the user's SSO token.
 TOKEN_EXCHANGE = "signin/tokenExchange"
 
@@ -89,6 +93,18 @@ def tenant_of(activity: Activity) -> str | None:
     return found if isinstance(found, str) and found else None
 
 
+def activity_key(activity: Activity) -> str | None:
+    """What makes an activity the same one again: Teams redelivers an activity it got no answer
+    for with the same id, but message ids are unique only within a conversation. So the key is
+    the tenant, the conversation and the id together, hashed (fixed length, whatever the
+    lengths of the three: a cut-off key could make two activities one)."""
+    if not activity.id:
+        return None
+    conversation = activity.conversation.id if activity.conversation else None
+    scope = json.dumps([tenant_of(activity) or "", conversation or "", str(activity.id)])
+    return ACTIVITY_KEY_PREFIX + hashlib.sha256(scope.encode()).hexdigest()
+
+
 def actor_from(activity: Activity, source: str) -> Actor:
     """Who is calling, from the authenticated activity."""
     sender = activity.from_property
@@ -98,8 +114,9 @@ def actor_from(activity: Activity, source: str) -> Actor:
         tenant_id=tenant_of(activity),
         source=source,
         correlation_id=activity.id,
-        # Teams redelivers an activity it got no answer for: the same id has one effect.
-        idempotency_key=activity.id,
+        # The same activity delivered again has one effect (a card submission's form key
+        # replaces this one: `bot.teams.cards`).
+        idempotency_key=activity_key(activity),
         conversation_id=activity.conversation.id if activity.conversation else None,
     )
 

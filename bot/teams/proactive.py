@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
 import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from yarl import URL
 
 from bot.domain import conversations
@@ -60,6 +61,7 @@ log = logging.getLogger("bot.teams.proactive")
 TokenSource = Callable[[], Awaitable[str]]
 RETRYABLE = frozenset({412, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 600.0  # a longer Retry-After gives up instead of holding a digest for ages
+TURN_GRACE = 1.0  # seconds a send may wait for the limiter even after its turn's deadline
 
 
 class Window(NamedTuple):
@@ -343,7 +345,9 @@ class ProactiveSender:
         started = time.monotonic()
         deadline = started + self._give_up_after
         if turn is not None:
-            deadline = min(deadline, turn.deadline)
+            # A turn that has used its budget (a long bulk operation) may still wait a moment
+            # for a rate window; only retries and long holds are cut short.
+            deadline = min(deadline, max(turn.deadline, started + TURN_GRACE))
         result = SendResult(SendOutcome.FAILED)
         throttled = server_errors = 0
         while True:
@@ -385,6 +389,7 @@ class ProactiveSender:
             status = result.status
             if status is not None and 200 <= status < 300:
                 result.outcome, result.error = SendOutcome.SENT, None
+                result.body = _resource_answer(result.body, str(where))
                 return result
             text = result.body.decode("utf-8", "replace")
             if status == 403:
@@ -445,13 +450,33 @@ async def _sleep_at_least(delay: float) -> float:
     return delay
 
 
-def _activity_id(text: bytes) -> str | None:
+class ResourceAnswer(BaseModel):
+    """What the Bot Connector answers a send or an update with (ResourceResponse; a new
+    conversation's answer has more fields)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: str | None = Field(default=None, max_length=255)
+
+
+def _resource_answer(body: bytes, url: str) -> bytes:
+    """The answer to a send that went through, checked before anything reads it. A malformed
+    one (not JSON, not an object, an id that is not text) is logged and read as an answer
+    without an id: the activity was delivered (2xx), so nothing is sent again and the turn
+    goes on; only a later update of that activity is not possible."""
+    if not body.strip():
+        return b"{}"
     try:
-        body = json.loads(text) if text else None
-    except (ValueError, RecursionError):
-        return None
-    found = body.get("id") if isinstance(body, dict) else None
-    return str(found)[:255] if found else None
+        ResourceAnswer.model_validate_json(body)
+    except (ValidationError, RecursionError):
+        log.warning("the Bot Connector's answer is malformed; read as one without an id: %s", url)
+        return b"{}"
+    return body
+
+
+def _activity_id(text: bytes) -> str | None:
+    found = ResourceAnswer.model_validate_json(text or b"{}").id
+    return found or None
 
 
 def _error_text(status: int | None, text: str) -> str:
