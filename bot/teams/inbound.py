@@ -30,11 +30,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import jwt
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 log = logging.getLogger("bot.teams.inbound")
 
@@ -47,6 +48,66 @@ KEYS_MAX_AGE_SECONDS = 24 * 3600
 UNKNOWN_KEY_REFRESH_SECONDS = 3600
 ALGORITHMS = ("RS256", "RS384", "RS512")
 SERVICE_URL_CLAIM = "serviceurl"
+
+
+class MalformedKeys(Exception):
+    """The OpenID metadata or its key set is not what the OpenID specifications document."""
+
+
+class _Published(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+P = TypeVar("P", bound=_Published)
+
+
+class OpenIdMetadata(_Published):
+    """The Bot Framework OpenID metadata: where the signing keys are."""
+
+    jwks_uri: StrictStr = Field(pattern=r"^https?://")
+
+
+class SigningKey(_Published):
+    """One JSON Web Key as botbuilder reads it (RSA, with the channels that endorse it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kty: StrictStr
+    kid: StrictStr = Field(min_length=1)
+    n: StrictStr | None = None
+    e: StrictStr | None = None
+    x5c: list[StrictStr] | None = None
+    endorsements: list[StrictStr] | None = None
+
+
+class SigningKeySet(_Published):
+    keys: list[SigningKey] = Field(min_length=1)
+
+
+async def _document(
+    session: aiohttp.ClientSession, url: str, model: type[P], limit: aiohttp.ClientTimeout
+) -> P:
+    """A document of the signing-key chain, read as the model says or refused: a malformed
+    one leaves the keys as they were (none at first), so tokens are refused (401) and the
+    log says why."""
+    async with session.get(url, timeout=limit) as resp:
+        resp.raise_for_status()
+        raw = await resp.read()
+    try:
+        return model.model_validate_json(raw)
+    except (ValidationError, RecursionError) as exc:
+        log.error("signing keys not refreshed: %s from %s is malformed", model.__name__, url)
+        raise MalformedKeys(f"{model.__name__} from {url} is malformed: {exc}") from None
+
+
+async def published_keys(
+    session: aiohttp.ClientSession, metadata_url: str, limit: aiohttp.ClientTimeout
+) -> list[dict[str, Any]]:
+    """The signing keys the OpenID metadata at `metadata_url` points to, as JWK dicts (both
+    edges read them through this)."""
+    metadata = await _document(session, metadata_url, OpenIdMetadata, limit)
+    published = await _document(session, metadata.jwks_uri, SigningKeySet, limit)
+    return [key.model_dump(exclude_none=True) for key in published.keys]
 
 
 class SigningKeys:
@@ -74,17 +135,8 @@ class SigningKeys:
             if self.last_updated != stale_since:
                 return  # another request refreshed while this one waited
             timeout = aiohttp.ClientTimeout(total=KEYS_TIMEOUT_SECONDS)
-            async with self._session.get(self.url, timeout=timeout) as resp:
-                resp.raise_for_status()
-                metadata = await resp.json(content_type=None)
-            async with self._session.get(metadata["jwks_uri"], timeout=timeout) as resp:
-                resp.raise_for_status()
-                keys = (await resp.json(content_type=None))["keys"]
-            self._keys = {
-                str(k["kid"]): k
-                for k in keys
-                if isinstance(k, dict) and isinstance(k.get("kid"), str)
-            }
+            keys = await published_keys(self._session, self.url, timeout)
+            self._keys = {str(k["kid"]): k for k in keys}
             self.last_updated = time.monotonic()
             log.info("signing keys refreshed", extra={"keys": len(keys), "metadata_url": self.url})
 
