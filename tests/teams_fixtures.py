@@ -25,6 +25,7 @@ PROTOCOL_MODULES = frozenset(
         "test_reply_limits",
         "test_gate",
         "test_bulk_progress",
+        "test_outbound",
     )
 )
 #: Protocol tests in modules that are otherwise about something else.

@@ -432,7 +432,11 @@ class AgentsBot(ActivityHandler):
             if problem is not None:
                 return problem
             answer = await self.logic.on_adaptive_card_invoke(SdkTurn(turn_context), None)  # type: ignore[arg-type]
-            return _sdk_invoke_response(FusionBot._create_invoke_response(answer))
+            if answer is None:
+                return InvokeResponse(status=int(HTTPStatus.OK))
+            payload = {"statusCode": answer.status_code, "type": answer.type, "value": answer.value}
+            body = {k: v for k, v in payload.items() if v is not None}
+            return _sdk_invoke_response(InvokeResponse(status=int(HTTPStatus.OK), body=body))
         return InvokeResponse(status=int(HTTPStatus.NOT_IMPLEMENTED))
 
 

@@ -21,8 +21,7 @@ from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 
-from botbuilder.core import ActivityHandler, InvokeResponse, TurnContext
-from botbuilder.core.activity_handler import _InvokeResponseException
+from botbuilder.core import InvokeResponse, TurnContext
 from botbuilder.schema import (
     Activity,
     ActivityTypes,
@@ -38,6 +37,7 @@ from bot.commands.registry import Context
 from bot.commands.reply import Reply
 from bot.config import Settings
 from bot.domain import conversations
+from bot.teams.botbuilder_internals import RepairedActivityHandler
 from bot.teams.cards import after_reply, card_activity, handle_card_action, same_answer
 from bot.teams.render import render
 
@@ -143,7 +143,7 @@ def command_text(activity: Activity) -> str:
     return text.replace("\u00a0", " ").strip()
 
 
-class FusionBot(ActivityHandler):
+class FusionBot(RepairedActivityHandler):
     def __init__(
         self,
         settings: Settings,
@@ -227,44 +227,6 @@ class FusionBot(ActivityHandler):
                 },
             )
         return InvokeResponse(status=int(HTTPStatus.OK))
-
-    @staticmethod
-    def _create_invoke_response(body: object = None) -> InvokeResponse:
-        # The stock one serializes the response with msrest, which walks every node of the
-        # card to make this same dict.
-        if isinstance(body, AdaptiveCardInvokeResponse) and isinstance(body.value, dict):
-            payload = {"statusCode": body.status_code, "type": body.type, "value": body.value}
-            return InvokeResponse(
-                status=int(HTTPStatus.OK),
-                body={k: v for k, v in payload.items() if v is not None},
-            )
-        return ActivityHandler._create_invoke_response(body)
-
-    def _get_adaptive_card_invoke_value(self, activity: Activity) -> AdaptiveCardInvokeValue:
-        # The stock check calls .get() on the action: an action that is a list or a string
-        # (a tampered client) would crash the turn instead of getting its 400.
-        value = activity.value
-        action = value.get("action") if isinstance(value, Mapping) else None
-        if action is not None and not isinstance(action, Mapping):
-            raise _InvokeResponseException(
-                HTTPStatus.BAD_REQUEST,
-                self._create_adaptive_card_invoke_error_response(
-                    HTTPStatus.BAD_REQUEST, "BadRequest", "The action property is not an object"
-                ),
-            )
-        found: AdaptiveCardInvokeValue = super()._get_adaptive_card_invoke_value(activity)
-        return found
-
-    def _create_adaptive_card_invoke_error_response(
-        self, status_code: HTTPStatus, code: str, message: str
-    ) -> AdaptiveCardInvokeResponse:
-        # The stock one puts an Exception object in `value`, which cannot be serialized (the
-        # malformed invoke would get HTTP 500); Universal Actions expect {code, message}.
-        return AdaptiveCardInvokeResponse(
-            status_code=int(status_code),
-            type="application/vnd.microsoft.error",
-            value={"code": code, "message": message},
-        )
 
     async def _track_conversation(self, activity: Activity) -> None:
         """Keep the conversation reference current (or mark it gone when the bot is removed).

@@ -51,7 +51,6 @@ from botframework.connector.auth import (
     PasswordServiceClientCredentialFactory,
     UserTokenClient,
 )
-from botframework.connector.auth.jwt_token_extractor import JwtTokenExtractor, _OpenIdMetadata
 from botframework.connector.skills import BotFrameworkClient
 from msrest.exceptions import DeserializationError, HttpOperationError
 from msrest.serialization import Model
@@ -63,6 +62,7 @@ from bot.auth.policy import DevPolicy, Policy
 from bot.auth.sso import TeamsSso
 from bot.config import Settings
 from bot.teams.bot import FusionBot, tenant_of
+from bot.teams.botbuilder_internals import OpenIdMetadata, install_signing_keys
 from bot.teams.connector import (
     ConnectorPool,
     ConnectorUnavailable,
@@ -90,7 +90,7 @@ TURN_BUDGET = 10.0
 CORRELATION_ID: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 
 
-class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
+class SigningKeys(OpenIdMetadata):  # type: ignore[misc]
     """botbuilder's signing-key cache for one metadata URL, fetched without blocking the loop.
 
     Installed into botbuilder's process-wide cache (keyed by URL) so that its token validation
@@ -109,7 +109,7 @@ class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
     @classmethod
     def install(cls, url: str, session: aiohttp.ClientSession) -> SigningKeys:
         keys = cls(url, session)
-        JwtTokenExtractor.metadataCache[url] = keys
+        install_signing_keys(url, keys)
         return keys
 
     async def _refresh(self) -> None:
