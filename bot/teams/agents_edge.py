@@ -244,9 +244,12 @@ class SenderSession:
 class ConnectorClients(ChannelServiceClientFactoryBase):
     """The SDK's client factory: for trusted service URLs only, one client per URL, reused."""
 
-    def __init__(self, trusted: TrustedServiceUrls, sender: ProactiveSender) -> None:
+    def __init__(
+        self, trusted: TrustedServiceUrls, sender: ProactiveSender, app_id: str = ""
+    ) -> None:
         self.trusted = trusted
         self.sender = sender
+        self._app_id = app_id
         self._clients: dict[str, ConnectorClient] = {}
         self._user_tokens: UserTokenClient | None = None
 
@@ -283,7 +286,7 @@ class ConnectorClients(ChannelServiceClientFactoryBase):
             self._user_tokens = UserTokenClient(
                 TOKEN_SERVICE,
                 "",
-                app_id=claims_identity.get_app_id() if claims_identity else None,
+                app_id=self._app_id or None,  # none in local development mode
                 session=session,  # type: ignore[arg-type]
             )
         return self._user_tokens
@@ -599,9 +602,13 @@ def build_agents_edge(
 ) -> AgentsEdge:
     """Adapter, token checks, connectors and bot, made once for the app's lifetime (as
     `bot.teams.edge.build_edge`, with the same shared parts)."""
+    # The SDK logs every send at INFO, and every body its models refuse at ERROR with a
+    # traceback (the edge answers those itself: 400, or read as botbuilder reads them).
+    logging.getLogger("microsoft_agents").setLevel(logging.WARNING)
+    logging.getLogger("microsoft_agents.activity").setLevel(logging.CRITICAL)
     trusted = TrustedServiceUrls(settings.trusted_service_urls, allow_loopback=settings.dev_mode)
     sender = sender or build_sender(settings, session, credentials)
-    connectors = ConnectorClients(trusted, sender)
+    connectors = ConnectorClients(trusted, sender, settings.app_id)
     tokens = (
         None
         if settings.dev_mode
