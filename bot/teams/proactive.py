@@ -139,7 +139,8 @@ class RateLimiter:
             waited += delay
         now = self._clock()
         for key in self._keys(conversation_id, tenant_id):
-            self._sent.setdefault(key, []).append(now)
+            if self._windows[key[0]]:
+                self._sent.setdefault(key, []).append(now)
         self._calls += 1
         if self._calls % 1000 == 0:
             self._trim(now)
@@ -152,7 +153,7 @@ class RateLimiter:
 
     def _trim(self, now: float) -> None:
         for key in list(self._sent):
-            longest = max(w.seconds for w in self._windows[key[0]])
+            longest = max((w.seconds for w in self._windows[key[0]]), default=0.0)
             history = self._sent[key]
             del history[: bisect.bisect_right(history, now - longest)]
             if not history:
