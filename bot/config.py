@@ -172,6 +172,10 @@ class Settings:
     alert_threshold_percent: int = 90
     digest_enabled: bool = True
     scheduler_enabled: bool = True
+    # Keep every send (replies included) inside Teams' documented per-chat and per-tenant
+    # windows. Off only where the connector is not Teams' (a benchmark's fake); 429s are
+    # honoured either way.
+    teams_rate_limits: bool = True
     scheduler_interval_seconds: int = 30
     migrate_on_start: bool = True
     page_size: int = 25
@@ -268,6 +272,7 @@ class Settings:
             ),
             digest_enabled=_bool(env, "FUSION_DIGESTS", True),
             scheduler_enabled=_bool(env, "FUSION_SCHEDULER", True),
+            teams_rate_limits=_bool(env, "FUSION_TEAMS_RATE_LIMITS", True),
             scheduler_interval_seconds=_int(env, "FUSION_SCHEDULER_INTERVAL_SECONDS", 30, 1),
             migrate_on_start=_bool(env, "FUSION_MIGRATE_ON_START", True),
             page_size=_int(env, "FUSION_PAGE_SIZE", 25, minimum=1),

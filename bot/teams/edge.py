@@ -71,7 +71,7 @@ from bot.teams.connector import (
 )
 from bot.teams.gate import TurnGate
 from bot.teams.inbound import published_keys
-from bot.teams.proactive import TURN, ProactiveSender, TurnBudget
+from bot.teams.proactive import TURN, ProactiveSender, RateLimiter, TurnBudget
 from bot.teams.render import dumps
 
 log = logging.getLogger("bot.teams.edge")
@@ -428,10 +428,12 @@ def build_sender(
 ) -> ProactiveSender:
     """The process's one Bot Connector sender (replies, card updates, proactive posts)."""
     trusted = TrustedServiceUrls(settings.trusted_service_urls, allow_loopback=settings.dev_mode)
+    windows = RateLimiter() if settings.teams_rate_limits else RateLimiter((), ())
     return ProactiveSender(
         session,
         token=credentials.connector_token if credentials else None,
         is_trusted=trusted.trusts,
+        limiter=windows,
     )
 
 
