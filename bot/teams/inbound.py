@@ -179,6 +179,11 @@ class ChannelTokens:
         self, authorization: str | None, channel_id: str | None, service_url: str | None
     ) -> dict[str, Any]:
         token = bearer_token(authorization)
+        if service_url and channel_id:
+            # Passed every check below for this channel and service URL, and not expired.
+            remembered = self._remembered((token, channel_id, service_url))
+            if remembered is not None:
+                return remembered
         header = jwt.get_unverified_header(token)
         unverified = jwt.decode(token, options={"verify_signature": False})
         if unverified.get("iss") != self._issuer:
@@ -191,9 +196,6 @@ class ChannelTokens:
         if not service_url or not channel_id:
             raise PermissionError("activity without serviceUrl or channelId")
         key = (token, channel_id, service_url)
-        remembered = self._remembered(key)
-        if remembered is not None:
-            return remembered
         algorithm = header.get("alg")
         if algorithm not in ALGORITHMS:
             raise PermissionError(f"algorithm {algorithm!r} is not accepted")
