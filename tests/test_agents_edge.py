@@ -1,6 +1,6 @@
 """FUSION_EDGE: the setting, and that the protocol tests do run against the edge they name.
 
-The protocol tests themselves (tests/teams_fixtures.py::PROTOCOL_MODULES) run once per edge;
+The protocol tests themselves (tests/support/teams_fixtures.py::PROTOCOL_MODULES) run once per edge;
 this module checks what makes that true, and the parts of the Agents SDK edge a client cannot
 see from outside.
 """
@@ -16,7 +16,7 @@ from bot.config import ConfigError, Settings
 from bot.teams.agents_edge import AgentsEdge, ConnectorClients, sdk_configuration
 from bot.teams.edge import Edge
 from tests.fakes import FakeBotConnector
-from tests.teams_env import EDGES, dev_settings, message, running_bot, seed_ledger
+from tests.support.teams_env import EDGES, dev_settings, message, running_bot, seed_ledger
 
 
 def test_the_edge_is_botbuilder_unless_asked() -> None:

@@ -1,9 +1,10 @@
 """Imports point down only (STYLE.md): teams and the CLI → commands → domain/auth.
 
-Only `bot/teams/` and `app.py` may import the Bot Framework SDK, so it can be swapped for its
-successor by touching those alone; `bot/domain` imports neither the SDK nor aiohttp, so the
-ledger runs without a bot. Imports are read with `ast` (every `import`, also inside functions
-and under TYPE_CHECKING), not grepped.
+Only `bot/teams/` and `app.py` may import the Bot Framework SDK (botbuilder, botframework,
+msrest), so it can be swapped for its successor by touching those alone; `bot/domain` imports
+neither the SDK nor an HTTP client (aiohttp, msal, requests), so the ledger runs without a bot.
+Imports are read with `ast` (every `import`, also inside functions and under TYPE_CHECKING),
+not grepped.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def in_layer(*prefixes: str) -> list[Path]:
     return [p for p in SOURCES if relative(p).startswith(prefixes)]
 
 
-EDGE = ("bot/teams/", "app.py")
+EDGE = ("bot/teams/", "app.py", "bot/app.py")
 
 
 def test_the_sources_are_found() -> None:
@@ -108,8 +109,9 @@ def test_what_both_edges_share_imports_neither_sdk() -> None:
     assert offenders(shared, (*BOT_FRAMEWORK, *AGENTS_SDK)) == {}
 
 
-def test_the_domain_imports_neither_the_sdk_nor_aiohttp() -> None:
-    assert offenders(in_layer("bot/domain/"), (*BOT_FRAMEWORK, *AGENTS_SDK, "aiohttp")) == {}
+def test_the_domain_imports_no_sdk_and_no_http_client() -> None:
+    forbidden = (*BOT_FRAMEWORK, *AGENTS_SDK, "aiohttp", "msal", "requests")
+    assert offenders(in_layer("bot/domain/"), forbidden) == {}
 
 
 @pytest.mark.parametrize(
@@ -117,10 +119,21 @@ def test_the_domain_imports_neither_the_sdk_nor_aiohttp() -> None:
     [
         (
             "bot/domain/",
-            ("bot.auth", "bot.commands", "bot.teams", "bot.scheduler", "bot.__main__", "app"),
+            (
+                "bot.auth",
+                "bot.commands",
+                "bot.teams",
+                "bot.scheduler",
+                "bot.__main__",
+                "app",
+                "bot.app",
+            ),
         ),
-        ("bot/auth/", ("bot.commands", "bot.teams", "bot.scheduler", "bot.__main__", "app")),
-        ("bot/commands/", ("bot.teams", "bot.scheduler", "bot.__main__", "app")),
+        (
+            "bot/auth/",
+            ("bot.commands", "bot.teams", "bot.scheduler", "bot.__main__", "app", "bot.app"),
+        ),
+        ("bot/commands/", ("bot.teams", "bot.scheduler", "bot.__main__", "app", "bot.app")),
     ],
 )
 def test_imports_point_down(layer: str, above: tuple[str, ...]) -> None:

@@ -209,7 +209,7 @@ def test_playground_drives_the_bot_in_headless_chromium(
         "FUSION_DEV_ADMINS": PLAYGROUND_USER,
         "PLAYGROUND_PYTHON": sys.executable,
         "PLAYGROUND_WORKDIR": str(tmp_path / "work"),
-        "FUSION_EDGE": fusion_edge,  # each edge in turn (tests/teams_fixtures.py)
+        "FUSION_EDGE": fusion_edge,  # each edge in turn (tests/support/teams_fixtures.py)
     }
     shots = "playground" if fusion_edge == "botbuilder" else f"playground-{fusion_edge}"
 

@@ -10,7 +10,7 @@ domain; what differs is the SDK that carries it:
   `CloudAdapter.process_activity` runs the turn with the checked claims.
 - The turn: `AgentsBot`, an SDK `ActivityHandler`, hands messages, `adaptiveCard/action`
   invokes and the SSO token exchange to the shared turn logic (`bot.teams.bot.FusionBot`,
-  `bot.teams.cards`) through `SdkTurn`, which gives that logic the turn as it uses it and
+  `bot.teams.card_actions`) through `SdkTurn`, which gives that logic the turn as it uses it and
   hands each activity it sends to the SDK as an SDK activity.
 - Outbound: the SDK's own `ConnectorClient` (its REST operations and models), one per
   trusted service URL and kept for the app's lifetime, whose HTTP transport is the process's
@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
@@ -61,16 +61,19 @@ from yarl import URL
 
 from bot.auth.credentials import ClientCredentials
 from bot.auth.graph import GraphClient
-from bot.auth.sso import TeamsSso
+from bot.commands.registry import Services
 from bot.config import Settings
-from bot.teams.bot import TOKEN_EXCHANGE, FusionBot, tenant_of
-from bot.teams.cards import INVOKE_NAME
+from bot.logs import CORRELATION_ID
+from bot.teams.bot import FusionBot, tenant_of
+from bot.teams.card_actions import INVOKE_NAME
 from bot.teams.connector import ConnectorUnavailable, TrustedServiceUrls, UntrustedServiceUrl
-from bot.teams.edge import CORRELATION_ID, TURN_BUDGET, build_policy, build_sender
+from bot.teams.edge import TURN_BUDGET, build_policy, build_sender
 from bot.teams.gate import TurnGate
 from bot.teams.inbound import ChannelTokens, SigningKeys, one_authorization, read_json
 from bot.teams.proactive import TURN, ProactiveSender, SendOutcome, SendResult, TurnBudget
 from bot.teams.render import Card, dumps
+from bot.teams.sso import INVOKES as SSO_INVOKES
+from bot.teams.sso import sso_flow
 
 log = logging.getLogger("bot.teams.agents_edge")
 
@@ -78,9 +81,6 @@ log = logging.getLogger("bot.teams.agents_edge")
 HELD_CARDS: ContextVar[HeldCards | None] = ContextVar("held_cards", default=None)
 
 MAX_CLIENTS = 64  # distinct service URLs kept; Teams uses a handful of regional ones
-#: The Bot Framework token service (the SDK's user token client is made once and never used:
-#: this bot does not sign users in through it; Teams SSO is `bot.auth.sso`).
-TOKEN_SERVICE = "https://token.botframework.com/"
 
 
 def sdk_configuration(settings: Settings) -> dict[str, Any]:
@@ -115,7 +115,7 @@ class HeldCards:
 
     def hold(self, content: Any) -> Any:
         if not isinstance(content, Card) or content.json is None:
-            return content
+            return _plain(content)
         token = f"\u0000fusion-card:{uuid.uuid4().hex}"
         self._cards[token] = content
         return token
@@ -245,11 +245,18 @@ class ConnectorClients(ChannelServiceClientFactoryBase):
     """The SDK's client factory: for trusted service URLs only, one client per URL, reused."""
 
     def __init__(
-        self, trusted: TrustedServiceUrls, sender: ProactiveSender, app_id: str = ""
+        self,
+        trusted: TrustedServiceUrls,
+        sender: ProactiveSender,
+        app_id: str = "",
+        token_service: str = "https://token.botframework.com",
     ) -> None:
         self.trusted = trusted
         self.sender = sender
         self._app_id = app_id
+        # The SDK's user token client is made once and never called: Teams SSO goes through
+        # bot/teams/sso.py, on either edge (it is there because the SDK's adapter asks for one).
+        self._token_service = token_service
         self._clients: dict[str, ConnectorClient] = {}
         self._user_tokens: UserTokenClient | None = None
 
@@ -282,9 +289,9 @@ class ConnectorClients(ChannelServiceClientFactoryBase):
         use_anonymous: bool = False,
     ) -> UserTokenClientBase:
         if self._user_tokens is None:
-            session = SenderSession(TOKEN_SERVICE, self.sender)
+            session = SenderSession(self._token_service, self.sender)
             self._user_tokens = UserTokenClient(
-                TOKEN_SERVICE,
+                self._token_service,
                 "",
                 app_id=self._app_id or None,  # none in local development mode
                 session=session,  # type: ignore[arg-type]
@@ -316,7 +323,7 @@ def sdk_activity(activity: Any) -> Activity:
         fields["attachments"] = [
             Attachment(
                 content_type=a.content_type,
-                content=held.hold(a.content) if held is not None else a.content,
+                content=held.hold(a.content) if held is not None else _plain(a.content),
             )
             for a in attachments
         ]
@@ -331,6 +338,12 @@ def sdk_activity(activity: Any) -> Activity:
     return Activity(**fields)
 
 
+def _plain(content: Any) -> Any:
+    """Attachment content as JSON values: botbuilder's card models (an OAuth card) serialized."""
+    serialize = getattr(content, "serialize", None)
+    return serialize() if callable(serialize) and not isinstance(content, Mapping) else content
+
+
 class _SdkAdapterDoor:
     """`turn_context.adapter.update_activity(turn_context, activity)` for the shared logic."""
 
@@ -342,7 +355,7 @@ class _SdkAdapterDoor:
 
 
 class SdkTurn:
-    """The SDK's turn as the shared turn logic (`FusionBot`, `bot.teams.cards`) uses one: the
+    """The SDK's turn as the shared turn logic (`FusionBot`, `bot.teams.card_actions`) uses one: the
     activity (the SDK's; the logic reads only fields both SDKs name alike), send and update."""
 
     def __init__(self, turn: TurnContext) -> None:
@@ -428,8 +441,8 @@ class AgentsBot(ActivityHandler):
         self, turn_context: TurnContext
     ) -> InvokeResponse | None:
         activity = turn_context.activity
-        if activity.name == TOKEN_EXCHANGE:
-            return _sdk_invoke_response(await self.logic._exchange_token(activity))  # type: ignore[arg-type]
+        if activity.name in SSO_INVOKES:
+            return _sdk_invoke_response(await self.logic._sign_in(activity))  # type: ignore[arg-type]
         if activity.name == INVOKE_NAME:
             problem = card_invoke_problem(activity.value)
             if problem is not None:
@@ -533,9 +546,14 @@ class AgentsEdge:
     sender: ProactiveSender
     tokens: ChannelTokens | None = None  # None in local development mode
     credentials: ClientCredentials | None = None
-    services: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=Services)
     gate: TurnGate = field(default_factory=lambda: TurnGate(0))
     name: str = "agents"
+
+    @property
+    def signing_keys(self) -> SigningKeys | None:
+        """The channel's signing keys (GET /readyz loads them); None in local development."""
+        return self.tokens.keys if self.tokens is not None else None
 
     async def receive(self, request: web.Request) -> web.StreamResponse:
         """POST /api/messages; the same answers as the botbuilder edge: 401 for anything short
@@ -597,7 +615,7 @@ def build_agents_edge(
     settings: Settings,
     session: aiohttp.ClientSession,
     credentials: ClientCredentials | None,
-    services: dict[str, Any] | None = None,
+    services: Services | None = None,
     sender: ProactiveSender | None = None,
 ) -> AgentsEdge:
     """Adapter, token checks, connectors and bot, made once for the app's lifetime (as
@@ -608,7 +626,7 @@ def build_agents_edge(
     logging.getLogger("microsoft_agents.activity").setLevel(logging.CRITICAL)
     trusted = TrustedServiceUrls(settings.trusted_service_urls, allow_loopback=settings.dev_mode)
     sender = sender or build_sender(settings, session, credentials)
-    connectors = ConnectorClients(trusted, sender, settings.app_id)
+    connectors = ConnectorClients(trusted, sender, settings.app_id, settings.token_service_url)
     tokens = (
         None
         if settings.dev_mode
@@ -621,10 +639,10 @@ def build_agents_edge(
     adapter = CloudAdapter(channel_service_client_factory=connectors)
     adapter.on_turn_error = _on_turn_error
     graph = GraphClient(session, settings, credentials.graph_token) if credentials else None
-    front_door = dict(services or {})
+    front_door = services or Services()
     if graph is not None:
-        front_door["graph"] = graph
-    sso = None if settings.dev_mode else TeamsSso(settings, session)
+        front_door = replace(front_door, graph=graph)
+    sso = None if settings.dev_mode else sso_flow(settings, session, credentials)
     logic = FusionBot(
         settings,
         build_policy(settings, graph),

@@ -122,6 +122,12 @@ class SigningKeys:
         #: time.monotonic() of the last refresh; 0: never fetched.
         self.last_updated = 0.0
 
+    async def load(self) -> bool:
+        """Fetch the keys now unless some are loaded (readiness); whether any are."""
+        if not self._keys:
+            await self._refresh(self.last_updated)
+        return bool(self._keys)
+
     async def find(self, kid: str) -> dict[str, Any] | None:
         age = time.monotonic() - self.last_updated
         if not self.last_updated or age > KEYS_MAX_AGE_SECONDS:

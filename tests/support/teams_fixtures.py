@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import teams_env
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider
-from tests.teams_env import EDGES, bot_connector, graph_directory, identity_provider
+from tests.support import teams_env
+from tests.support.teams_env import EDGES, bot_connector, graph_directory, identity_provider
 
 #: The protocol tests: each runs once against each edge (FUSION_EDGE=botbuilder|agents).
 PROTOCOL_MODULES = frozenset(
