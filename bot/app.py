@@ -34,6 +34,7 @@ from bot.logs import configure_logging
 from bot.scheduler import run_scheduler
 from bot.teams.approvals_channel import ApprovalsChannel
 from bot.teams.edge import Edge, build_edge, build_sender
+from bot.teams.provisioning import JobCards
 
 log = logging.getLogger("bot.app")
 
@@ -230,6 +231,39 @@ def apply_settings(settings: Settings) -> None:
     may be in a transaction at once."""
     set_naming_rule(settings.naming_rule)
     change.limit_writers(settings.max_concurrent_changes)
+
+
+async def _provisioning(app: web.Application) -> None:
+    """This instance's provisioning worker (every instance runs one; SPEC §9)."""
+    from bot.provisioning.teams_numbers import TeamsNumbers, TenantPace
+    from bot.provisioning.tokens import TenantTokens
+    from bot.provisioning.worker import Worker
+
+    settings = app[SETTINGS]
+    tokens = TenantTokens(settings)
+    lease = float(settings.provisioning_lease_seconds)
+    # A step's request ends well inside the claim, so no other instance can take the job while
+    # its request may still reach Graph.
+    rps = settings.provisioning_tenant_rps
+    numbers = TeamsNumbers(
+        app[HTTP],
+        settings.graph_url,
+        tokens,
+        request_timeout=min(30, lease / 3),
+        pace=TenantPace(rps) if rps else None,
+    )
+    worker = Worker(
+        numbers,
+        concurrency=settings.provisioning_concurrency,
+        idle_seconds=settings.provisioning_idle_seconds,
+        lease_seconds=lease,
+        on_finished=JobCards(app[EDGE].sender),
+    )
+    log.info("provisioning worker started", extra={"worker": worker.name})
+    try:
+        await worker.run()
+    finally:
+        tokens.close()
 
 
 def create_app(

@@ -16,9 +16,8 @@ from bot.domain.errors import Conflict, InvalidInput
 from bot.domain.models import AuditEvent, JobState, NumberState, PhoneNumber, ProvisioningJob
 from bot.provisioning.teams_numbers import TenantPace
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.support import provisioning_env as env
+from tests.provisioning_env import CUSTOMER_TENANT, OPS, RULES, e164, oid, upn
 from tests.support.graph_env import trust_fakes
-from tests.support.provisioning_env import CUSTOMER_TENANT, OPS, RULES, e164, oid, upn
 
 pytestmark = pytest.mark.usefixtures("database")
 

@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
     """Provisioning into the customer's tenant: the job outbox, the per-customer switch and
     the emergency location of a number."""
 
-    dependencies = [('models', '0005_identity_lengths_and_scoped_request_keys')]
+    dependencies = [('models', '0006_approval_number')]
 
     initial = False
 
