@@ -64,12 +64,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 PROXY_VARIABLES = (
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "ALL_PROXY",
-    "all_proxy",
+    "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"
 )
 
 
@@ -190,40 +185,6 @@ async def metrics_page(request: web.Request) -> web.Response:
 async def _scheduler(app: web.Application) -> None:
     """Digests, usage snapshots, approval expiry and quarantine release (one leader at a time)."""
     await run_scheduler(app[SETTINGS], app[EDGE].sender)
-
-
-async def _provisioning(app: web.Application) -> None:
-    """This instance's provisioning worker (every instance runs one; SPEC §9)."""
-    from bot.provisioning.teams_numbers import TeamsNumbers, TenantPace
-    from bot.provisioning.tokens import TenantTokens
-    from bot.provisioning.worker import Worker
-    from bot.teams.provisioning import JobCards
-
-    settings = app[SETTINGS]
-    tokens = TenantTokens(settings)
-    lease = float(settings.provisioning_lease_seconds)
-    rps = settings.provisioning_tenant_rps
-    # A step's request ends well inside the claim, so no other instance can take the job while
-    # its request may still reach Graph.
-    numbers = TeamsNumbers(
-        app[HTTP],
-        settings.graph_url,
-        tokens,
-        request_timeout=min(30, lease / 3),
-        pace=TenantPace(rps) if rps else None,
-    )
-    worker = Worker(
-        numbers,
-        concurrency=settings.provisioning_concurrency,
-        idle_seconds=settings.provisioning_idle_seconds,
-        lease_seconds=lease,
-        on_finished=JobCards(app[EDGE].sender),
-    )
-    log.info("provisioning worker started", extra={"worker": worker.name})
-    try:
-        await worker.run()
-    finally:
-        tokens.close()
 
 
 def apply_settings(settings: Settings) -> None:

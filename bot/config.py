@@ -248,16 +248,6 @@ class Settings:
     # are honoured either way). Microsoft documents 30 rps per app per tenant for Teams.
     provisioning_tenant_rps: int = 30
 
-    # The Azure Bot's OAuth connection for Teams SSO; empty: no OAuth card is sent.
-    sso_connection: str = ""
-    token_service_url: str = CLOUDS["public"].token_service_url
-    # Networks (CIDR) besides loopback that may read GET /metrics.
-    metrics_networks: tuple[str, ...] = ()
-    # Logs: `json` (one object per line) or `text` (readable, for local development).
-    log_format: str = "json"
-    # Empty: each front door's own (the bot and scheduler INFO, the CLI WARNING).
-    log_level: str = ""
-
     @property
     def provisioning_off_reason(self) -> str:
         """Why provisioning is off ("" when it is on)."""

@@ -108,7 +108,7 @@ def test_link_assign_list_and_retry(
         off = ok(url, tmp_path, "provisioning", FUSION_CLOUD="gcch")
         assert off["total"] == 1
         text = cli(url, tmp_path, "provisioning", FUSION_CLOUD="gcch")
-        assert "global cloud only" in " ".join(text.stdout.split())
+        assert "global cloud only" in text.stdout
 
 
 def test_a_dry_run_says_what_teams_would_get_and_writes_no_job(

@@ -83,7 +83,7 @@ class Args(BaseModel):
 
 
 def _guess(err: Any) -> str:
-    """ ", not 'number': did you mean 'numbers'?" for a value close to one of the choices."""
+    """", not 'number': did you mean 'numbers'?" for a value close to one of the choices."""
     typed = err.get("input")
     choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
     guesses = did_you_mean(typed, choices) if isinstance(typed, str) and choices else []

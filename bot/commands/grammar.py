@@ -264,3 +264,4 @@ def _match_slots(
                 continue
             i = _match_slots(slot.items, toks, i, parsed, command, required=False)
     return i
+

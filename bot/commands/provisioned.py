@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.commands.answers import changed
+from bot.commands.ledger import changed
 from bot.commands.reply import Changed, Error
 from bot.config import Settings
 from bot.domain import provisioning as jobs

@@ -77,7 +77,10 @@ class JobCards:
         if ref is None or not ref.active:
             return
         result = await self._sender.update_card(
-            Target.of(ref), job.card_activity_id, await job_card(job)
+            Target.of(ref),
+            job.card_activity_id,
+            await job_card(job),
+            summary=job_reply(job).title,
         )
         if result.outcome is not SendOutcome.SENT:
             log.warning(
