@@ -269,6 +269,11 @@ class Settings:
                 "Provisioning into Teams is off: Microsoft Graph's Teams number management exists "
                 f"in the global cloud only, and this bot runs in FUSION_CLOUD={self.cloud}."
             )
+        if self.managed_identity and not self.provisioning_app_id:
+            return (
+                "Provisioning into Teams is off: a managed identity gets no tokens in customers' "
+                "tenants; name a multi-tenant app in FUSION_PROVISIONING_APP_ID and its password."
+            )
         if not (self.provisioning_app_id or self.app_id):
             return (
                 "Provisioning into Teams is off: it needs an Entra app (MicrosoftAppId and "
