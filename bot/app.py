@@ -28,7 +28,7 @@ from bot import metrics
 from bot.auth.credentials import ClientCredentials, client_ssl_context
 from bot.commands.registry import Services
 from bot.config import ConfigError, Settings
-from bot.domain import approvals, change, db
+from bot.domain import approvals, change, db, provisioning
 from bot.domain.naming import set_naming_rule
 from bot.logs import configure_logging
 from bot.scheduler import run_scheduler
@@ -178,7 +178,12 @@ async def metrics_page(request: web.Request) -> web.Response:
     except Exception:  # the page still answers; the gauge keeps its last value
         log.warning("metrics: could not count pending approvals", exc_info=True)
         waiting = None
-    body = await asyncio.to_thread(metrics.exposition, waiting)
+    try:
+        jobs: dict[str, int] | None = await provisioning.counts()
+    except Exception:
+        log.warning("metrics: could not count provisioning jobs", exc_info=True)
+        jobs = None
+    body = await asyncio.to_thread(metrics.exposition, waiting, jobs)
     response = web.Response(body=body)
     response.headers["Content-Type"] = metrics.CONTENT_TYPE
     return response

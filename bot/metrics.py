@@ -10,6 +10,7 @@ are facts of the database (approvals pending) are read when the page is scraped.
     fusion_connector_calls_total{outcome}          Bot Connector answers to replies and sends
     fusion_digest_deliveries_total{status}         digests posted (sent, removed, failed)
     fusion_approvals_pending                       approval requests waiting for a decision
+    fusion_provisioning_jobs{state}                provisioning jobs by state (pending, sent, …)
 
 Who may read it: loopback and the networks `FUSION_METRICS_NETWORKS` names (the peer address
 of the connection, never a forwarded-for header); anyone else gets 404.
@@ -39,6 +40,10 @@ DIGEST_DELIVERIES = Counter(
 )
 APPROVALS_PENDING = Gauge(
     "fusion_approvals_pending", "Approval requests waiting for a decision (read at scrape)"
+)
+
+PROVISIONING_JOBS = Gauge(
+    "fusion_provisioning_jobs", "Provisioning jobs by state (read at scrape)", ["state"]
 )
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -86,10 +91,13 @@ def digest_delivered(status: str) -> None:
     DIGEST_DELIVERIES.labels(status).inc()
 
 
-def exposition(approvals_pending: int | None) -> bytes:
-    """The page: every metric in Prometheus text format."""
+def exposition(approvals_pending: int | None, jobs: dict[str, int] | None = None) -> bytes:
+    """The page: every metric in Prometheus text format (a gauge whose count could not be read
+    keeps its last value)."""
     if approvals_pending is not None:
         APPROVALS_PENDING.set(approvals_pending)
+    for state, number in (jobs or {}).items():
+        PROVISIONING_JOBS.labels(state).set(number)
     return generate_latest()
 
 

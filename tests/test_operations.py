@@ -112,6 +112,10 @@ async def test_metrics_count_turns_graph_calls_and_connector_answers(
     assert grew("fusion_connector_calls_total", outcome="ok") >= 1
     assert grew("fusion_connector_calls_total", outcome="throttled") == 1
     assert ("fusion_approvals_pending", ()) in after
+    # Provisioning jobs by state, every state shown (none yet: provisioning is off here).
+    for state in ("pending", "sent", "done", "failed"):
+        assert value(after, "fusion_provisioning_jobs", state=state) == 0
+        assert ("fusion_provisioning_jobs", (("state", state),)) in after
     assert ("process_resident_memory_bytes", ()) in after or ("python_info", ()) in {
         (k[0], ()) for k in after
     }

@@ -136,6 +136,11 @@ async def test_the_answer_card_follows_the_job_to_its_end(world: World, artifact
         assert retry["title"] == "Retry"
         job = await ProvisioningJob.get(e164=e164(2))
         assert job.state is JobState.FAILED
+        # /metrics counts the jobs by state: one done, one failed.
+        async with bot.http.get(str(bot.server.make_url("/metrics"))) as resp:
+            page = await resp.text()
+        assert 'fusion_provisioning_jobs{state="done"} 1.0' in page
+        assert 'fusion_provisioning_jobs{state="failed"} 1.0' in page
 
         seen = len(w.connector.activities)
         invoke = message(
