@@ -109,9 +109,9 @@ async def test_display_names_are_checked() -> None:
         "control",
     )
     await refused(
-        lambda: directory.add_account(OPS, "bob@contoso.com", "ACME-01", display_name="B" * 256),
+        lambda: directory.add_account(OPS, "bob@contoso.com", "ACME-01", display_name="B" * 257),
         InvalidInput,
-        "at most 255",
+        "at most 256",
     )
 
 

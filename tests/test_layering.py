@@ -67,7 +67,7 @@ def in_layer(*prefixes: str) -> list[Path]:
     return [p for p in SOURCES if relative(p).startswith(prefixes)]
 
 
-EDGE = ("bot/teams/", "app.py")
+EDGE = ("bot/teams/", "app.py", "bot/app.py")
 
 
 def test_the_sources_are_found() -> None:
@@ -98,10 +98,21 @@ def test_the_domain_imports_no_sdk_and_no_http_client() -> None:
     [
         (
             "bot/domain/",
-            ("bot.auth", "bot.commands", "bot.teams", "bot.scheduler", "bot.__main__", "app"),
+            (
+                "bot.auth",
+                "bot.commands",
+                "bot.teams",
+                "bot.scheduler",
+                "bot.__main__",
+                "app",
+                "bot.app",
+            ),
         ),
-        ("bot/auth/", ("bot.commands", "bot.teams", "bot.scheduler", "bot.__main__", "app")),
-        ("bot/commands/", ("bot.teams", "bot.scheduler", "bot.__main__", "app")),
+        (
+            "bot/auth/",
+            ("bot.commands", "bot.teams", "bot.scheduler", "bot.__main__", "app", "bot.app"),
+        ),
+        ("bot/commands/", ("bot.teams", "bot.scheduler", "bot.__main__", "app", "bot.app")),
     ],
 )
 def test_imports_point_down(layer: str, above: tuple[str, ...]) -> None:

@@ -237,8 +237,8 @@ async def request_change(
             summary=_summary(action, payload, preview)[:500],
             before=preview.before,
             after=preview.after,
-            requester_id=origin.actor_id[:64],
-            requester_name=origin.actor_name[:255],
+            requester_id=origin.actor_id,
+            requester_name=origin.actor_name,
             status=ApprovalStatus.PENDING,
             expires_at=now + timedelta(hours=ttl_hours),
             conversation_id=conversation_id[:512] if conversation_id else None,
@@ -360,6 +360,12 @@ class _Lost(Exception):
     """Someone else decided the request between our read and our conditional update."""
 
 
+def is_requester(request: ApprovalRequest, actor_id: str) -> bool:
+    """Whether `actor_id` asked for `request`. Entra object ids are GUIDs and CLI operators'
+    UPNs are case-insensitive, so case does not tell two people apart."""
+    return actor_id.strip().lower() == (request.requester_id or "").strip().lower()
+
+
 async def decide(
     origin: Origin,
     request_id: str,
@@ -377,14 +383,14 @@ async def decide(
     request = await current(request_id, now)
     if request.status is not ApprovalStatus.PENDING:
         raise _already(request)
-    if origin.actor_id == request.requester_id:
+    if is_requester(request, origin.actor_id):
         raise Forbidden(
             "You asked for this change, so you cannot decide it: another approver must."
         )
     reason = reason.strip()[:500] if reason and reason.strip() else None
     decided = {
-        "decided_by_id": origin.actor_id[:64],
-        "decided_by_name": origin.actor_name[:255],
+        "decided_by_id": origin.actor_id,
+        "decided_by_name": origin.actor_name,
         "decided_at": now,
         "reason": reason,
     }

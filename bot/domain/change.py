@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import unicodedata
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,10 +24,33 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
 
 from bot.domain import db
-from bot.domain.errors import Conflict, Duplicate, Unavailable, Unconfirmed
+from bot.domain.errors import Conflict, Duplicate, InvalidInput, Unavailable, Unconfirmed
 from bot.domain.models import AuditEvent, AuditHead
 
 SOURCES = frozenset({"chat", "card", "approval", "schedule", "cli", "system"})
+#: Who acted, as the audit stores it. An Entra object id is 36 characters and a UPN at most 113
+#: (Entra's limits); a display name at most 256 (Entra's displayName). Bounded here, once, so
+#: that every column that holds them can hold any value a door lets through.
+MAX_ACTOR_ID = 255
+MAX_ACTOR_NAME = 256
+#: A correlation id (the Teams activity id) is a reference for people reading the audit: a
+#: longer one is kept to this length.
+MAX_CORRELATION_ID = 255
+
+
+def check_actor_id(value: str, what: str = "operator") -> str:
+    """An actor id as given at a door (the CLI's `--as`): like a name, no control or bidi
+    characters (they would rewrite how the audit reads), and at most MAX_ACTOR_ID long."""
+    text = value.strip()
+    if not text:
+        raise InvalidInput(f"The {what} is empty.")
+    if len(text) > MAX_ACTOR_ID:
+        raise InvalidInput(
+            f"The {what} is {len(text):,} characters long; at most {MAX_ACTOR_ID} are allowed."
+        )
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"} for ch in text):
+        raise InvalidInput(f"The {what} contains control, line-break or text-direction characters.")
+    return text
 
 
 @dataclass(frozen=True)
@@ -43,6 +67,18 @@ class Origin:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}")
+        if len(self.actor_id) > MAX_ACTOR_ID:
+            raise InvalidInput(
+                f"Your user id is {len(self.actor_id):,} characters long; at most "
+                f"{MAX_ACTOR_ID} can be recorded."
+            )
+        if len(self.actor_name) > MAX_ACTOR_NAME:
+            raise InvalidInput(
+                f"Your display name is {len(self.actor_name):,} characters long; at most "
+                f"{MAX_ACTOR_NAME} can be recorded."
+            )
+        if self.correlation_id is not None and len(self.correlation_id) > MAX_CORRELATION_ID:
+            object.__setattr__(self, "correlation_id", self.correlation_id[:MAX_CORRELATION_ID])
 
 
 @dataclass

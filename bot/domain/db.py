@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -11,6 +13,7 @@ from typing import Any
 
 from tortoise import Tortoise
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.connection import get_connection
 from tortoise.migrations.api import migrate as run_migrations
 from tortoise.transactions import in_transaction
@@ -144,9 +147,57 @@ async def open_database(database_url: str, *, migrate: bool = True) -> None:
     config = tortoise_config(database_url)
     _current = _DIALECTS[connection_name(database_url)]
     if migrate:
-        await run_migrations(config=config)
-        await Tortoise.close_connections()
+        async with migration_lock(database_url):
+            await run_migrations(config=config)
+            await Tortoise.close_connections()
     await Tortoise.init(config=config, _enable_global_fallback=True)
+
+
+#: PostgreSQL advisory lock key of the migration run (any constant; this one spells "fusion").
+MIGRATION_LOCK_KEY = 0x66_75_73_69_6F_6E
+
+
+@asynccontextmanager
+async def migration_lock(database_url: str) -> AsyncIterator[None]:
+    """Held around a migration run, so that instances starting at once migrate one at a time:
+    the first applies what is pending, the others wait and then find nothing left to do
+    (without it, two at once both inserted the same row of the migration table).
+
+    PostgreSQL: a session advisory lock on a connection of its own (released when it closes,
+    even if this process dies). SQLite: an exclusive `flock` on a file beside the database
+    (released by the kernel when the process dies); a database in memory needs none.
+    """
+    credentials = expand_db_url(database_url)["credentials"]
+    if connection_name(database_url) == "postgres":
+        import asyncpg
+
+        conn = await asyncpg.connect(
+            host=credentials.get("host"),
+            port=credentials.get("port"),
+            user=credentials.get("user"),
+            password=credentials.get("password"),
+            database=credentials.get("database"),
+        )
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        finally:
+            await conn.close()
+        return
+    path = str(credentials.get("file_path") or "")
+    if not path or path == ":memory:" or path.startswith("file::memory:"):
+        yield
+        return
+    with open(path + ".migrate-lock", "a+b") as lock:  # noqa: ASYNC230 - once, at start
+        # Waiting for another process blocks: in a thread, so this event loop keeps running.
+        await asyncio.to_thread(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 async def close_database() -> None:
@@ -209,3 +260,20 @@ def is_outage(exc: BaseException) -> bool:
         and any(m in text for m in markers)
         or ("asyncpg" in text and any(m in text for m in markers))
     )
+
+
+async def pending_migrations() -> list[str]:
+    """The project's migrations not applied to the open database yet (for readiness)."""
+    import importlib
+    import pkgutil
+
+    from tortoise.migrations.recorder import MigrationRecorder
+
+    package = importlib.import_module(MIGRATIONS)
+    on_disk = {
+        name
+        for _, name, is_pkg in pkgutil.iter_modules(package.__path__)
+        if not is_pkg and name[0] not in "_~"
+    }
+    applied = await MigrationRecorder(connection()).applied_migrations()
+    return sorted(on_disk - {key.name for key in applied if key.app_label == "models"})

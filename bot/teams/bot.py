@@ -12,6 +12,8 @@ stored (which also makes a conversation marked inactive active again).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -30,7 +32,6 @@ from botbuilder.schema import (
 
 from bot.auth.actor import Actor
 from bot.auth.policy import Policy
-from bot.auth.sso import SsoRejected, TeamsSso
 from bot.commands.dispatch import run_text
 from bot.commands.registry import Context, Services
 from bot.commands.reply import Reply
@@ -39,6 +40,8 @@ from bot.domain import conversations
 from bot.teams.approval_cards import after_reply, card_activity
 from bot.teams.card_actions import handle_card_action, same_answer
 from bot.teams.render import render
+from bot.teams.sso import INVOKES as SSO_INVOKES
+from bot.teams.sso import SsoFlow, needs_groups
 
 log = logging.getLogger("bot.teams.bot")
 
@@ -46,8 +49,8 @@ log = logging.getLogger("bot.teams.bot")
 REFERENCE_FRESH_SECONDS = 60.0
 #: Conversations whose last stored reference this process remembers.
 REFERENCES_KEPT = 10_000
-#: The invoke in which Teams hands the bot the user's SSO token.
-TOKEN_EXCHANGE = "signin/tokenExchange"
+#: Idempotency keys of activities (card forms have `form:` keys of their own).
+ACTIVITY_KEY_PREFIX = "activity:"
 
 
 class CardInPlace:
@@ -90,6 +93,18 @@ def tenant_of(activity: Activity) -> str | None:
     return found if isinstance(found, str) and found else None
 
 
+def activity_key(activity: Activity) -> str | None:
+    """What makes an activity the same one again: Teams redelivers an activity it got no answer
+    for with the same id, but message ids are unique only within a conversation. So the key is
+    the tenant, the conversation and the id together, hashed (fixed length, whatever the
+    lengths of the three: a cut-off key could make two activities one)."""
+    if not activity.id:
+        return None
+    conversation = activity.conversation.id if activity.conversation else None
+    scope = json.dumps([tenant_of(activity) or "", conversation or "", str(activity.id)])
+    return ACTIVITY_KEY_PREFIX + hashlib.sha256(scope.encode()).hexdigest()
+
+
 def actor_from(activity: Activity, source: str) -> Actor:
     """Who is calling, from the authenticated activity."""
     sender = activity.from_property
@@ -99,8 +114,9 @@ def actor_from(activity: Activity, source: str) -> Actor:
         tenant_id=tenant_of(activity),
         source=source,
         correlation_id=activity.id,
-        # Teams redelivers an activity it got no answer for: the same id has one effect.
-        idempotency_key=activity.id,
+        # The same activity delivered again has one effect (a card submission's form key
+        # replaces this one: `bot.teams.cards`).
+        idempotency_key=activity_key(activity),
         conversation_id=activity.conversation.id if activity.conversation else None,
     )
 
@@ -131,7 +147,7 @@ class FusionBot(ActivityHandler):
         settings: Settings,
         policy: Policy,
         services: Services,
-        sso: TeamsSso | None = None,
+        sso: SsoFlow | None = None,
     ) -> None:
         self._settings = settings
         self._policy = policy
@@ -170,6 +186,9 @@ class FusionBot(ActivityHandler):
             await handle_card_action(turn_context, actor, self._context(actor))
             return
         actor = self._actor(activity, "chat")
+        if self._sso is not None and needs_groups(text):
+            if self._policy.tenant_allowed(actor).allowed:
+                await self._sso.offer(turn_context, actor)  # Teams SSO: an OAuth card, once
         card = CardInPlace(turn_context)
         services = replace(self._services, progress=card.show_progress)
         reply = await run_text(text, self._context(actor, services))
@@ -183,34 +202,24 @@ class FusionBot(ActivityHandler):
         return await handle_card_action(turn_context, actor, self._context(actor))
 
     async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse | None:
-        if turn_context.activity.name == TOKEN_EXCHANGE:
-            return await self._exchange_token(turn_context.activity)
+        if turn_context.activity.name in SSO_INVOKES:
+            return await self._sign_in(turn_context.activity)
         return await super().on_invoke_activity(turn_context)
 
-    async def _exchange_token(self, activity: Activity) -> InvokeResponse:
-        """Teams SSO: remember the groups a valid token lists (200); anything else 412, which
-        tells Teams the exchange failed, and nothing is remembered. Identity stays the
-        authenticated activity's: a token for anyone else does not count."""
-        value = activity.value if isinstance(activity.value, Mapping) else {}
-        token = value.get("token")
-        try:
-            if self._sso is None:
-                raise SsoRejected("this bot does not use Teams SSO (local development mode)")
-            if not isinstance(token, str) or not token:
-                raise SsoRejected("no token")
-            actor = actor_from(activity, "chat")
-            await self._sso.exchange(token, object_id=actor.object_id, tenant_id=actor.tenant_id)
-        except SsoRejected as exc:
-            log.warning("SSO token refused: %s", exc)
+    async def _sign_in(self, activity: Activity) -> InvokeResponse:
+        """Teams SSO's invokes (bot/teams/sso.py); identity stays the authenticated activity's."""
+        if self._sso is None:
+            log.warning("SSO invoke refused: local development mode")
+            value = activity.value if isinstance(activity.value, Mapping) else {}
             return InvokeResponse(
                 status=int(HTTPStatus.PRECONDITION_FAILED),
                 body={
                     "id": value.get("id"),
                     "connectionName": value.get("connectionName"),
-                    "failureDetail": f"The token could not be used: {exc}",
+                    "failureDetail": "This bot does not use Teams SSO (local development mode).",
                 },
             )
-        return InvokeResponse(status=int(HTTPStatus.OK))
+        return await self._sso.invoke(activity, actor_from(activity, "chat"))
 
     @staticmethod
     def _create_invoke_response(body: object = None) -> InvokeResponse:

@@ -274,7 +274,7 @@ async def _decide(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Reply,
 
 
 def _not_requester(ctx: Context, request: Any) -> bool:
-    return bool(ctx.actor.origin().actor_id != request.requester_id)
+    return not approvals.is_requester(request, ctx.actor.origin().actor_id)
 
 
 async def _refresh(data: dict[str, Any], ctx: Context) -> tuple[Reply, bool]:

@@ -197,6 +197,12 @@ class FakeGraph(ThreadedServer):
         with self._dir_lock:
             self._failures.extend(failure for _ in range(count))
 
+    def answer_malformed(self, count: int, raw: bytes, status: int = 200) -> None:
+        """Answer the next ``count`` calls ``status`` with the body ``raw`` (not what the API
+        documents: ``{"value": null}``, a number, a string, not JSON)."""
+        with self._dir_lock:
+            self._failures.extend(Failure.malformed(raw, status) for _ in range(count))
+
     def count(self, kind: str | None = None) -> int:
         """Calls received, failed ones included (``kind``: checkMemberGroups, getMemberGroups,
         transitiveMembers, user)."""
