@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.models import Model
@@ -76,9 +76,6 @@ def product_view(p: Product) -> dict[str, Any]:
 # building the query cost more CPU than running it. `allocate`, which runs its look-ups under
 # the product's lock, reads their rows as they come; the others get models (figures in
 # docs/benchmarks.md).
-M = TypeVar("M", bound=Model)
-
-
 def _by_name(model: type[Model], column: str) -> str:
     columns = ", ".join(model._meta.fields_db_projection.values())
     return f"SELECT {columns} FROM {model._meta.db_table} WHERE UPPER({column}) = UPPER(?)"
