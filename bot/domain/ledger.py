@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.models import Model
@@ -73,19 +73,19 @@ def product_view(p: Product) -> dict[str, Any]:
 # ----- look-ups --------------------------------------------------------------------------
 
 # Each look-up by name is one statement of its own SQL, case-insensitive: through the ORM,
-# building the query cost more CPU than running it, and `allocate` runs one under the product's
-# lock (figures in docs/benchmarks.md).
-M = TypeVar("M", bound=Model)
-
-
+# building the query cost more CPU than running it. `allocate`, which runs its look-ups under
+# the product's lock, reads their rows as they come; the others get models (figures in
+# docs/benchmarks.md).
 def _by_name(model: type[Model], column: str) -> str:
     columns = ", ".join(model._meta.fields_db_projection.values())
     return f"SELECT {columns} FROM {model._meta.db_table} WHERE UPPER({column}) = UPPER(?)"
 
 
-_PRODUCT_BY_NAME = _by_name(Product, "name")
-_SUBSCRIPTION_BY_CODE = _by_name(Subscription, "code")
-_CUSTOMER_BY_NAME = _by_name(Customer, "name")
+_BY_NAME = {
+    Product: ("product", "name", _by_name(Product, "name")),
+    Subscription: ("subscription", "code", _by_name(Subscription, "code")),
+    Customer: ("customer", "name", _by_name(Customer, "name")),
+}
 
 
 async def _names(model: type[Model], field: str, conn: BaseDBAsyncClient | None) -> list[str]:
@@ -93,37 +93,41 @@ async def _names(model: type[Model], field: str, conn: BaseDBAsyncClient | None)
     return [str(v) for v in await model.all().using_db(conn).values_list(field, flat=True)]
 
 
-async def _lookup(
-    model: type[M], statement: str, value: str, conn: BaseDBAsyncClient | None, lock: bool
-) -> M | None:
+async def _row(
+    model: type[Model], name: str, conn: BaseDBAsyncClient | None, *, lock: bool = False
+) -> dict[str, Any] | None:
+    """The row of `model` called `name` (None if there is none); with `lock`, locked to the end
+    of the transaction (SQLite has no row locks: its transactions hold the database's write lock
+    from the start)."""
+    _, _, statement = _BY_NAME[model]
     query = statement + (db.dialect().row_lock if lock else "")
-    rows = await (conn or db.connection()).execute_query_dict(db.sql(query), [value])
-    return model._init_from_db(**rows[0]) if rows else None
+    rows = await (conn or db.connection()).execute_query_dict(db.sql(query), [name])
+    return rows[0] if rows else None
+
+
+async def _found(
+    model: type[Model], name: str, conn: BaseDBAsyncClient | None, *, lock: bool = False
+) -> dict[str, Any]:
+    row = await _row(model, name, conn, lock=lock)
+    if row is None:
+        what, column, _ = _BY_NAME[model]
+        raise NotFound(what, name, await _names(model, column, conn))
+    return row
 
 
 async def find_product(
     name: str, conn: BaseDBAsyncClient | None = None, *, lock: bool = False
 ) -> Product:
-    """The product called `name`; with `lock`, its row locked to the end of the transaction
-    (SQLite has no row locks: its transactions hold the database's write lock from the start)."""
-    product = await _lookup(Product, _PRODUCT_BY_NAME, name, conn, lock)
-    if product is None:
-        raise NotFound("product", name, await _names(Product, "name", conn))
-    return product
+    """The product called `name`; with `lock`, its row locked to the end of the transaction."""
+    return Product._init_from_db(**await _found(Product, name, conn, lock=lock))
 
 
 async def find_subscription(code: str, conn: BaseDBAsyncClient | None = None) -> Subscription:
-    sub = await _lookup(Subscription, _SUBSCRIPTION_BY_CODE, code, conn, False)
-    if sub is None:
-        raise NotFound("subscription", code, await _names(Subscription, "code", conn))
-    return sub
+    return Subscription._init_from_db(**await _found(Subscription, code, conn))
 
 
 async def find_customer(name: str, conn: BaseDBAsyncClient | None = None) -> Customer:
-    customer = await _lookup(Customer, _CUSTOMER_BY_NAME, name, conn, False)
-    if customer is None:
-        raise NotFound("customer", name, await _names(Customer, "name", conn))
-    return customer
+    return Customer._init_from_db(**await _found(Customer, name, conn))
 
 
 # ----- allocation totals -----------------------------------------------------------------
@@ -377,53 +381,55 @@ async def allocate(
     check_quantity(quantity)
     # Read before the transaction: a subscription's code and id never change, and one that is
     # removed meanwhile fails the allocation's foreign key (a clash, nothing changed).
-    sub = await _lookup(Subscription, _SUBSCRIPTION_BY_CODE, subscription_code, None, False)
+    sub = await _row(Subscription, subscription_code, None)
     async with change(origin, dry_run=dry_run) as ch:
         # Few statements while the product's row is locked: every allocation of the product
         # waits for it, in every process. Its allocation rows change only under that lock.
-        product = await find_product(product_name, ch.conn, lock=True)
+        product = await _found(Product, product_name, ch.conn, lock=True)
         if sub is None:
             raise NotFound(
                 "subscription", subscription_code, await _names(Subscription, "code", ch.conn)
             )
-        if product.status is ProductStatus.RETIRED:
-            raise Conflict(f"{product.name} is retired: nothing more can be allocated from it.")
+        sub_id, sub_code = int(sub["id"]), str(sub["code"])
+        product_id, name = int(product["id"]), str(product["name"])
+        capacity = int(product["capacity"])
+        if ProductStatus(product["status"]) is ProductStatus.RETIRED:
+            raise Conflict(f"{name} is retired: nothing more can be allocated from it.")
         grown: int | None = None
         if db.dialect().writing_ctes:
-            growth = [quantity, sub.id, product.id]
+            growth = [quantity, sub_id, product_id]
             _, rows = await ch.conn.execute_query(
-                db.sql(_TOTALS_GROWTH_AND_HEAD),
-                [sub.id, product.id, *growth, quantity, product.capacity],
+                db.sql(_TOTALS_GROWTH_AND_HEAD), [sub_id, product_id, *growth, quantity, capacity]
             )
             total, old, grown, head_id, head_hash = rows[0]
             total, old, grown = int(total), int(old), int(grown)
             ch.head = (int(head_id), str(head_hash))
         else:
-            total, old = await allocation_totals(ch.conn, product.id, sub.id)
-        free = product.capacity - total
+            total, old = await allocation_totals(ch.conn, product_id, sub_id)
+        free = capacity - total
         if quantity > free:
             raise Conflict(
-                f"Only {free} of {product.name} left to allocate "
-                f"(capacity {product.capacity}, allocated {total}); {quantity} asked."
+                f"Only {free} of {name} left to allocate "
+                f"(capacity {capacity}, allocated {total}); {quantity} asked."
             )
         if grown is None:
             grown, _ = await ch.conn.execute_query(
-                db.sql(_GROW_ALLOCATION), [quantity, sub.id, product.id]
+                db.sql(_GROW_ALLOCATION), [quantity, sub_id, product_id]
             )
         if not grown:
             await Allocation.create(
-                using_db=ch.conn, subscription_id=sub.id, product_id=product.id, quantity=quantity
+                using_db=ch.conn, subscription_id=sub_id, product_id=product_id, quantity=quantity
             )
         before = {"allocated": old, "product_allocated": total}
         after = {"allocated": old + quantity, "product_allocated": total + quantity}
-        ch.record("allocation.allocate", f"allocation:{sub.code}/{product.name}", before, after)
+        ch.record("allocation.allocate", f"allocation:{sub_code}/{name}", before, after)
     return Outcome(
         "allocation.allocate",
-        f"{product.name} → {sub.code}",
+        f"{name} → {sub_code}",
         before,
         after,
         dry_run,
-        f"Allocated {quantity} {product.unit}(s) of {product.name} to {sub.code}: "
+        f"Allocated {quantity} {product['unit']}(s) of {name} to {sub_code}: "
         f"{old} → {old + quantity}.",
     )
 

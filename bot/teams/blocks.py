@@ -32,7 +32,7 @@ TEMPLATES = cards_folder()
 MAX_CARD_BYTES = 36_864
 CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 
-# Verbs of the bot's buttons; bot/teams/cards.py handles each. Data is untrusted on return.
+# Verbs of the bot's buttons; bot/teams/card_actions.py handles each. Data is untrusted on return.
 VERB_PAGE = "page"  # data: command (a listing command line, e.g. "products --page 2")
 VERB_FORM_SUBMIT = "form.submit"  # data: command, form_id, dry_run + the inputs
 VERB_APPROVE = "approval.approve"  # data: request_id + input `reason`

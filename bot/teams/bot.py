@@ -145,7 +145,7 @@ def actor_from(activity: Activity, source: str) -> Actor:
         source=source,
         correlation_id=activity.id,
         # The same activity delivered again has one effect (a card submission's form key
-        # replaces this one: `bot.teams.cards`).
+        # replaces this one: `bot.teams.card_actions`).
         idempotency_key=activity_key(activity),
         conversation_id=activity.conversation.id if activity.conversation else None,
         timezone=client_timezone(activity),

@@ -210,7 +210,7 @@ class _ActivitySerializer(Serializer):  # type: ignore[misc]
 
     For any body msrest first rebuilds the model it is given (a deserialization of the object
     into itself), then validates it, then serializes it, visiting every node of every card each
-    time, and then encodes it. An activity made by the SDK or `bot.teams.cards` is already a
+    time, and then encodes it. An activity made by the SDK or `bot.teams.card_actions` is already a
     model: here it is only serialized, and each rendered card goes into the JSON as the text
     made when it was rendered (`render.dumps`). msrest sends a body it cannot encode (bytes) as
     it is. (msrest would write a dict subclass such as `Card` as its repr: any other body that
