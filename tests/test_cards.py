@@ -26,7 +26,7 @@ import pytest_asyncio
 from bot.auth.actor import Actor
 from bot.auth.policy import DevPolicy
 from bot.commands import reply as replies
-from bot.commands.approvals import ApprovalGate, approval_reply
+from bot.commands.approvals import approval_reply
 from bot.commands.dispatch import run_text
 from bot.commands.registry import Context
 from bot.commands.reply import (
@@ -47,9 +47,10 @@ from bot.domain.models import ApprovalRequest, NumberType, ProductKind
 from bot.domain.naming import set_naming_rule
 from bot.domain.usage import ProductUsage, SubscriptionUsage
 from bot.teams import render as r
-from bot.teams.cards import run_action
-from tests import cardcheck, dbutil
-from tests.ledger_state import origin
+from bot.teams.card_actions import run_action
+from tests import cardcheck
+from tests.support import dbutil
+from tests.support.ledger_state import origin
 
 SETTINGS = Settings(approval_threshold=100)
 #: Teams on a phone or beside a meeting (about 360–450 px), and a full-width desktop card.
@@ -66,9 +67,7 @@ def context(who: str = "ada") -> Context:
         correlation_id=f"c-{next(_ids)}",
         conversation_id="conv",
     )
-    return Context(
-        actor=actor, settings=SETTINGS, policy=POLICY, services={"approvals": ApprovalGate()}
-    )
+    return Context(actor=actor, settings=SETTINGS, policy=POLICY)
 
 
 async def say(text: str, who: str = "ada") -> Reply:
@@ -130,7 +129,7 @@ async def approval_in(status: str) -> Approval:
         done = approval_reply(await approvals.current(rid))
     else:  # failed: the pool shrank before the approver got to it
         product = await ledger.find_product("TEAMS-SEATS")
-        taken = await ledger.allocated_total(db.connection(), product.id)
+        taken, _ = await ledger.allocation_totals(db.connection(), product.id)
         await ledger.set_capacity(origin(), "TEAMS-SEATS", taken)
         done = await say(f"approve {rid}", "bob")
         await ledger.set_capacity(origin(), "TEAMS-SEATS", 5000)
@@ -462,7 +461,7 @@ async def test_a_dry_run_goes_ahead_with_exactly_the_change_it_showed(ledger_db:
     again, _ = await run_action(r.VERB_FORM_SUBMIT, data, context())
     assert not (isinstance(again, Changed) and not again.dry_run and again.after != done.after)
     product = await ledger.find_product("SIP-CHANNELS")
-    assert await ledger.allocated_total(db.connection(), product.id) == 40 + 25
+    assert (await ledger.allocation_totals(db.connection(), product.id))[0] == 40 + 25
     # Above the approval threshold the go-ahead still becomes a request.
     big = await say("allocate 150 TEAMS-SEATS to ACME-01 --dry-run")
     assert isinstance(big, Changed) and big.go_ahead, big

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from bot.commands.answers import changed, next_page, paged
 from bot.commands.args import Args, Quantity, Text
-from bot.commands.ledger import changed, paged
 from bot.commands.registry import Context, command
 from bot.commands.reply import Digest, FormField, Reply
 from bot.domain import digests
 from bot.domain.digests import DigestReport
 from bot.domain.errors import InvalidInput
+from bot.domain.paging import window
 
 NOT_A_CONVERSATION = (
     "`digest here` subscribes the Teams conversation it is typed in: type it in the channel or "
@@ -26,8 +27,7 @@ def digest_reply(
     report: DigestReport, *, page: int = 1, page_size: int = 25, command: str = "digest now"
 ) -> Digest:
     """The Digest reply for a report: page `page` of its products, the summary in plain words."""
-    pages = max(1, -(-len(report.products) // page_size))
-    page = min(max(page, 1), pages)
+    page, pages, _ = window(len(report.products), page, page_size)
     threshold = report.threshold_percent
     lines: list[str] = []
     if report.pool_alerts:
@@ -50,6 +50,11 @@ def digest_reply(
             f"Changes since {report.changes_since:%Y-%m-%d %H:%M} UTC: {report.changes_total}"
         )
     lines.append(f"Pending approvals: {report.approvals_total}")
+    if report.provisioning_pending or report.provisioning_failed:
+        lines.append(
+            f"Numbers in Teams: {report.provisioning_pending} being set up, "
+            f"{report.provisioning_failed} failed"
+        )
     start = (page - 1) * page_size
     for p in report.products[start : start + page_size]:
         capacity = "open" if p.open_capacity else f"{p.capacity:,}"
@@ -72,7 +77,7 @@ def digest_reply(
         page=page,
         pages=pages,
         page_size=page_size,
-        next_command=f"{command} --page {page + 1}" if page < pages else None,
+        next_command=next_page(command, page, pages),
     )
 
 

@@ -69,6 +69,9 @@ class Customer(Model):
     id = fields.IntField(primary_key=True)
     name = fields.CharField(max_length=100, unique=True)
     tenant_id = fields.CharField(max_length=64, null=True)
+    # Per-customer switch: with FUSION_PROVISIONING on, a linked customer's numbers are written
+    # into its tenant unless this is off.
+    provisioning = fields.BooleanField(default=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 
     subscriptions: fields.ReverseRelation[Subscription]
@@ -142,7 +145,7 @@ class Account(Model):
     id = fields.IntField(primary_key=True)
     upn = fields.CharField(max_length=255, unique=True)
     object_id = fields.CharField(max_length=64, null=True, unique=True)
-    display_name = fields.CharField(max_length=255, default="")
+    display_name = fields.CharField(max_length=256, default="")  # Entra's displayName limit
     kind = fields.CharEnumField(AccountKind, max_length=20, default=AccountKind.USER)
     subscription: fields.ForeignKeyRelation[Subscription] = fields.ForeignKeyField(
         "models.Subscription", related_name="accounts", on_delete=fields.RESTRICT
@@ -169,6 +172,8 @@ class PhoneNumber(Model):
         "models.Account", related_name="numbers", null=True, unique=True, on_delete=fields.RESTRICT
     )
     quarantined_until = fields.DatetimeField(null=True)
+    # The Teams emergency location (LIS location id) passed as `locationId` when provisioned.
+    emergency_location_id = fields.CharField(max_length=64, null=True)
     updated_at = fields.DatetimeField(auto_now=True)
 
     subscription_id: int | None
@@ -247,13 +252,13 @@ class ApprovalRequest(Model):
     summary = fields.CharField(max_length=500)
     before: Any = fields.JSONField(null=True)
     after: Any = fields.JSONField(null=True)
-    requester_id = fields.CharField(max_length=64)
-    requester_name = fields.CharField(max_length=255, default="")
+    requester_id = fields.CharField(max_length=255)
+    requester_name = fields.CharField(max_length=256, default="")
     status = fields.CharEnumField(ApprovalStatus, max_length=20, default=ApprovalStatus.PENDING)
     created_at = fields.DatetimeField(auto_now_add=True)
     expires_at = fields.DatetimeField()
-    decided_by_id = fields.CharField(max_length=64, null=True)
-    decided_by_name = fields.CharField(max_length=255, null=True)
+    decided_by_id = fields.CharField(max_length=255, null=True)
+    decided_by_name = fields.CharField(max_length=256, null=True)
     decided_at = fields.DatetimeField(null=True)
     reason = fields.CharField(max_length=500, null=True)
     conversation_id = fields.CharField(max_length=512, null=True)
@@ -271,7 +276,7 @@ class AuditEvent(Model):
     id = fields.BigIntField(primary_key=True)
     at = fields.DatetimeField()
     actor_id = fields.CharField(max_length=255)
-    actor_name = fields.CharField(max_length=255, default="")
+    actor_name = fields.CharField(max_length=256, default="")
     source = fields.CharField(max_length=20)
     action = fields.CharField(max_length=60)
     target = fields.CharField(max_length=255)
@@ -299,7 +304,10 @@ class AuditHead(Model):
 class RequestKey(Model):
     """An activity id or card submission already carried out: the same one again has no effect."""
 
-    key = fields.CharField(max_length=255, primary_key=True)
+    # `activity:` + the hash of tenant, conversation and activity id (bot.teams.bot), or
+    # `form:` + a card form's id; `legacy:` + a bare activity id written before migration 0005.
+
+    key = fields.CharField(max_length=300, primary_key=True)
     outcome: Any = fields.JSONField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 
@@ -330,7 +338,7 @@ class DigestSubscription(Model):
     cron = fields.CharField(max_length=100)
     timezone = fields.CharField(max_length=64, default="UTC")
     description = fields.CharField(max_length=200, default="")
-    created_by = fields.CharField(max_length=255, default="")
+    created_by = fields.CharField(max_length=256, default="")
     active = fields.BooleanField(default=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 
@@ -390,3 +398,55 @@ class SchedulerLease(Model):
 
     class Meta:
         table = "scheduler_lease"
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobAction(StrEnum):
+    ASSIGN = "assign"
+    UNASSIGN = "unassign"
+
+
+class ProvisioningJob(Model):
+    """Outbox: a change the ledger made that is still to be written into the customer's tenant.
+
+    Written in the same transaction as the ledger change; workers in every instance send it
+    (pending → sent → done | failed). Jobs of one account or one number go in id order.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    action = fields.CharEnumField(JobAction, max_length=20)
+    state = fields.CharEnumField(JobState, max_length=20, default=JobState.PENDING)
+    tenant_id = fields.CharField(max_length=64)
+    subscription_code = fields.CharField(max_length=100)
+    e164 = fields.CharField(max_length=20, db_index=True)
+    # The account the number goes to or comes from (its UPN kept: the account may go later).
+    account_id = fields.IntField(db_index=True)
+    upn = fields.CharField(max_length=255)
+    object_id = fields.CharField(max_length=64, null=True)
+    number_type = fields.CharField(max_length=20)  # Graph's numberType
+    location_id = fields.CharField(max_length=64, null=True)
+    attempts = fields.IntField(default=0)
+    due_at = fields.DatetimeField()
+    # A worker's claim: nobody else takes the job until it runs out (a dead worker's claim
+    # runs out too).
+    claimed_by = fields.CharField(max_length=100, null=True)
+    claimed_until = fields.DatetimeField(null=True)
+    operation_url = fields.CharField(max_length=1000, null=True)
+    reason = fields.CharField(max_length=1000, null=True)
+    last_error = fields.CharField(max_length=1000, null=True)
+    # Where the answer card is, to update it when the job ends.
+    conversation_id = fields.CharField(max_length=512, null=True)
+    card_activity_id = fields.CharField(max_length=255, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+    finished_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "provisioning_job"
+        indexes = (("state", "due_at"),)

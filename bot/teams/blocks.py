@@ -21,12 +21,13 @@ import functools
 import json
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "cards"
+from bot.resources import cards_folder
+
+TEMPLATES = cards_folder()
 #: SPEC §4: a card stays well under the Teams message limit.
 MAX_CARD_BYTES = 36_864
 CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"

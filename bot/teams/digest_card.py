@@ -252,6 +252,19 @@ def _approvals(report: DigestReport) -> list[dict[str, Any]]:
     return out
 
 
+def _provisioning(report: DigestReport) -> list[dict[str, Any]]:
+    pending, failed = report.provisioning_pending, report.provisioning_failed
+    if not pending and not failed:
+        return []
+    parts = [f"{pending:,} still being set up"] if pending else []
+    if failed:
+        parts.append(f"{failed:,} failed (`provisioning --state failed`)")
+    return [
+        heading("Numbers in Teams", "Warning" if failed else "Default"),
+        text("; ".join(parts) + "."),
+    ]
+
+
 def _card(reply: Digest, keep: int | None) -> dict[str, Any]:
     report: DigestReport = reply.report
     threshold = report.threshold_percent / 100
@@ -269,7 +282,7 @@ def _card(reply: Digest, keep: int | None) -> dict[str, Any]:
             sections += _product(p, threshold, i == 0)
         sections += _open_licenses([p for p in shown if p.open_capacity])
     if reply.page == 1:
-        sections += _changes(report) + _approvals(report)
+        sections += _changes(report) + _approvals(report) + _provisioning(report)
     note = ""
     if len(shown) < len(products):
         note = f"{len(products) - len(shown)} more products on this page did not fit in a card."

@@ -6,7 +6,7 @@ class Migration(migrations.Migration):
     """Approval requests get a short number people can type (A-17); existing requests are
     numbered in the order they were made."""
 
-    dependencies = [("models", "0004_account_upn_case_insensitive")]
+    dependencies = [("models", "0005_identity_lengths_and_scoped_request_keys")]
 
     initial = False
 
