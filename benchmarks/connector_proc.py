@@ -65,6 +65,7 @@ class Connector:
         self.replies: dict[str, tuple[int, str]] = {}
         self.received = 0
         self.refused = 0
+        self.typing = 0
         self.ids = itertools.count(1)
 
     def authorized(self, request: web.Request) -> bool:
@@ -99,6 +100,10 @@ class Connector:
             body = json.loads(await request.read())
         except ValueError:
             return web.json_response({"error": {"code": "BadArgument"}}, status=400)
+        if isinstance(body, dict) and body.get("type") == "typing":
+            # A slow turn's typing indicator: counted, but it is no answer to the activity.
+            self.typing += 1
+            return web.json_response({"id": str(next(self.ids))}, status=201)
         answered = request.match_info.get("aid") or (
             body.get("replyToId") if isinstance(body, dict) else None
         )

@@ -474,6 +474,7 @@ async def release(
 
 
 def check_guid(value: str, what: str) -> str:
+    """`value` as a canonical GUID, or InvalidInput naming `what`."""
     try:
         return str(uuid.UUID(value.strip()))
     except ValueError as exc:
