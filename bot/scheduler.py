@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from bot import metrics
 from bot.commands.digests import digest_reply
 from bot.config import Settings
 from bot.domain import approvals, digests, lease, numbers
@@ -41,6 +42,7 @@ from bot.domain.digests import (
     build_report,
     take_snapshot,
 )
+from bot.logs import configure_logging
 from bot.teams.proactive import ProactiveSender, SendOutcome, SendResult, Target
 from bot.teams.render import render
 
@@ -174,6 +176,7 @@ class Scheduler:
             log.exception("digest delivery failed", extra={"digest_id": sub.id})
             result = SendResult(SendOutcome.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
         status = {SendOutcome.SENT: SENT, SendOutcome.REMOVED: REMOVED}.get(result.outcome, FAILED)
+        metrics.digest_delivered(status)
         await digests.record_delivery(
             self.holder,
             claim,
@@ -287,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ticks", type=int, default=None, help="stop after this many ticks")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    settings = Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level or "INFO")
     asyncio.run(_main(args.ticks))
     return 0
 

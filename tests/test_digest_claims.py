@@ -14,7 +14,7 @@ import pytest
 from bot.domain import conversations, digests
 from bot.domain.digests import PENDING, SENT, STALE_CLAIM, parse_schedule
 from bot.domain.models import DigestDelivery, DigestSubscription
-from tests.ledger_state import origin
+from tests.support.ledger_state import origin
 
 pytestmark = pytest.mark.usefixtures("database")
 

@@ -28,8 +28,8 @@ from bot.domain.errors import Forbidden, InvalidInput
 from bot.domain.models import Allocation, ApprovalRequest, AuditEvent, RequestKey
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider
 from tests.fakes._server import ThreadedServer
-from tests.ledger_state import context, refused, snapshot
-from tests.teams_env import (
+from tests.support.ledger_state import context, refused, snapshot
+from tests.support.teams_env import (
     APP_ID,
     RunningBot,
     auth_settings,

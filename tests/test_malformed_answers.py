@@ -14,7 +14,7 @@ import pytest
 
 from bot.auth.graph import GraphUnavailable
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.graph_env import (
+from tests.support.graph_env import (
     ADMIN_GROUP,
     GRAPH_ROLE,
     actor,

@@ -18,7 +18,7 @@ import pytest
 from tortoise import Tortoise
 
 from bot.domain import db
-from tests import dbutil
+from tests.support import dbutil
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = 3

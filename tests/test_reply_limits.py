@@ -23,8 +23,15 @@ from bot.domain.models import ConversationRef
 from bot.teams.edge import TURN_BUDGET
 from bot.teams.proactive import TURN, SendOutcome, Target, TurnBudget
 from tests.fakes import Failure, FakeBotConnector, SentActivity
-from tests.teams_env import RunningBot, dev_settings, message, running_bot, seed_ledger, table
-from tests.teams_env import the_card as card_of
+from tests.support.teams_env import (
+    RunningBot,
+    dev_settings,
+    message,
+    running_bot,
+    seed_ledger,
+    table,
+)
+from tests.support.teams_env import the_card as card_of
 
 CHAT = "a:chat-one"
 OTHER = "a:chat-two"

@@ -30,6 +30,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bot import metrics
 from bot.auth.credentials import TokenAnswerMalformed
 from bot.config import Settings
 
@@ -236,6 +237,7 @@ class GraphClient:
                 async with self._session.request(
                     method, url, json=body, headers=headers, timeout=timeout, allow_redirects=False
                 ) as resp:
+                    metrics.graph_answered(resp.status)
                     if 200 <= resp.status < 300:
                         return await _json(resp)
                     code, message = await _error(resp)
@@ -249,6 +251,7 @@ class GraphClient:
                     else:
                         raise _refusal(resp.status, code, message)
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                metrics.graph_answered(None)
                 wait = _backoff(attempt)
                 why = _short(str(exc)) or type(exc).__name__
                 problem = GraphUnavailable(f"Microsoft Graph could not be reached ({why}).")

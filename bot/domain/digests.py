@@ -73,7 +73,7 @@ FORECAST_MIN_POINTS = 3
 # list is counted, not shown).
 LIST_LIMIT = 10
 # Delivery states of a DigestDelivery row.
-PENDING, SENT, FAILED, REMOVED, SKIPPED = "pending", "sent", "failed", "removed", "skipped"
+PENDING, SENT, FAILED, REMOVED = "pending", "sent", "failed", "removed"
 
 _TIME = re.compile(r"([01]?[0-9]|2[0-3])[:.h]([0-5][0-9])")
 # Far enough either side of a moment to cover any DST shift when iterating wall-clock slots.

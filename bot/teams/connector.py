@@ -21,7 +21,6 @@ reply — and signs each request with a blocking msal call on the event loop. He
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -44,6 +43,7 @@ from msrest.universal_http.async_abc import AsyncClientResponse
 from multidict import CIMultiDict
 from yarl import URL
 
+from bot.config import is_loopback
 from bot.teams.proactive import ProactiveSender, SendOutcome, SendResult
 from bot.teams.render import Card, dumps
 
@@ -92,15 +92,6 @@ def _locate(url: str) -> _Location | None:
     return _Location(parsed.scheme, parsed.host.lower(), parsed.port, path)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class TrustedServiceUrls:
     """The Bot Connector bases replies may go to (scheme, host, port, path prefix)."""
 
@@ -119,7 +110,7 @@ class TrustedServiceUrls:
         where = _locate(url) if isinstance(url, str) else None
         if where is None:
             return False
-        if self._allow_loopback and _is_loopback(where.host):
+        if self._allow_loopback and is_loopback(where.host):
             return True
         return any(where.within(base) for base in self._bases)
 

@@ -26,8 +26,7 @@ import asyncio
 import json
 import logging
 import time
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from http import HTTPStatus
 from types import SimpleNamespace
@@ -61,8 +60,9 @@ from bot.auth.credentials import ClientCredentials
 from bot.auth.graph import GraphClient
 from bot.auth.membership import GraphPolicy
 from bot.auth.policy import DevPolicy, Policy
-from bot.auth.sso import TeamsSso
+from bot.commands.registry import Services
 from bot.config import Settings
+from bot.logs import CORRELATION_ID
 from bot.teams.bot import FusionBot, tenant_of
 from bot.teams.connector import (
     ConnectorPool,
@@ -73,6 +73,7 @@ from bot.teams.connector import (
 from bot.teams.gate import TurnGate
 from bot.teams.proactive import TURN, ProactiveSender, RateLimiter, TurnBudget
 from bot.teams.render import dumps
+from bot.teams.sso import sso_flow
 
 log = logging.getLogger("bot.teams.edge")
 
@@ -85,9 +86,6 @@ CHECKED_TOKENS = 256
 #: Seconds a turn's replies may take, retries included, from the moment its activity is read:
 #: the Bot Connector gives up on a bot that has not answered in 15 s (and Teams redelivers).
 TURN_BUDGET = 10.0
-
-#: The id of the activity being served: the correlation id of every log line of its turn.
-CORRELATION_ID: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 
 
 class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
@@ -111,6 +109,12 @@ class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
         keys = cls(url, session)
         JwtTokenExtractor.metadataCache[url] = keys
         return keys
+
+    async def load(self) -> bool:
+        """Fetch the keys now unless some are loaded (readiness); whether any are."""
+        if not self.keys:
+            await self._refresh()
+        return bool(self.keys)
 
     async def _refresh(self) -> None:
         stale_since = self.last_updated
@@ -332,7 +336,7 @@ class Edge:
     # The bot's own tokens (None in local development mode).
     credentials: ClientCredentials | None = None
     signing_keys: SigningKeys | None = None
-    services: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=Services)
     gate: TurnGate = field(default_factory=lambda: TurnGate(0))
 
     async def receive(self, request: web.Request) -> web.StreamResponse:
@@ -490,7 +494,7 @@ def build_edge(
     settings: Settings,
     session: aiohttp.ClientSession,
     credentials: ClientCredentials | None,
-    services: dict[str, Any] | None = None,
+    services: Services | None = None,
     sender: ProactiveSender | None = None,
 ) -> Edge:
     """Adapter, authentication, connectors and bot, made once for the app's lifetime.
@@ -509,10 +513,10 @@ def build_edge(
     adapter = CloudAdapter(ChannelAuthentication(settings, connectors, keys))
     adapter.on_turn_error = _on_turn_error
     graph = GraphClient(session, settings, credentials.graph_token) if credentials else None
-    front_door = dict(services or {})
+    front_door = services or Services()
     if graph is not None:
-        front_door["graph"] = graph
-    sso = None if settings.dev_mode else TeamsSso(settings, session)
+        front_door = replace(front_door, graph=graph)
+    sso = None if settings.dev_mode else sso_flow(settings, session, credentials)
     bot = FusionBot(settings, build_policy(settings, graph), front_door, sso)
     gate = TurnGate(settings.max_concurrent_turns)
     return Edge(settings, adapter, bot, connectors, sender, credentials, keys, front_door, gate)

@@ -54,6 +54,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from yarl import URL
 
+from bot import metrics
 from bot.domain import conversations
 from bot.domain.models import ConversationRef
 from bot.teams.render import attachment
@@ -401,6 +402,7 @@ class ProactiveSender:
                 ) as resp:
                     result.status = resp.status
                     result.headers = dict(resp.headers)
+                    metrics.connector_answered(resp.status)
                     retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
                     result.body = await resp.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
