@@ -78,6 +78,10 @@ APP_TYPES = ("SingleTenant", "MultiTenant", "UserAssignedMSI")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
+#: The SDKs an edge can be built on (FUSION_EDGE); the first is the default.
+EDGES = ("botbuilder", "agents")
+
+
 def is_loopback(host: str) -> bool:
     """127.0.0.0/8, ::1 or localhost."""
     if host in LOOPBACK_HOSTS:
@@ -228,6 +232,9 @@ class Settings:
     # (webApplicationInfo.resource in the app package). Default api://botid-APP_ID, as
     # Microsoft's bot SSO docs name it.
     sso_resource: str = ""
+    # Which SDK carries the turns: "botbuilder" (bot/teams/edge.py) or "agents" (the
+    # Microsoft 365 Agents SDK, bot/teams/agents_edge.py). FUSION_EDGE.
+    edge: str = "botbuilder"
     # The Azure Bot's OAuth connection for Teams SSO; empty: no OAuth card is sent.
     sso_connection: str = ""
     token_service_url: str = CLOUDS["public"].token_service_url
@@ -237,6 +244,37 @@ class Settings:
     log_format: str = "json"
     # Empty: each front door's own (the bot and scheduler INFO, the CLI WARNING).
     log_level: str = ""
+    # Provisioning into customers' Teams tenants (SPEC §9): off by default (ledger only).
+    provisioning: bool = False
+    # The Entra app whose tokens are asked for in each customer tenant (default: the bot's own).
+    provisioning_app_id: str = ""
+    provisioning_app_password: str = field(default="", repr=False)
+    emergency_location_countries: tuple[str, ...] = ("US", "CA")
+    provisioning_concurrency: int = 8
+    provisioning_idle_seconds: float = 1.0
+    # How long a worker's claim on a job lasts (a dead instance's jobs come back after it);
+    # each Graph request of a step times out well inside it.
+    provisioning_lease_seconds: int = 60
+    # Graph requests a second to one customer tenant from one instance (0: no pacing; 429s
+    # are honoured either way). Microsoft documents 30 rps per app per tenant for Teams.
+    provisioning_tenant_rps: int = 30
+
+    @property
+    def provisioning_off_reason(self) -> str:
+        """Why provisioning is off ("" when it is on)."""
+        if not self.provisioning:
+            return "Provisioning into Teams is off (FUSION_PROVISIONING=off): the ledger only."
+        if self.cloud != "public":
+            return (
+                "Provisioning into Teams is off: Microsoft Graph's Teams number management exists "
+                f"in the global cloud only, and this bot runs in FUSION_CLOUD={self.cloud}."
+            )
+        if not (self.provisioning_app_id or self.app_id):
+            return (
+                "Provisioning into Teams is off: it needs an Entra app (MicrosoftAppId and "
+                "MicrosoftAppPassword, or FUSION_PROVISIONING_APP_ID and its password)."
+            )
+        return ""
 
     @property
     def dev_mode(self) -> bool:
@@ -330,6 +368,7 @@ class Settings:
             max_concurrent_turns=_int(env, "FUSION_MAX_CONCURRENT_TURNS", 8, minimum=0),
             max_concurrent_changes=_int(env, "FUSION_MAX_CONCURRENT_CHANGES", 2, minimum=0),
             sso_resource=sso_resource,
+            edge=(env.get("FUSION_EDGE") or "botbuilder").strip().lower(),
             sso_connection=(env.get("FUSION_SSO_CONNECTION") or "").strip(),
             token_service_url=(
                 env.get("FUSION_TOKEN_SERVICE_URL") or cloud.token_service_url
@@ -337,12 +376,23 @@ class Settings:
             metrics_networks=_networks(env, "FUSION_METRICS_NETWORKS"),
             log_format=_choice(env, "FUSION_LOG_FORMAT", LOG_FORMATS, "json"),
             log_level=_choice(env, "FUSION_LOG_LEVEL", LOG_LEVELS, "").upper(),
+            provisioning=_bool(env, "FUSION_PROVISIONING", False),
+            provisioning_app_id=(env.get("FUSION_PROVISIONING_APP_ID") or "").strip(),
+            provisioning_app_password=env.get("FUSION_PROVISIONING_APP_PASSWORD") or "",
+            emergency_location_countries=tuple(
+                c.upper() for c in _csv(env.get("FUSION_EMERGENCY_LOCATION_COUNTRIES", "US,CA"))
+            ),
+            provisioning_concurrency=_int(env, "FUSION_PROVISIONING_CONCURRENCY", 8, minimum=1),
+            provisioning_lease_seconds=_int(env, "FUSION_PROVISIONING_LEASE_SECONDS", 60, 6),
+            provisioning_tenant_rps=_int(env, "FUSION_PROVISIONING_TENANT_RPS", 30),
         )
         settings.check()
         return settings
 
     def check(self) -> None:
         """Refuse combinations that would open the bot to the world."""
+        if self.edge not in EDGES:
+            raise ConfigError(f"FUSION_EDGE must be one of {', '.join(EDGES)}, got {self.edge!r}")
         if self.dev_mode and not is_loopback(self.host):
             raise ConfigError(
                 "local development mode (no MicrosoftAppId) accepts unauthenticated requests, "
@@ -360,5 +410,9 @@ class Settings:
             )
         if not self.dev_mode and not self.managed_identity and not self.app_password:
             raise ConfigError("MicrosoftAppPassword is required when MicrosoftAppId is set")
+        if self.provisioning_app_id and not self.provisioning_app_password:
+            raise ConfigError(
+                "FUSION_PROVISIONING_APP_PASSWORD is required with FUSION_PROVISIONING_APP_ID"
+            )
         if self.dev_admins and not self.dev_mode:
             raise ConfigError("FUSION_DEV_ADMINS is only allowed in local development mode")

@@ -159,7 +159,7 @@ STEPS = [
     {
         "name": "help",
         "send": "help",
-        "expect": ["product add NAME", "allocate N PRODUCT to SUBSCRIPTION", "usage"],
+        "expect": ["Catalog", "product add", "Allocations", "allocate", "usage"],
     },
     {
         "name": "product-add",
@@ -195,7 +195,7 @@ def _row(cells: list[str], first: str, width: int) -> list[str]:
 @pytest.mark.browser
 @pytest.mark.slow
 def test_playground_drives_the_bot_in_headless_chromium(
-    playground_tools: None, artifacts: Path, tmp_path: Path
+    playground_tools: None, artifacts: Path, tmp_path: Path, fusion_edge: str
 ) -> None:
     # Written under tmp_path, then copied to test-artifacts/playground/: runs side by side in
     # one working tree do not trample on each other's files.
@@ -209,7 +209,9 @@ def test_playground_drives_the_bot_in_headless_chromium(
         "FUSION_DEV_ADMINS": PLAYGROUND_USER,
         "PLAYGROUND_PYTHON": sys.executable,
         "PLAYGROUND_WORKDIR": str(tmp_path / "work"),
+        "FUSION_EDGE": fusion_edge,  # each edge in turn (tests/support/teams_fixtures.py)
     }
+    shots = "playground" if fusion_edge == "botbuilder" else f"playground-{fusion_edge}"
 
     try:
         run = subprocess.run(
@@ -224,30 +226,28 @@ def test_playground_drives_the_bot_in_headless_chromium(
         out.mkdir(exist_ok=True)
         (out / "run.log").write_text(run.stdout + run.stderr)
     finally:
-        shutil.rmtree(artifacts / "playground", ignore_errors=True)
+        shutil.rmtree(artifacts / shots, ignore_errors=True)
         if out.is_dir():
-            shutil.copytree(out, artifacts / "playground", dirs_exist_ok=True)
+            shutil.copytree(out, artifacts / shots, dirs_exist_ok=True)
     assert run.returncode == 0, (
         f"the Playground run failed; see {artifacts / 'playground'}:\n{run.stdout}\n{run.stderr}"
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and [s["name"] for s in summary["steps"]] == [s["name"] for s in STEPS]
-    cards = {s["name"]: _cells(s["card"]) for s in summary["steps"]}
+    cards = {s["name"]: _cells(s["card"].replace("\u2060", "")) for s in summary["steps"]}
+    # Every card as the Playground shows it (about 446 px): no word broken, nothing sideways.
+    assert {s["name"]: s["layout"] for s in summary["steps"] if s["layout"]} == {}
 
-    # Shown in the chat: the product as added, the allocation before → after, the usage table.
-    assert _row(cards["product-add"], "Capacity", 3) == ["Capacity", "—", "250"]
+    # Shown in the chat: the product as added, the allocation before → after, the usage grid.
+    assert _row(cards["product-add"], "Capacity", 2) == ["Capacity", "250"]
     assert "0 → 40" in " ".join(cards["allocate"])
-    # Usage columns: product, capacity, allocated, in use, free, used; then per subscription.
-    assert _row(cards["usage"], "FR-GEO-NUMBERS", 6) == [
-        "FR-GEO-NUMBERS",
-        "250",
-        "40",
-        "0",
-        "210",
-        "16%",
-    ]
-    assert _row(cards["usage"], "FR-GEO-NUMBERS", 10)[6:] == ["└ CONTOSO-01", "40", "0", "40"]
-    assert _row(cards["usage"], "GB-GEO-NUMBERS", 6)[1:4] == ["500", "100", "3"]  # the demo seed
+    # Usage: the product, its share, then capacity, allocated, unallocated and in use.
+    fr = _row(cards["usage"], "FR-GEO-NUMBERS", 10)
+    assert fr[1] == "16\u00a0% allocated", fr
+    assert fr[2:10] == ["Capacity", "250", "Allocated", "40", "Unallocated", "210", "In use", "0"]
+    assert "CONTOSO-01: 40 allocated, 0 in use, 40 free" in cards["usage"]
+    gb = _row(cards["usage"], "GB-GEO-NUMBERS", 10)  # the demo seed
+    assert gb[3] == "500" and gb[5] == "100" and gb[9] == "3", gb
 
     # And in the ledger: one allocation, audited as a chat change by the Playground's user.
     cli = _cli(database_url, tmp_path)
