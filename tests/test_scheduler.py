@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -391,6 +392,8 @@ def _ticks(output: str) -> list[tuple[bool, int]]:
     for line in output.splitlines():
         if "scheduler tick:" in line:
             leader = "leader=yes" in line
-            sent = int(line.split("sent=", 1)[1].split()[0])
+            # The line is text or a JSON document (FUSION_LOG_FORMAT): read the figure alone.
+            found_sent = re.search(r"sent=([0-9]+)", line)
+            sent = int(found_sent.group(1)) if found_sent else -1
             found.append((leader, sent))
     return found
