@@ -203,6 +203,8 @@ async def test_a_quantity_in_other_digits_gets_the_usage_and_changes_nothing(cas
         assert isinstance(reply, Error), (text, reply)
         assert reply.code == "usage", (text, reply.code, reply.text)
     assert await snapshot() == before
+    with pytest.raises(InvalidInput, match="not a time of day"):
+        parse_schedule("daily", f"{digits}:30")
     # The same command with 0-9 works.
     assert (await run_text("allocate 5 TEAMS-SEATS to ACME-01", context())).ok
 

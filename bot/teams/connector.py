@@ -36,7 +36,7 @@ from botframework.connector.bot_framework_sdk_client_async import (
 )
 from botframework.connector.models import Activity, Attachment
 from msrest import Serializer
-from msrest.pipeline import AsyncHTTPPolicy, AsyncHTTPSender, AsyncPipeline, Request, Response
+from msrest.pipeline import AsyncHTTPSender, AsyncPipeline, Request, Response
 from msrest.pipeline.universal import RawDeserializer
 from msrest.universal_http import ClientRequest
 from msrest.universal_http.async_abc import AsyncClientResponse
@@ -119,19 +119,6 @@ class TrustedServiceUrls:
         if url is None or not self.trusts(url):
             raise UntrustedServiceUrl(str(url))
         return url
-
-
-class _TrustedOnly(AsyncHTTPPolicy):  # type: ignore[misc]
-    """Refuses a request to an untrusted URL before it reaches the transport."""
-
-    def __init__(self, trusted: TrustedServiceUrls) -> None:
-        super().__init__()
-        self._trusted = trusted
-
-    async def send(self, request: Request, **kwargs: Any) -> Response:
-        self._trusted.require(request.http_request.url)
-        assert self.next is not None  # the pipeline links a sender after this policy
-        return await self.next.send(request, **kwargs)
 
 
 class ConnectorUnavailable(Exception):
@@ -257,7 +244,9 @@ class ConnectorPool(ConnectorFactory):
     def _new_client(self, service_url: str) -> ConnectorClient:
         def pipeline(config: BotFrameworkConnectorConfiguration) -> AsyncPipeline:
             return AsyncPipeline(
-                [config.user_agent_policy, _TrustedOnly(self.trusted), RawDeserializer()],
+                # The sender checks every request URL against the trusted bases (and refuses,
+                # UntrustedServiceUrl, before a token is asked for).
+                [config.user_agent_policy, RawDeserializer()],
                 _LimitedSender(self.sender),
             )
 

@@ -245,11 +245,11 @@ TURN: ContextVar[TurnBudget | None] = ContextVar("turn_budget", default=None)
 
 def conversation_of(url: str) -> str | None:
     """The conversation a Bot Connector request addresses (`…/v3/conversations/{id}/…`)."""
-    parts = URL(url, encoded=True).raw_parts
-    for i, part in enumerate(parts[:-1]):
-        if part == "conversations" and i > 0 and parts[i - 1] == "v3":
-            return unquote(parts[i + 1]) or None
-    return None
+    _, found, rest = url.partition("/v3/conversations/")
+    if not found:
+        return None
+    cid = rest.split("/", 1)[0].split("?", 1)[0]
+    return unquote(cid) or None
 
 
 class ProactiveSender:
