@@ -34,6 +34,7 @@ from bot.logs import configure_logging
 from bot.scheduler import run_scheduler
 from bot.teams.approvals_channel import ApprovalsChannel
 from bot.teams.edge import Edge, build_edge, build_sender
+from bot.teams.provisioning import JobCards
 
 if TYPE_CHECKING:
     from bot.teams.agents_edge import AgentsEdge
@@ -202,15 +203,53 @@ def apply_settings(settings: Settings) -> None:
     change.limit_writers(settings.max_concurrent_changes)
 
 
-def create_app(settings: Settings, *, schedule: bool = False) -> web.Application:
+async def _provisioning(app: web.Application) -> None:
+    """This instance's provisioning worker (every instance runs one; SPEC §9)."""
+    from bot.provisioning.teams_numbers import TeamsNumbers, TenantPace
+    from bot.provisioning.tokens import TenantTokens
+    from bot.provisioning.worker import Worker
+
+    settings = app[SETTINGS]
+    tokens = TenantTokens(settings)
+    lease = float(settings.provisioning_lease_seconds)
+    # A step's request ends well inside the claim, so no other instance can take the job while
+    # its request may still reach Graph.
+    rps = settings.provisioning_tenant_rps
+    numbers = TeamsNumbers(
+        app[HTTP],
+        settings.graph_url,
+        tokens,
+        request_timeout=min(30, lease / 3),
+        pace=TenantPace(rps) if rps else None,
+    )
+    worker = Worker(
+        numbers,
+        concurrency=settings.provisioning_concurrency,
+        idle_seconds=settings.provisioning_idle_seconds,
+        lease_seconds=lease,
+        on_finished=JobCards(app[EDGE].sender),
+    )
+    log.info("provisioning worker started", extra={"worker": worker.name})
+    try:
+        await worker.run()
+    finally:
+        tokens.close()
+
+
+def create_app(
+    settings: Settings, *, schedule: bool = False, provision: bool | None = None
+) -> web.Application:
     """The bot's web app, with every setting applied (an app built in a test behaves like the
-    running bot). `schedule` runs the scheduler beside it (`python app.py` does; an app
-    embedded in a test runs no background work unless it asks)."""
+    running bot). `schedule` runs the scheduler beside it, `provision` the provisioning worker
+    (default: with the scheduler, when the settings turn provisioning on). `python app.py`
+    runs both; an app embedded in a test runs no background work unless it asks."""
     apply_settings(settings)
     app = web.Application()
     app[SETTINGS] = settings
     app[METRICS_AUDIENCE] = metrics.MetricsAudience(settings.metrics_networks)
     background: list[BackgroundTask] = [_scheduler] if schedule else []
+    if (schedule if provision is None else provision) and not settings.provisioning_off_reason:
+        background.append(_provisioning)
     app[BACKGROUND_TASKS] = background
     app.cleanup_ctx.extend([_database, _http, _edge, _background])
     app.router.add_post("/api/messages", messages)
@@ -232,7 +271,9 @@ def main() -> int:
         "starting",
         extra={"host": settings.host, "port": settings.port, "dev_mode": settings.dev_mode},
     )
-    app = create_app(settings, schedule=settings.scheduler_enabled)
+    if settings.provisioning and settings.provisioning_off_reason:
+        log.warning(settings.provisioning_off_reason)
+    app = create_app(settings, schedule=settings.scheduler_enabled, provision=True)
     app.on_startup.append(_freeze_startup_objects)
     web.run_app(
         app,

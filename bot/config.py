@@ -244,6 +244,37 @@ class Settings:
     log_format: str = "json"
     # Empty: each front door's own (the bot and scheduler INFO, the CLI WARNING).
     log_level: str = ""
+    # Provisioning into customers' Teams tenants (SPEC §9): off by default (ledger only).
+    provisioning: bool = False
+    # The Entra app whose tokens are asked for in each customer tenant (default: the bot's own).
+    provisioning_app_id: str = ""
+    provisioning_app_password: str = field(default="", repr=False)
+    emergency_location_countries: tuple[str, ...] = ("US", "CA")
+    provisioning_concurrency: int = 8
+    provisioning_idle_seconds: float = 1.0
+    # How long a worker's claim on a job lasts (a dead instance's jobs come back after it);
+    # each Graph request of a step times out well inside it.
+    provisioning_lease_seconds: int = 60
+    # Graph requests a second to one customer tenant from one instance (0: no pacing; 429s
+    # are honoured either way). Microsoft documents 30 rps per app per tenant for Teams.
+    provisioning_tenant_rps: int = 30
+
+    @property
+    def provisioning_off_reason(self) -> str:
+        """Why provisioning is off ("" when it is on)."""
+        if not self.provisioning:
+            return "Provisioning into Teams is off (FUSION_PROVISIONING=off): the ledger only."
+        if self.cloud != "public":
+            return (
+                "Provisioning into Teams is off: Microsoft Graph's Teams number management exists "
+                f"in the global cloud only, and this bot runs in FUSION_CLOUD={self.cloud}."
+            )
+        if not (self.provisioning_app_id or self.app_id):
+            return (
+                "Provisioning into Teams is off: it needs an Entra app (MicrosoftAppId and "
+                "MicrosoftAppPassword, or FUSION_PROVISIONING_APP_ID and its password)."
+            )
+        return ""
 
     @property
     def dev_mode(self) -> bool:
@@ -345,6 +376,15 @@ class Settings:
             metrics_networks=_networks(env, "FUSION_METRICS_NETWORKS"),
             log_format=_choice(env, "FUSION_LOG_FORMAT", LOG_FORMATS, "json"),
             log_level=_choice(env, "FUSION_LOG_LEVEL", LOG_LEVELS, "").upper(),
+            provisioning=_bool(env, "FUSION_PROVISIONING", False),
+            provisioning_app_id=(env.get("FUSION_PROVISIONING_APP_ID") or "").strip(),
+            provisioning_app_password=env.get("FUSION_PROVISIONING_APP_PASSWORD") or "",
+            emergency_location_countries=tuple(
+                c.upper() for c in _csv(env.get("FUSION_EMERGENCY_LOCATION_COUNTRIES", "US,CA"))
+            ),
+            provisioning_concurrency=_int(env, "FUSION_PROVISIONING_CONCURRENCY", 8, minimum=1),
+            provisioning_lease_seconds=_int(env, "FUSION_PROVISIONING_LEASE_SECONDS", 60, 6),
+            provisioning_tenant_rps=_int(env, "FUSION_PROVISIONING_TENANT_RPS", 30),
         )
         settings.check()
         return settings
@@ -370,5 +410,9 @@ class Settings:
             )
         if not self.dev_mode and not self.managed_identity and not self.app_password:
             raise ConfigError("MicrosoftAppPassword is required when MicrosoftAppId is set")
+        if self.provisioning_app_id and not self.provisioning_app_password:
+            raise ConfigError(
+                "FUSION_PROVISIONING_APP_PASSWORD is required with FUSION_PROVISIONING_APP_ID"
+            )
         if self.dev_admins and not self.dev_mode:
             raise ConfigError("FUSION_DEV_ADMINS is only allowed in local development mode")

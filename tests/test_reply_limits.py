@@ -29,7 +29,7 @@ from tests.support.teams_env import (
     message,
     running_bot,
     seed_ledger,
-    table,
+    texts,
 )
 from tests.support.teams_env import the_card as card_of
 
@@ -101,9 +101,8 @@ async def test_a_reply_answered_403_marks_the_conversation_and_digests_show_it(d
     assert stored.active is False
     # Asked from another conversation: the digest of the first is shown as skipped.
     _, [listing] = await door.say("digests", conversation=OTHER)
-    rows = table(card_of(listing))
-    assert len(rows) == 2, rows
-    assert rows[1][-1] == "bot removed — skipped"
+    shown = " ".join(texts(card_of(listing)))
+    assert "bot removed — skipped" in shown, shown
 
 
 async def test_replies_and_proactive_posts_share_one_rate_limiter(door: Door) -> None:

@@ -8,6 +8,7 @@ from bot.commands import (  # noqa: F401  # noqa: F401
     ledger,
     licensing,
     numbers,
+    provisioning,
     sync,  # noqa: F401
     trunks,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bot.commands.answers import changed, next_page
 from bot.commands.args import Args, Quantity, Text
+from bot.commands.provisioned import provisioned, rules
 from bot.commands.registry import Context, command
 from bot.commands.reply import FormField, Reply, Table
 from bot.domain import numbers
@@ -75,19 +76,27 @@ async def numbers_list(ctx: Context, args: NumbersArgs) -> Reply:
 
 class NumbersAddArgs(Args):
     e164: Text
+    location: Text | None = None
 
 
 @command(
     "numbers add",
-    "numbers add E164[-E164]",
+    "numbers add E164[-E164] [--location LOCATION]",
     "Add a number or a range of up to 10,000 numbers to the inventory",
     NumbersAddArgs,
     mutating=True,
     more_usage=("numbers add +442071234000-+442071234999",),
-    form=(FormField("e164", "Number or range (+442071234000 or +442071234000-+442071234999)"),),
+    form=(
+        FormField("e164", "Number or range (+442071234000 or +442071234000-+442071234999)"),
+        FormField("location", "Emergency location id (for Teams)", required=False),
+    ),
 )
 async def numbers_add(ctx: Context, args: NumbersAddArgs) -> Reply:
-    return changed(await numbers.add_numbers(ctx.actor.origin(), args.e164, dry_run=args.dry_run))
+    return changed(
+        await numbers.add_numbers(
+            ctx.actor.origin(), args.e164, dry_run=args.dry_run, location=args.location
+        )
+    )
 
 
 class ReserveArgs(Args):
@@ -127,22 +136,31 @@ async def number_reserve(ctx: Context, args: ReserveArgs) -> Reply:
 class AssignArgs(Args):
     e164: Text
     upn: Text
+    location: Text | None = None
 
 
 @command(
     "number assign",
-    "number assign E164 to UPN",
+    "number assign E164 to UPN [--location LOCATION]",
     "Assign a number to a Teams user or resource account",
     AssignArgs,
     mutating=True,
     form=(
         FormField("e164", "Number (+E164)"),
         FormField("upn", "User or resource account (UPN)"),
+        FormField("location", "Emergency location id (for Teams)", required=False),
     ),
 )
 async def number_assign(ctx: Context, args: AssignArgs) -> Reply:
-    return changed(
-        await numbers.assign_number(ctx.actor.origin(), args.e164, args.upn, dry_run=args.dry_run)
+    return provisioned(
+        await numbers.assign_number(
+            ctx.actor.origin(),
+            args.e164,
+            args.upn,
+            dry_run=args.dry_run,
+            rules=rules(ctx.settings),
+            location=args.location,
+        )
     )
 
 
@@ -150,11 +168,12 @@ class AssignNextArgs(Args):
     country: Text
     type: NumberType | None = None
     upn: Text
+    location: Text | None = None
 
 
 @command(
     "number assign next",
-    "number assign next CC [--type T] to UPN",
+    "number assign next CC [--type T] to UPN [--location LOCATION]",
     "Assign the next number of a country (reserved for the subscription first, else available)",
     AssignNextArgs,
     mutating=True,
@@ -163,12 +182,19 @@ class AssignNextArgs(Args):
         FormField("country", "Country", kind="choice"),
         FormField("type", "Number type", kind="choice", required=False, choices=_TYPES),
         FormField("upn", "User or resource account (UPN)"),
+        FormField("location", "Emergency location id (for Teams)", required=False),
     ),
 )
 async def number_assign_next(ctx: Context, args: AssignNextArgs) -> Reply:
-    return changed(
+    return provisioned(
         await numbers.assign_next(
-            ctx.actor.origin(), args.country, args.type, args.upn, dry_run=args.dry_run
+            ctx.actor.origin(),
+            args.country,
+            args.type,
+            args.upn,
+            dry_run=args.dry_run,
+            rules=rules(ctx.settings),
+            location=args.location,
         )
     )
 
@@ -186,8 +212,12 @@ class ReleaseArgs(Args):
     form=(FormField("e164", "Number (+E164)"),),
 )
 async def number_release(ctx: Context, args: ReleaseArgs) -> Reply:
-    return changed(
+    return provisioned(
         await numbers.release_number(
-            ctx.actor.origin(), args.e164, ctx.settings.quarantine_days, dry_run=args.dry_run
+            ctx.actor.origin(),
+            args.e164,
+            ctx.settings.quarantine_days,
+            dry_run=args.dry_run,
+            rules=rules(ctx.settings),
         )
     )

@@ -27,7 +27,7 @@ from bot.domain import db
 from bot.domain.errors import Conflict, Duplicate, InvalidInput, Unavailable, Unconfirmed
 from bot.domain.models import AuditEvent, AuditHead
 
-SOURCES = frozenset({"chat", "card", "approval", "schedule", "cli", "system"})
+SOURCES = frozenset({"chat", "card", "approval", "schedule", "cli", "system", "provisioning"})
 #: Who acted, as the audit stores it. An Entra object id is 36 characters and a UPN at most 113
 #: (Entra's limits); a display name at most 256 (Entra's displayName). Bounded here, once, so
 #: that every column that holds them can hold any value a door lets through.

@@ -69,6 +69,9 @@ class Customer(Model):
     id = fields.IntField(primary_key=True)
     name = fields.CharField(max_length=100, unique=True)
     tenant_id = fields.CharField(max_length=64, null=True)
+    # Per-customer switch: with FUSION_PROVISIONING on, a linked customer's numbers are written
+    # into its tenant unless this is off.
+    provisioning = fields.BooleanField(default=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 
     subscriptions: fields.ReverseRelation[Subscription]
@@ -169,6 +172,8 @@ class PhoneNumber(Model):
         "models.Account", related_name="numbers", null=True, unique=True, on_delete=fields.RESTRICT
     )
     quarantined_until = fields.DatetimeField(null=True)
+    # The Teams emergency location (LIS location id) passed as `locationId` when provisioned.
+    emergency_location_id = fields.CharField(max_length=64, null=True)
     updated_at = fields.DatetimeField(auto_now=True)
 
     subscription_id: int | None
@@ -258,6 +263,8 @@ class ApprovalRequest(Model):
     reason = fields.CharField(max_length=500, null=True)
     conversation_id = fields.CharField(max_length=512, null=True)
     card_activity_id = fields.CharField(max_length=255, null=True)
+    # What people type and read aloud: A-17 (never reused); buttons keep `id`.
+    number = fields.IntField(null=True, unique=True)
 
     class Meta:
         table = "approval_request"
@@ -391,3 +398,55 @@ class SchedulerLease(Model):
 
     class Meta:
         table = "scheduler_lease"
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobAction(StrEnum):
+    ASSIGN = "assign"
+    UNASSIGN = "unassign"
+
+
+class ProvisioningJob(Model):
+    """Outbox: a change the ledger made that is still to be written into the customer's tenant.
+
+    Written in the same transaction as the ledger change; workers in every instance send it
+    (pending → sent → done | failed). Jobs of one account or one number go in id order.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    action = fields.CharEnumField(JobAction, max_length=20)
+    state = fields.CharEnumField(JobState, max_length=20, default=JobState.PENDING)
+    tenant_id = fields.CharField(max_length=64)
+    subscription_code = fields.CharField(max_length=100)
+    e164 = fields.CharField(max_length=20, db_index=True)
+    # The account the number goes to or comes from (its UPN kept: the account may go later).
+    account_id = fields.IntField(db_index=True)
+    upn = fields.CharField(max_length=255)
+    object_id = fields.CharField(max_length=64, null=True)
+    number_type = fields.CharField(max_length=20)  # Graph's numberType
+    location_id = fields.CharField(max_length=64, null=True)
+    attempts = fields.IntField(default=0)
+    due_at = fields.DatetimeField()
+    # A worker's claim: nobody else takes the job until it runs out (a dead worker's claim
+    # runs out too).
+    claimed_by = fields.CharField(max_length=100, null=True)
+    claimed_until = fields.DatetimeField(null=True)
+    operation_url = fields.CharField(max_length=1000, null=True)
+    reason = fields.CharField(max_length=1000, null=True)
+    last_error = fields.CharField(max_length=1000, null=True)
+    # Where the answer card is, to update it when the job ends.
+    conversation_id = fields.CharField(max_length=512, null=True)
+    card_activity_id = fields.CharField(max_length=255, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+    finished_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "provisioning_job"
+        indexes = (("state", "due_at"),)

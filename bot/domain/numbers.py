@@ -37,7 +37,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 from tortoise.queryset import QuerySet
 
-from bot.domain import db
+from bot.domain import db, provisioning
 from bot.domain.change import Change, Origin, change
 from bot.domain.directory import describe, find_account
 from bot.domain.entitlements import Entitlement, lock_entitlements, pool_product, require_active
@@ -46,6 +46,7 @@ from bot.domain.ledger import Outcome, find_subscription
 from bot.domain.models import (
     Account,
     AccountKind,
+    JobAction,
     NumberState,
     NumberType,
     PhoneNumber,
@@ -266,9 +267,13 @@ async def find_number(text: str, conn: BaseDBAsyncClient | None = None) -> Phone
 # ----- inventory -------------------------------------------------------------------------
 
 
-async def add_numbers(origin: Origin, text: str, *, dry_run: bool = False) -> Outcome:
-    """Add one number or a range (up to MAX_BATCH) in one transaction; any duplicate refuses all."""
+async def add_numbers(
+    origin: Origin, text: str, *, dry_run: bool = False, location: str | None = None
+) -> Outcome:
+    """Add one number or a range (up to MAX_BATCH) in one transaction; any duplicate refuses all.
+    `location`: the emergency location id every number of the range carries into Teams."""
     numbers = parse_range(text)
+    location_id = provisioning.check_location(location)
     wanted = {n.e164 for n in numbers}
     first, last = numbers[0].e164, numbers[-1].e164
     target = first if first == last else f"{first}-{last}"
@@ -289,7 +294,12 @@ async def add_numbers(origin: Origin, text: str, *, dry_run: bool = False) -> Ou
         try:
             await PhoneNumber.bulk_create(
                 [
-                    PhoneNumber(e164=n.e164, country=n.country, number_type=n.number_type)
+                    PhoneNumber(
+                        e164=n.e164,
+                        country=n.country,
+                        number_type=n.number_type,
+                        emergency_location_id=location_id,
+                    )
                     for n in numbers
                 ],
                 batch_size=_INSERT_BATCH,
@@ -311,6 +321,8 @@ async def add_numbers(origin: Origin, text: str, *, dry_run: bool = False) -> Ou
             "types": types,
             "state": NumberState.AVAILABLE.value,
         }
+        if location_id:
+            after["location"] = location_id
         ch.record("number.add", f"numbers:{target}", None, after)
     what = (
         f"{len(numbers):,} numbers ({first} to {last})" if len(numbers) > 1 else f"Number {first}"
@@ -484,10 +496,19 @@ async def lock_pool(conn: BaseDBAsyncClient, country: str, number_type: NumberTy
 
 
 async def assign_number(
-    origin: Origin, number: str, upn: str, *, dry_run: bool = False, now: datetime | None = None
+    origin: Origin,
+    number: str,
+    upn: str,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    rules: provisioning.Rules | None = None,
+    location: str | None = None,
 ) -> Outcome:
-    """Assign a specific number of the inventory to a Teams user or resource account."""
+    """Assign a specific number of the inventory to a Teams user or resource account; with
+    `rules` on, the Teams provisioning job is written in the same transaction."""
     e164 = parse_number(number).e164
+    location_id = provisioning.check_location(location)
     moment = _now(now)
     async with change(origin, dry_run=dry_run) as ch:
         account = await find_account(upn, ch.conn)
@@ -508,7 +529,7 @@ async def assign_number(
             raise Conflict(f"{e164} is reserved for {other}, not for {draw.subscription.code}.")
         if state is NumberState.AVAILABLE:
             draw.numbers.require(1)
-        return await _give(ch, draw, row, state, moment)
+        return await _give(ch, draw, row, state, moment, rules, location_id)
 
 
 async def assign_next(
@@ -519,9 +540,12 @@ async def assign_next(
     *,
     dry_run: bool = False,
     now: datetime | None = None,
+    rules: provisioning.Rules | None = None,
+    location: str | None = None,
 ) -> Outcome:
     """Assign the next number of a country and type: one the account's subscription has
     reserved if there is one (its entitlement is already counted), else an available one."""
+    location_id = provisioning.check_location(location)
     cc = check_country(country)
     nt = check_number_type(number_type)
     moment = _now(now)
@@ -555,11 +579,17 @@ async def assign_next(
                 f"No {cc} {nt.value} number is available in the inventory or reserved for "
                 f"{sub.code}: add numbers with `numbers add`."
             )
-        return await _give(ch, draw, row, effective_state(row, moment), moment)
+        return await _give(ch, draw, row, effective_state(row, moment), moment, rules, location_id)
 
 
 async def _give(
-    ch: Change, draw: _Draw, row: PhoneNumber, state: NumberState, moment: datetime
+    ch: Change,
+    draw: _Draw,
+    row: PhoneNumber,
+    state: NumberState,
+    moment: datetime,
+    rules: provisioning.Rules | None = None,
+    location_id: str | None = None,
 ) -> Outcome:
     """Hand a locked, checked number to the account; then record it."""
     account, sub = draw.account, draw.subscription
@@ -600,6 +630,9 @@ async def _give(
         before["seats_in_use"] = draw.seats.used
         after["seats_in_use"] = draw.seats.used + 1
         uses += f" and a {draw.seats.product.name} seat"
+    job = await provisioning.enqueue(ch, rules, JobAction.ASSIGN, sub, account, row, location_id)
+    if job is not None:
+        after["provisioning_job"] = job.id
     ch.record("number.assign", f"number:{row.e164}", before, after)
     return Outcome(
         "number.assign",
@@ -618,8 +651,10 @@ async def release_number(
     *,
     dry_run: bool = False,
     now: datetime | None = None,
+    rules: provisioning.Rules | None = None,
 ) -> Outcome:
-    """Give a number back: an assigned one goes to quarantine, a reserved one back to available."""
+    """Give a number back: an assigned one goes to quarantine, a reserved one back to available.
+    With `rules` on, taking it from its holder writes the Teams job in the same transaction."""
     e164 = parse_number(number).e164
     moment = _now(now)
     async with change(origin, dry_run=dry_run) as ch:
@@ -646,12 +681,18 @@ async def release_number(
             .using_db(ch.conn)
             .update(state=new_state, subscription_id=None, holder_id=None, quarantined_until=until)
         )
-        after = {
+        after: dict[str, Any] = {
             "state": new_state.value,
             "subscription": None,
             "holder": None,
             "quarantined_until": until.isoformat() if until else None,
         }
+        if row.holder is not None and row.subscription is not None:
+            job = await provisioning.enqueue(
+                ch, rules, JobAction.UNASSIGN, row.subscription, row.holder, row
+            )
+            if job is not None:
+                after["provisioning_job"] = job.id
         ch.record("number.release", f"number:{e164}", before, after)
     if new_state is NumberState.QUARANTINED and until is not None:
         message = f"{e164} released; in quarantine until {until:%Y-%m-%d}, then available again."
@@ -687,3 +728,22 @@ async def release_quarantined(now: datetime | None = None, origin: Origin = SYST
             {"state": NumberState.AVAILABLE.value, "numbers": sorted(d.e164 for d in due)},
         )
     return len(due)
+
+
+async def set_location(
+    origin: Origin, number: str, location_id: str | None, *, dry_run: bool = False
+) -> Outcome:
+    """Set (or clear, with None) the emergency location a number carries into Teams."""
+    location = provisioning.check_location(location_id)
+    async with change(origin, dry_run=dry_run) as ch:
+        found = await find_number(number, ch.conn)
+        before = {"location": found.emergency_location_id}
+        await (
+            PhoneNumber.filter(id=found.id).using_db(ch.conn).update(emergency_location_id=location)
+        )
+        after = {"location": location}
+        ch.record("number.location", f"number:{found.e164}", before, after)
+    said = f"emergency location {location}" if location else "no emergency location"
+    return Outcome(
+        "number.location", found.e164, before, after, dry_run, f"{found.e164} now has {said}."
+    )

@@ -1,8 +1,12 @@
-"""Fake Microsoft Graph: just the group-membership calls an admin check needs."""
+"""Fake Microsoft Graph: the group-membership calls an admin check needs, and Teams number
+management (assignNumber / unassignNumber / operations / numberAssignments) per tenant."""
 
 from __future__ import annotations
 
+import math
 import threading
+import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,10 +19,64 @@ from ._server import CLAIMS, INFO, Failure, ThreadedServer, error_body
 from .identity import FakeIdentityProvider
 from .tls import TLSFiles
 
-__all__ = ["FakeGraph", "GraphGroup", "GraphUser"]
+__all__ = ["FakeGraph", "GraphGroup", "GraphUser", "TeamsNumber"]
 
 MAX_CHECK_IDS = 20
 MAX_TOP = 999
+TEAMS = "/v1.0/admin/teams/telephoneNumberManagement"
+TEAMS_ROLE = "TeamsTelephoneNumber.ReadWrite.All"
+NUMBER_TYPES = ("directRouting", "callingPlan", "operatorConnect")
+CATEGORIES = ("primary", "private", "alternate")
+NO_TENANT = "-"  # the tenant of calls made without identity checks
+
+
+@dataclass
+class TeamsNumber:
+    """A number as a tenant's Teams holds it (numberAssignment)."""
+
+    telephone_number: str
+    number_type: str
+    target_id: str | None = None
+    activation_state: str | None = None
+    assignment_category: str | None = None
+    location_id: str | None = None
+
+    def json(self, graph_url: str, tenant: str) -> dict[str, Any]:
+        return {
+            "@odata.type": "#microsoft.graph.teamsAdministration.numberAssignment",
+            "id": f"{tenant}|{self.telephone_number}",
+            "telephoneNumber": self.telephone_number,
+            "operatorId": None,
+            "numberType": self.number_type,
+            "activationState": self.activation_state or "activated",
+            "capabilities": ["userAssignment", "voiceApplicationAssignment"],
+            "locationId": self.location_id,
+            "civicAddressId": None,
+            "networkSiteId": None,
+            "assignmentTargetId": self.target_id,
+            "assignmentCategory": self.assignment_category,
+            "portInStatus": None,
+            "assignmentStatus": "userAssigned" if self.target_id else "unassigned",
+            "isoCountryCode": None,
+            "city": None,
+            "numberSource": "online",
+            "supportedCustomerActions": ["locationUpdate"],
+            "reverseNumberLookupOptions": [],
+        }
+
+
+@dataclass
+class _Operation:
+    id: str
+    tenant: str
+    action: str  # assign | unassign
+    number: str
+    target_id: str | None
+    ready_at: float  # time.monotonic()
+    failure: str | None  # statusDetail when it fails
+    before: TeamsNumber | None  # the number as it was (restored when an assign fails)
+    created: str
+    done: bool = False
 
 
 @dataclass
@@ -53,6 +111,10 @@ class GraphGroup:
 
 
 def _kind(path: str) -> str:
+    if path.startswith(TEAMS):
+        for kind in ("unassignNumber", "assignNumber", "operations", "numberAssignments"):
+            if kind in path:
+                return kind
     for kind in ("checkMemberGroups", "getMemberGroups", "transitiveMembers"):
         if f"/{kind}" in path:
             return kind
@@ -92,6 +154,16 @@ class FakeGraph(ThreadedServer):
         self._failures: deque[Failure] = deque()
         self._down_503 = False
         self._dir_lock = threading.Lock()
+        # Teams number management, per tenant id (the token's tid).
+        self.teams: dict[str, dict[str, TeamsNumber]] = {}
+        self._operations: dict[str, _Operation] = {}
+        self.operation_delay = 0.2  # seconds from 202 until the operation has finished
+        self._number_failures: dict[str, str] = {}  # number → statusDetail of its next operation
+        self._rate: tuple[int, float] | None = None  # (requests, per seconds) per tenant
+        self._rate_log: dict[str, deque[float]] = {}
+        self.operation_count = 0
+        # A Location to answer instead of the operation's own (a malformed answer).
+        self.location_override: str | None = None
 
     @property
     def graph_url(self) -> str:
@@ -203,6 +275,41 @@ class FakeGraph(ThreadedServer):
         with self._dir_lock:
             self._failures.extend(Failure.malformed(raw, status) for _ in range(count))
 
+    def rate_limit(self, requests: int | None, per_seconds: float = 10.0) -> None:
+        """Throttle like Graph: more than ``requests`` calls of one tenant within ``per_seconds``
+        are answered 429 with a Retry-After of the seconds until one is allowed again (``None``:
+        no limit)."""
+        with self._dir_lock:
+            self._rate = (requests, per_seconds) if requests else None
+            self._rate_log.clear()
+
+    def fail_number(self, number: str, detail: str = "The number cannot be assigned.") -> None:
+        """The next operation on ``number`` fails with ``statusDetail`` ``detail`` (Teams keeps
+        the number as it was)."""
+        with self._dir_lock:
+            self._number_failures[number] = detail
+
+    def teams_number(self, tenant: str, number: str) -> TeamsNumber | None:
+        """The number as ``tenant``'s Teams holds it now (finished operations applied)."""
+        self._settle()
+        with self._dir_lock:
+            found = self.teams.get(tenant, {}).get(number)
+            return None if found is None else TeamsNumber(**found.__dict__)
+
+    def teams_numbers(self, tenant: str) -> dict[str, TeamsNumber]:
+        """Every number ``tenant``'s Teams holds (assigned or not), finished operations applied."""
+        self._settle()
+        with self._dir_lock:
+            return {k: TeamsNumber(**v.__dict__) for k, v in self.teams.get(tenant, {}).items()}
+
+    def assigned(self, tenant: str) -> dict[str, str]:
+        """Number → target object id of every activated assignment in ``tenant``."""
+        return {
+            n: t.target_id
+            for n, t in self.teams_numbers(tenant).items()
+            if t.target_id and t.activation_state == "activated"
+        }
+
     def count(self, kind: str | None = None) -> int:
         """Calls received, failed ones included (``kind``: checkMemberGroups, getMemberGroups,
         transitiveMembers, user)."""
@@ -219,6 +326,10 @@ class FakeGraph(ThreadedServer):
                 f"/v1.0/{collection}/{{id}}/getMemberGroups", self._get_member_groups
             )
         app.router.add_get("/v1.0/users/{id}", self._get_user)
+        app.router.add_post(f"{TEAMS}/numberAssignments/assignNumber", self._assign_number)
+        app.router.add_post(f"{TEAMS}/numberAssignments/unassignNumber", self._unassign_number)
+        app.router.add_get(f"{TEAMS}/numberAssignments", self._number_assignments)
+        app.router.add_get(TEAMS + "/{operation:operations.*}", self._get_operation)
         app.router.add_get("/v1.0/groups/{id}/transitiveMembers", self._transitive_members)
         app.router.add_get(
             "/v1.0/groups/{id}/transitiveMembers/microsoft.graph.user", self._transitive_members
@@ -240,6 +351,7 @@ class FakeGraph(ThreadedServer):
         if failure is not None:
             return failure.response()
         auth = request.headers.get("Authorization", "")
+        teams_call = request.path.startswith(TEAMS)
         if self.identity is not None:
             try:
                 if not auth.startswith("Bearer "):
@@ -254,8 +366,19 @@ class FakeGraph(ThreadedServer):
                     status=401,
                 )
             request[CLAIMS] = claims
-            if self.required_roles is not None and not self.required_roles & set(
-                claims.get("roles", [])
+            roles = set(claims.get("roles", []))
+            if teams_call and TEAMS_ROLE not in roles:
+                return web.json_response(
+                    error_body(
+                        "Forbidden",
+                        f"Missing role permissions on the request: {TEAMS_ROLE} is required.",
+                    ),
+                    status=403,
+                )
+            if (
+                not teams_call
+                and self.required_roles is not None
+                and not self.required_roles & roles
             ):
                 return web.json_response(
                     error_body(
@@ -264,7 +387,211 @@ class FakeGraph(ThreadedServer):
                     ),
                     status=403,
                 )
+        throttled = self._over_rate(self._tenant(request))
+        if throttled is not None:
+            request[INFO]["throttled"] = True
+            return Failure(
+                429, throttled, error_body("TooManyRequests", "Too many requests.")
+            ).response()
         return await handler(request)
+
+    # -- Teams number management -------------------------------------------------------------
+    @staticmethod
+    def _tenant(request: web.Request) -> str:
+        claims = request.get(CLAIMS) or {}
+        return str(claims.get("tid") or NO_TENANT)
+
+    def _over_rate(self, tenant: str) -> float | None:
+        """Seconds to wait if this call of ``tenant`` is over the rate limit, else None."""
+        with self._dir_lock:
+            if self._rate is None:
+                return None
+            limit, window = self._rate
+            now = time.monotonic()
+            log = self._rate_log.setdefault(tenant, deque())
+            while log and log[0] <= now - window:
+                log.popleft()
+            if len(log) >= limit:
+                return float(max(1, math.ceil(log[0] + window - now)))
+            log.append(now)
+            return None
+
+    def _settle(self) -> None:
+        """Apply every operation whose time has come (Teams finishes them in the background)."""
+        now = time.monotonic()
+        with self._dir_lock:
+            for op in self._operations.values():
+                if op.done or op.ready_at > now:
+                    continue
+                op.done = True
+                numbers = self.teams.setdefault(op.tenant, {})
+                if op.failure is not None:
+                    if op.before is None:
+                        numbers.pop(op.number, None)
+                    else:
+                        numbers[op.number] = op.before
+                elif op.action == "assign":
+                    numbers[op.number].activation_state = "activated"
+                else:
+                    entry = numbers.get(op.number)
+                    if entry is not None:
+                        entry.target_id = None
+                        entry.activation_state = "activated"
+                        entry.assignment_category = None
+                        entry.location_id = None
+
+    def _bad(self, message: str) -> web.Response:
+        return web.json_response(error_body("BadRequest", message), status=400)
+
+    def _accepted(self, request: web.Request, op: _Operation) -> web.Response:
+        with self._dir_lock:
+            self._operations[op.id] = op
+            self.operation_count += 1
+        request[INFO]["number"] = op.number
+        location = self.location_override or (
+            f"{self.graph_url}/admin/teams/telephoneNumberManagement/operations('{op.id}')"
+        )
+        return web.Response(status=202, headers={"Location": location})
+
+    def _new_operation(
+        self, tenant: str, action: str, number: str, target: str | None, failure: str | None
+    ) -> _Operation:
+        with self._dir_lock:
+            before = self.teams.get(tenant, {}).get(number)
+            scripted = self._number_failures.pop(number, None)
+        return _Operation(
+            id=uuid.uuid4().hex,
+            tenant=tenant,
+            action=action,
+            number=number,
+            target_id=target,
+            ready_at=time.monotonic() + self.operation_delay,
+            failure=scripted or failure,
+            before=None if before is None else TeamsNumber(**before.__dict__),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+
+    async def _assign_number(self, request: web.Request) -> web.Response:
+        self._settle()
+        body = await self._json_body(request)
+        if body is None:
+            return self._bad("The request body must be a JSON object.")
+        number, target = body.get("telephoneNumber"), body.get("assignmentTargetId")
+        number_type = body.get("numberType")
+        category = body.get("assignmentCategory", "primary")
+        location = body.get("locationId")
+        if not isinstance(number, str) or not number.strip("+").isdigit():
+            return self._bad("telephoneNumber is a mandatory parameter (digits, + optional).")
+        if not isinstance(target, str) or not target:
+            return self._bad("assignmentTargetId is a mandatory parameter.")
+        if number_type not in NUMBER_TYPES:
+            return self._bad(f"numberType must be one of {', '.join(NUMBER_TYPES)}.")
+        if category not in CATEGORIES:
+            return self._bad(f"assignmentCategory must be one of {', '.join(CATEGORIES)}.")
+        if location is not None and not isinstance(location, str):
+            return self._bad("locationId must be a string.")
+        number = "+" + number.lstrip("+")
+        tenant = self._tenant(request)
+        failure = None
+        with self._dir_lock:
+            current = self.teams.get(tenant, {}).get(number)
+            if target not in self.users:
+                failure = f"The user {target} was not found in the tenant."
+            elif current is not None and current.target_id and current.target_id != target:
+                failure = "The telephone number is already assigned to another user."
+            elif any(
+                n.target_id == target and k != number for k, n in self.teams.get(tenant, {}).items()
+            ):
+                failure = "The user already has a primary telephone number assigned."
+        op = self._new_operation(tenant, "assign", number, target, failure)
+        if op.failure is None:
+            with self._dir_lock:
+                self.teams.setdefault(tenant, {})[number] = TeamsNumber(
+                    number, number_type, target, "assignmentPending", category, location
+                )
+        return self._accepted(request, op)
+
+    async def _unassign_number(self, request: web.Request) -> web.Response:
+        self._settle()
+        body = await self._json_body(request)
+        if body is None:
+            return self._bad("The request body must be a JSON object.")
+        number, number_type = body.get("telephoneNumber"), body.get("numberType")
+        if not isinstance(number, str) or not number.strip("+").isdigit():
+            return self._bad("telephoneNumber is a mandatory parameter (digits, + optional).")
+        if number_type not in NUMBER_TYPES:
+            return self._bad(f"numberType must be one of {', '.join(NUMBER_TYPES)}.")
+        number = "+" + number.lstrip("+")
+        tenant = self._tenant(request)
+        with self._dir_lock:
+            current = self.teams.get(tenant, {}).get(number)
+        failure = None if current and current.target_id else "The telephone number is not assigned."
+        return self._accepted(
+            request, self._new_operation(tenant, "unassign", number, None, failure)
+        )
+
+    async def _get_operation(self, request: web.Request) -> web.Response:
+        self._settle()
+        raw = request.match_info["operation"].removeprefix("operations")
+        op_id = raw.strip("/").removeprefix("('").removesuffix("')")
+        with self._dir_lock:
+            op = self._operations.get(op_id)
+        if op is None or op.tenant != self._tenant(request):
+            return self._not_found(op_id)
+        status = ("failed" if op.failure else "succeeded") if op.done else "running"
+        detail: dict[str, Any] = {
+            "resourceLocation": (
+                f"{self.graph_url}/admin/teams/telephoneNumberManagement/numberAssignments/"
+                f"{op.tenant}|{op.number}"
+            ),
+            "status": status,
+        }
+        if op.done and op.failure:
+            detail["statusDetail"] = op.failure
+        # As the documented example answers it: the operation inside "value".
+        return web.json_response(
+            {
+                "value": {
+                    "@odata.type": (
+                        "#microsoft.graph.teamsAdministration.telephoneNumberLongRunningOperation"
+                    ),
+                    "id": op.id,
+                    "createdDateTime": op.created,
+                    "status": status,
+                    "numbers": [detail],
+                }
+            }
+        )
+
+    async def _number_assignments(self, request: web.Request) -> web.Response:
+        self._settle()
+        tenant = self._tenant(request)
+        with self._dir_lock:
+            numbers = list(self.teams.get(tenant, {}).values())
+        wanted = request.query.get("$filter")
+        if wanted is not None:
+            field, _, value = wanted.partition(" eq ")
+            if field.strip() != "telephoneNumber" or not value.strip().startswith("'"):
+                return self._bad("Only $filter=telephoneNumber eq '+E164' is supported here.")
+            number = "+" + value.strip().strip("'").lstrip("+")
+            numbers = [n for n in numbers if n.telephone_number == number]
+        try:
+            top = int(request.query.get("$top", "500"))
+            skip = int(request.query.get("$skip", "0"))
+        except ValueError:
+            return self._bad("Invalid $top or $skip.")
+        if not 1 <= top <= 1000 or skip < 0:
+            return self._bad("$top must be between 1 and 1000.")
+        page = numbers[skip : skip + top]
+        return web.json_response(
+            {
+                "@odata.context": (
+                    f"{self.graph_url}/$metadata#admin/teams/telephoneNumberManagement"
+                    "/numberAssignments"
+                ),
+                "value": [n.json(self.graph_url, tenant) for n in page],
+            }
+        )
 
     def _resolve_user(self, request: web.Request) -> str | None:
         key = request.match_info["id"]
