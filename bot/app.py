@@ -19,7 +19,7 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -32,10 +32,12 @@ from bot.domain import approvals, change, db, provisioning
 from bot.domain.naming import set_naming_rule
 from bot.logs import configure_logging
 from bot.scheduler import run_scheduler
-from bot.teams.agents_edge import AgentsEdge, build_agents_edge
 from bot.teams.approvals_channel import ApprovalsChannel
 from bot.teams.edge import Edge, build_edge, build_sender
 from bot.teams.provisioning import JobCards
+
+if TYPE_CHECKING:
+    from bot.teams.agents_edge import AgentsEdge
 
 log = logging.getLogger("bot.app")
 
@@ -92,8 +94,13 @@ async def _edge(app: web.Application) -> AsyncIterator[None]:
     if settings.approvals_channel:
         # Copies of new approval requests go to the approvals channel.
         services = Services(approvals_channel=ApprovalsChannel(settings.approvals_channel, sender))
-    build = build_agents_edge if settings.edge == "agents" else build_edge
-    app[EDGE] = build(settings, app[HTTP], credentials, services, sender)
+    if settings.edge == "agents":
+        # Imported only when chosen: the botbuilder edge runs without the Agents SDK loaded.
+        from bot.teams.agents_edge import build_agents_edge
+
+        app[EDGE] = build_agents_edge(settings, app[HTTP], credentials, services, sender)
+    else:
+        app[EDGE] = build_edge(settings, app[HTTP], credentials, services, sender)
     try:
         yield
     finally:
