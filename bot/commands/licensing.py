@@ -20,6 +20,8 @@ from pydantic import BeforeValidator
 
 from bot.commands.args import Args, Text
 from bot.commands.ledger import changed
+from bot.commands.m365 import shortfall
+from bot.commands.provisioned import rules
 from bot.commands.registry import Context, command
 from bot.commands.reply import FormField, Progress, Reply, Table
 from bot.domain import licensing
@@ -98,8 +100,18 @@ def progress_reply(outcome: BulkOutcome) -> Progress:
         failed=list(outcome.failed),
         finished=True,
         ok=not outcome.failed,
-        text=f"Licenses: {', '.join(outcome.licenses)}.",
+        text=f"Licenses: {', '.join(outcome.licenses)}." + _in_m365(outcome),
         data=outcome.as_json(),
+    )
+
+
+def _in_m365(outcome: BulkOutcome) -> str:
+    if not outcome.jobs or outcome.dry_run:
+        return ""
+    count = len(outcome.jobs)
+    return (
+        f" Recorded in the ledger; being set up in Microsoft 365 for {count} account(s) now "
+        "(`provisioning` shows how each one ends)."
     )
 
 
@@ -123,12 +135,18 @@ class LicenseAssignArgs(Args):
     ),
 )
 async def license_assign(ctx: Context, args: LicenseAssignArgs) -> Reply:
+    provisioning = rules(ctx.settings)
+    product = await licensing.find_license(args.license)
+    refusal = await shortfall(ctx, provisioning, args.upn, [product])
+    if refusal is not None:
+        return refusal
     outcome = await licensing.assign_license(
         ctx.actor.origin(),
         args.license,
         args.upn,
         dry_run=args.dry_run,
         on_progress=_relay(ctx, f"Assigning {args.license}"),
+        rules=provisioning,
     )
     return progress_reply(outcome)
 
@@ -150,11 +168,20 @@ class LicenseUnassignArgs(Args):
     ),
 )
 async def license_unassign(ctx: Context, args: LicenseUnassignArgs) -> Reply:
-    return changed(
-        await licensing.unassign_license(
-            ctx.actor.origin(), args.license, args.upn, dry_run=args.dry_run
-        )
+    outcome = await licensing.unassign_license(
+        ctx.actor.origin(), args.license, args.upn, dry_run=args.dry_run, rules=rules(ctx.settings)
     )
+    after = dict(outcome.after) if isinstance(outcome.after, dict) else {}
+    job = after.pop("provisioning_job", None)
+    reply = changed(outcome)
+    reply.after = after
+    if job is not None:
+        reply.text = (
+            f"{outcome.message} Recorded in the ledger; being taken out of Microsoft 365 now "
+            f"(job {job})."
+        )
+        reply.data["provisioning"] = {"job": job, "state": "pending"}
+    return reply
 
 
 # ----- service packs ---------------------------------------------------------------------
@@ -213,11 +240,17 @@ class PackAssignArgs(Args):
     ),
 )
 async def pack_assign(ctx: Context, args: PackAssignArgs) -> Reply:
+    provisioning = rules(ctx.settings)
+    products = await licensing.pack_licenses(await licensing.find_pack(args.name))
+    refusal = await shortfall(ctx, provisioning, args.upn, products)
+    if refusal is not None:
+        return refusal
     outcome = await licensing.assign_pack(
         ctx.actor.origin(),
         args.name,
         args.upn,
         dry_run=args.dry_run,
         on_progress=_relay(ctx, f"Assigning service pack {args.name}"),
+        rules=provisioning,
     )
     return progress_reply(outcome)

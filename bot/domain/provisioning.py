@@ -88,6 +88,8 @@ def job_view(job: ProvisioningJob) -> dict[str, Any]:
         "tenant": job.tenant_id,
         "number_type": job.number_type,
         "location": job.location_id,
+        "licenses": job.licenses,
+        "pack": job.pack,
         "attempts": job.attempts,
         "reason": job.reason,
         "last_error": job.last_error,
@@ -448,7 +450,9 @@ async def mark_failed(job: ProvisioningJob, worker: str, reason: str) -> bool:
     )
 
 
-async def account_object_id(account_id: int) -> str | None:
+async def account_object_id(account_id: int | None) -> str | None:
     """The Entra object id the directory sync recorded for an account, if any."""
+    if account_id is None:
+        return None
     account = await Account.filter(id=account_id).first()
     return account.object_id if account else None

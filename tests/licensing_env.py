@@ -1,0 +1,91 @@
+"""Microsoft 365 licenses and reconcile against the fake Entra ID and Graph (SPEC §9): the
+customer tenant's SKUs, users, numbers; the bot side real (msal per tenant, https, the worker,
+the ledger)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from bot.commands.m365 import SERVICE
+from bot.config import Settings
+from bot.domain import directory, ledger, licensing
+from bot.domain.models import ProductKind
+from bot.provisioning.session import open_tenant_graph
+from bot.provisioning.tenant_graph import TenantGraph
+from bot.provisioning.worker import Worker
+from tests import provisioning_env as numbers_env
+from tests.fakes import FakeGraph, FakeIdentityProvider
+from tests.ledger_state import context
+from tests.provisioning_env import APP_ID, APP_SECRET, CUSTOMER_TENANT, OPS, oid, upn
+
+ROLES = [*numbers_env.ROLES, "LicenseAssignment.ReadWrite.All"]
+# Real SKU ids of the public catalogue (Microsoft's "product names and service plan
+# identifiers for licensing" list).
+MCOEV = "e43b5b99-8dfb-405f-9987-dc307f34bcbd"  # Teams Phone Standard
+MCOPSTN1 = "0dab259f-bf13-4952-b7f8-7db8f131b28d"  # Domestic Calling Plan
+SPE_E5 = "06ebc4ee-1bb5-47dd-8120-11324bc54e06"  # Microsoft 365 E5
+SPE_E3 = "05e9a617-0261-4cee-bb44-138d3ef5d965"  # Microsoft 365 E3
+
+
+@contextmanager
+def fakes() -> Iterator[tuple[FakeIdentityProvider, FakeGraph]]:
+    with FakeIdentityProvider() as idp:
+        idp.add_tenant(CUSTOMER_TENANT)
+        idp.register_app(APP_ID, APP_SECRET, roles=ROLES)
+        with FakeGraph(idp) as graph:
+            graph.operation_delay = 0.02
+            yield idp, graph
+
+
+def settings_for(idp: FakeIdentityProvider, graph: FakeGraph, **overrides: Any) -> Settings:
+    return numbers_env.settings_for(idp, graph, **overrides)
+
+
+@asynccontextmanager
+async def tenant_graph(settings: Settings) -> AsyncIterator[TenantGraph]:
+    async with open_tenant_graph(settings, request_timeout=5) as graph:
+        yield graph
+
+
+def worker(graph: TenantGraph, **options: Any) -> Worker:
+    return numbers_env.worker(graph, **options)
+
+
+def ctx_for(settings: Settings, graph: TenantGraph | None = None) -> Any:
+    ctx = context(settings=settings)
+    if graph is not None:
+        ctx.services[SERVICE] = graph
+    return ctx
+
+
+async def seed(graph: FakeGraph, users: int = 4, *, units: int = 10) -> None:
+    """Contoso (linked) with ACME-01: numbers, seats (as `provisioning_env.seed`), licenses
+    TEAMS-PHONE (MCOEV), CALLING-PLAN (MCOPSTN1), M365-E5 (by SKU id) and VOICEMAIL (no SKU);
+    pack VOICE = TEAMS-PHONE + CALLING-PLAN + VOICEMAIL; the tenant bought `units` of each SKU."""
+    await numbers_env.seed(graph, users=users)
+    for name, sku in (
+        ("TEAMS-PHONE", "MCOEV"),
+        ("CALLING-PLAN", "mcopstn1"),
+        ("M365-E5", SPE_E5),
+        ("VOICEMAIL", None),
+    ):
+        await ledger.add_product(OPS, name, ProductKind.LICENSE, 1000, sku=sku)
+        await ledger.allocate(OPS, max(users, 10), name, "ACME-01")
+    await licensing.create_pack(OPS, "VOICE", ["TEAMS-PHONE", "CALLING-PLAN", "VOICEMAIL"])
+    for sku_id, part in (
+        (MCOEV, "MCOEV"),
+        (MCOPSTN1, "MCOPSTN1"),
+        (SPE_E5, "SPE_E5"),
+        (SPE_E3, "SPE_E3"),
+    ):
+        graph.add_sku(CUSTOMER_TENANT, sku_id, part, units)
+
+
+async def add_user(graph: FakeGraph, i: int) -> None:
+    await directory.add_account(OPS, upn(i), "ACME-01")
+    graph.add_user(oid(upn(i)), upn(i), f"User {i}")
+
+
+__all__ = ["CUSTOMER_TENANT", "OPS", "oid", "upn"]
