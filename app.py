@@ -32,6 +32,7 @@ from bot.teams.cards import front_door_services
 from bot.teams.connector import TrustedServiceUrls
 from bot.teams.edge import CORRELATION_ID, Edge, build_edge
 from bot.teams.proactive import ProactiveSender
+from bot.teams.provisioning import JobCards
 
 log = logging.getLogger("bot.app")
 
@@ -41,6 +42,7 @@ BackgroundTask = Callable[[web.Application], Coroutine[Any, Any, None]]
 SETTINGS = web.AppKey("settings", Settings)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 EDGE = web.AppKey("edge", Edge)
+PROACTIVE = web.AppKey("proactive", ProactiveSender)
 BACKGROUND_TASKS = web.AppKey("background_tasks", list[BackgroundTask])
 
 HEALTH_TIMEOUT_SECONDS = 5
@@ -94,7 +96,12 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 PROXY_VARIABLES = (
-    "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
 )
 
 
@@ -123,6 +130,7 @@ async def _edge(app: web.Application) -> AsyncIterator[None]:
         ).trusts,
     )
     services = front_door_services(settings, sender)
+    app[PROACTIVE] = sender
     app[EDGE] = build_edge(settings, app[HTTP], credentials, services)
     try:
         yield
@@ -173,12 +181,45 @@ async def _scheduler(app: web.Application) -> None:
     )
 
 
-def create_app(settings: Settings, *, schedule: bool = False) -> web.Application:
-    """The bot's web app. `schedule` runs the scheduler beside it (`python app.py` does; an app
-    embedded in a test runs no background work unless it asks)."""
+async def _provisioning(app: web.Application) -> None:
+    """This instance's provisioning worker (every instance runs one; SPEC §9)."""
+    from bot.provisioning.teams_numbers import TeamsNumbers
+    from bot.provisioning.tokens import TenantTokens
+    from bot.provisioning.worker import Worker
+
+    settings = app[SETTINGS]
+    tokens = TenantTokens(settings)
+    lease = float(settings.provisioning_lease_seconds)
+    # A step's request ends well inside the claim, so no other instance can take the job while
+    # its request may still reach Graph.
+    numbers = TeamsNumbers(
+        app[HTTP], settings.graph_url, tokens, request_timeout=min(30, lease / 3)
+    )
+    worker = Worker(
+        numbers,
+        concurrency=settings.provisioning_concurrency,
+        idle_seconds=settings.provisioning_idle_seconds,
+        lease_seconds=lease,
+        on_finished=JobCards(app[PROACTIVE]),
+    )
+    log.info("provisioning worker started", extra={"worker": worker.name})
+    try:
+        await worker.run()
+    finally:
+        tokens.close()
+
+
+def create_app(
+    settings: Settings, *, schedule: bool = False, provision: bool | None = None
+) -> web.Application:
+    """The bot's web app. `schedule` runs the scheduler beside it, `provision` the provisioning
+    worker (default: with the scheduler, when the settings turn provisioning on). `python app.py`
+    runs both; an app embedded in a test runs no background work unless it asks."""
     app = web.Application()
     app[SETTINGS] = settings
     background: list[BackgroundTask] = [_scheduler] if schedule else []
+    if (schedule if provision is None else provision) and not settings.provisioning_off_reason:
+        background.append(_provisioning)
     app[BACKGROUND_TASKS] = background
     app.cleanup_ctx.extend([_database, _http, _edge, _background])
     app.router.add_post("/api/messages", messages)
@@ -198,7 +239,9 @@ def main() -> int:
         "starting",
         extra={"host": settings.host, "port": settings.port, "dev_mode": settings.dev_mode},
     )
-    app = create_app(settings, schedule=settings.scheduler_enabled)
+    if settings.provisioning and settings.provisioning_off_reason:
+        log.warning(settings.provisioning_off_reason)
+    app = create_app(settings, schedule=settings.scheduler_enabled, provision=True)
     app.on_startup.append(_freeze_startup_objects)
     web.run_app(
         app,

@@ -77,7 +77,10 @@ class Connector:
             return True
         try:
             claims = jwt.decode(
-                token, self.public_key, algorithms=["RS256"], audience=AUDIENCE,
+                token,
+                self.public_key,
+                algorithms=["RS256"],
+                audience=AUDIENCE,
                 options={"require": ["exp", "aud", "iss"]},
             )
         except jwt.InvalidTokenError:
@@ -147,7 +150,10 @@ async def serve(args: argparse.Namespace, public_key: str) -> None:
     await runner.setup()
     await control_runner.setup()
     site = web.TCPSite(
-        runner, "127.0.0.1", 0, ssl_context=None if args.http else tls.server_ssl_context(),
+        runner,
+        "127.0.0.1",
+        0,
+        ssl_context=None if args.http else tls.server_ssl_context(),
         backlog=1024,
     )
     await site.start()

@@ -287,8 +287,14 @@ def seed(database_url: str, subscriptions: int = 16, limited: int = 1000) -> dic
     """Migrate and load the benchmark catalog (benchmarks/seed.py, its own process)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("Microsoft", "FUSION_"))}
     done = run_python(
-        [str(BENCH / "seed.py"), database_url, "--subscriptions", str(subscriptions),
-         "--limited-capacity", str(limited)],
+        [
+            str(BENCH / "seed.py"),
+            database_url,
+            "--subscriptions",
+            str(subscriptions),
+            "--limited-capacity",
+            str(limited),
+        ],
         env,
     )
     if done.returncode != 0:
@@ -344,8 +350,15 @@ class PrivatePostgres:
             user = pwd.getpwnam(self._user)
             os.chown(self.folder, user.pw_uid, user.pw_gid)
         self._run(
-            _pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-            "--no-sync", "-E", "UTF8",
+            _pg_bin("initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
         )
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(
@@ -377,9 +390,25 @@ class PrivatePostgres:
 
     def sql(self, statement: str, database: str = "postgres") -> str:
         done = subprocess.run(
-            [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-             "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", statement],
-            capture_output=True, text=True, timeout=60,
+            [
+                _pg_bin("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                statement,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if done.returncode != 0:
             raise RuntimeError(f"psql: {statement!r}: {done.stderr.strip()}")

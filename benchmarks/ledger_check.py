@@ -38,11 +38,15 @@ async def check(url: str, product_name: str) -> tuple[dict[str, object], list[st
         events = 0
         last = 0
         while True:
-            rows = await AuditEvent.filter(
-                id__gt=last,
-                action__in=("allocation.allocate", "allocation.release"),
-                target__endswith=f"/{product_name}",
-            ).order_by("id").limit(5000)
+            rows = (
+                await AuditEvent.filter(
+                    id__gt=last,
+                    action__in=("allocation.allocate", "allocation.release"),
+                    target__endswith=f"/{product_name}",
+                )
+                .order_by("id")
+                .limit(5000)
+            )
             if not rows:
                 break
             for row in rows:

@@ -291,9 +291,7 @@ class Generator:
             data = await resp.json()
         return {k: (int(v[0]), str(v[1])) for k, v in data["replies"].items()}
 
-    async def post(
-        self, url: str, activity: dict[str, Any]
-    ) -> tuple[int, int, int, Any]:
+    async def post(self, url: str, activity: dict[str, Any]) -> tuple[int, int, int, Any]:
         """(status, sent ns, answered ns, invoke body or None)."""
         assert self.http is not None
         body = json.dumps(activity).encode()
@@ -326,9 +324,14 @@ class Generator:
         tag = f"{self.traffic.run_id}{self._cell_no:04d}"
         conversations = [f"a:{target.name}-{target.database}-{w}" for w in range(concurrency)]
 
-        async def conversation(w: int, count: int | None, deadline: float | None,
-                               budget: list[int], record: list[tuple[Any, ...]],
-                               tag: str = tag) -> None:
+        async def conversation(
+            w: int,
+            count: int | None,
+            deadline: float | None,
+            budget: list[int],
+            record: list[tuple[Any, ...]],
+            tag: str = tag,
+        ) -> None:
             url = target.urls[w % len(target.urls)]
             i = 0
             while True:
@@ -374,7 +377,13 @@ class Generator:
         cpu1, (busy1, total1), procs1 = target.cpu(), machine_ticks(), process_cpu()
         replies = await self.drain()
         cell = self._figures(
-            target, scenario, concurrency, record, replies, elapsed, cpu1 - cpu0,
+            target,
+            scenario,
+            concurrency,
+            record,
+            replies,
+            elapsed,
+            cpu1 - cpu0,
             (busy1 - busy0) / max(1, total1 - total0),
         )
         bots = {c.pid for c in target.children}
@@ -472,9 +481,7 @@ class Rig:
         self.bot_settings = dict(bot_settings or {})
         self.tls = harness.tls_files(work / "tls")
         self.fakes = harness.start_fakes(work, self.tls)
-        self.connector = harness.start_connector(
-            work, self.tls, self.fakes, https=https_connector
-        )
+        self.connector = harness.start_connector(work, self.tls, self.fakes, https=https_connector)
         self.postgres: PrivatePostgres | None = None
         self.children: list[Child] = [self.connector, self.fakes]
         self.subscriptions: list[str] = []
@@ -516,9 +523,7 @@ class Rig:
         return child, f"http://127.0.0.1:{port}/api/messages"
 
     def generator(self, **kwargs: Any) -> Generator:
-        gen = Generator(
-            self.traffic(), self.tokens(), self.connector.info["control_url"], **kwargs
-        )
+        gen = Generator(self.traffic(), self.tokens(), self.connector.info["control_url"], **kwargs)
         gen.watch = {
             "connector": lambda: {self.connector.pid},
             "fakes": lambda: {self.fakes.pid},
@@ -696,7 +701,8 @@ async def matrix(args: argparse.Namespace) -> None:
             targets.append(Target("fusion", database, [bot], [bot_url]))
         _print(f"machine: {_describe_machine()}; work folder {r.work}")
         async with r.generator(
-            seconds=args.seconds, max_turns=args.max_turns,
+            seconds=args.seconds,
+            max_turns=args.max_turns,
         ) as gen:
             for round_no in range(args.rounds):
                 for level in args.levels:
@@ -727,7 +733,9 @@ async def soak(args: argparse.Namespace) -> None:
         target = Target("fusion", args.database, [bot], [bot_url])
         samples: list[tuple[int, float]] = []
         async with r.generator(
-            seconds=10**9, max_turns=10**12, warmup_turns=5,
+            seconds=10**9,
+            max_turns=10**12,
+            warmup_turns=5,
         ) as gen:
             done = [0]
             step = max(1, args.turns // 20)
@@ -743,10 +751,15 @@ async def soak(args: argparse.Namespace) -> None:
             cells: list[Cell] = []
             for _ in range(rounds):  # so that every scenario runs early, mid-way and late
                 for scenario in SCENARIOS:
-                    cells.append(await gen.run_cell(
-                        target, scenario, args.concurrency,
-                        turns_each=per_conversation, on_progress=progress,
-                    ))
+                    cells.append(
+                        await gen.run_cell(
+                            target,
+                            scenario,
+                            args.concurrency,
+                            turns_each=per_conversation,
+                            on_progress=progress,
+                        )
+                    )
             samples.append((done[0], bot.rss_mib()))
             peak = max(c.peak_rss_mib for c in cells)  # each cell's window has its own peak
         check = harness.ledger_check(url, POOL)
@@ -756,8 +769,7 @@ async def soak(args: argparse.Namespace) -> None:
     middle = min(samples, key=lambda s: abs(s[0] - total // 2))
     end = samples[-1]
     _print(
-        f"soak on {args.database}: {total} turns at concurrency {args.concurrency}, "
-        f"failed {failed}"
+        f"soak on {args.database}: {total} turns at concurrency {args.concurrency}, failed {failed}"
     )
     _print("| turns done | RSS MiB |\n|---:|---:|")
     for n, rss in samples:
@@ -836,16 +848,28 @@ async def scale(args: argparse.Namespace) -> None:
     _print(f"`python -m bot audit verify` (exit {verify.returncode}): {verify.stdout.strip()}")
     for check in checks:
         _print(f"ledger: {json.dumps(check)}")
-    held = all(
-        c["within_capacity"] and c["allocated_equals_audit"] and not c["applied_twice"]
-        and c["chain_intact"] and listed.get(c["product"], {}).get("allocated") == c["allocated"]
-        for c in checks
-    ) and verify.returncode == 0
+    held = (
+        all(
+            c["within_capacity"]
+            and c["allocated_equals_audit"]
+            and not c["applied_twice"]
+            and c["chain_intact"]
+            and listed.get(c["product"], {}).get("allocated") == c["allocated"]
+            for c in checks
+        )
+        and verify.returncode == 0
+    )
     _print(f"invariants intact: {held}")
-    _save(args.json, {
-        "cells": [dict(asdict(c), load=ld, label=lbl) for ld, lbl, c in results],
-        "ledger": checks, "usage": usage.stdout, "verify": verify.stdout, "invariants": held,
-    })
+    _save(
+        args.json,
+        {
+            "cells": [dict(asdict(c), load=ld, label=lbl) for ld, lbl, c in results],
+            "ledger": checks,
+            "usage": usage.stdout,
+            "verify": verify.stdout,
+            "invariants": held,
+        },
+    )
 
 
 async def profile(args: argparse.Namespace) -> None:
@@ -859,19 +883,35 @@ async def profile(args: argparse.Namespace) -> None:
         target = Target("fusion", args.database, [bot], [bot_url])
         out = Path(args.out or (r.work / "profile.txt"))
         async with r.generator(
-            seconds=args.seconds, max_turns=10**9,
+            seconds=args.seconds,
+            max_turns=10**9,
         ) as gen:
             await gen.run_cell(target, args.scenario, args.concurrency)  # warm
             recorder = await asyncio.create_subprocess_exec(
-                spy, "record", "--pid", str(bot.pid), "--duration", str(int(args.seconds) + 2),
-                "--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking", "--gil",
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                spy,
+                "record",
+                "--pid",
+                str(bot.pid),
+                "--duration",
+                str(int(args.seconds) + 2),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+                "--gil",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
             )
             await asyncio.sleep(1)
             cell = await gen.run_cell(target, args.scenario, args.concurrency)
             await recorder.wait()
-        _print(f"{args.scenario} on {args.database} at {args.concurrency}: {cell.throughput}/s, "
-               f"{cell.cpu_ms_per_turn} ms CPU/turn")
+        _print(
+            f"{args.scenario} on {args.database} at {args.concurrency}: {cell.throughput}/s, "
+            f"{cell.cpu_ms_per_turn} ms CPU/turn"
+        )
         _print(summarize_profile(out, args.top))
 
 
@@ -885,8 +925,12 @@ def summarize_profile(path: Path, top: int) -> str:
         if not stack:
             continue
         n = int(count)
-        frames = [f.split(" (", 1)[0] + " (" + f.split(" (", 1)[1].split(":", 1)[0] + ")"
-                  if " (" in f else f for f in stack.split(";")]
+        frames = [
+            f.split(" (", 1)[0] + " (" + f.split(" (", 1)[1].split(":", 1)[0] + ")"
+            if " (" in f
+            else f
+            for f in stack.split(";")
+        ]
         if frames and frames[0].startswith("process "):
             frames = frames[1:]
         if frames and frames[0].startswith("thread "):
@@ -904,7 +948,10 @@ def summarize_profile(path: Path, top: int) -> str:
 
 def _rig(args: argparse.Namespace) -> contextlib.AbstractContextManager[Rig]:
     return rig(
-        args.keep, not args.http_connector, args.sqlite_params, args.postgres_params,
+        args.keep,
+        not args.http_connector,
+        args.sqlite_params,
+        args.postgres_params,
         dict(args.set),
     )
 
@@ -923,21 +970,36 @@ def main() -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", help="write every figure to this file")
         p.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
-        p.add_argument("--http-connector", action="store_true",
-                       help="plain-http Bot Connector fake (default: https, as in production)")
+        p.add_argument(
+            "--http-connector",
+            action="store_true",
+            help="plain-http Bot Connector fake (default: https, as in production)",
+        )
         p.add_argument("--app", help="the app.py to start (default: this checkout's)")
-        p.add_argument("--sqlite-params", default="",
-                       help="query string for the SQLite DATABASE_URL, e.g. synchronous=NORMAL")
-        p.add_argument("--postgres-params", default="",
-                       help="query string for the PostgreSQL DATABASE_URL, e.g. maxsize=20")
-        p.add_argument("--set", action="append", default=[], type=_setting, metavar="NAME=VALUE",
-                       help="a setting for the bot processes (repeatable), e.g. "
-                       "FUSION_MAX_CONCURRENT_TURNS=0")
+        p.add_argument(
+            "--sqlite-params",
+            default="",
+            help="query string for the SQLite DATABASE_URL, e.g. synchronous=NORMAL",
+        )
+        p.add_argument(
+            "--postgres-params",
+            default="",
+            help="query string for the PostgreSQL DATABASE_URL, e.g. maxsize=20",
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            type=_setting,
+            metavar="NAME=VALUE",
+            help="a setting for the bot processes (repeatable), e.g. FUSION_MAX_CONCURRENT_TURNS=0",
+        )
 
     m = sub.add_parser("matrix", help="scenarios × databases × concurrency, with the floors")
     common(m)
-    m.add_argument("--databases", nargs="+", default=["sqlite", "postgres"],
-                   choices=["sqlite", "postgres"])
+    m.add_argument(
+        "--databases", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"]
+    )
     m.add_argument(
         "--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS + EXTRA_SCENARIOS
     )

@@ -50,8 +50,12 @@ async def seed(url: str, subscriptions: int, limited: int) -> dict[str, object]:
         await ledger.add_product(SEED, "SIP-CHANNELS", ProductKind.SIP_CHANNELS, 100_000)
         for country in ("GB", "DE", "FR", "US"):
             await ledger.add_product(
-                SEED, f"NUMBERS-{country}-GEO", ProductKind.NUMBERS, 100_000,
-                country=country, number_type=NumberType.GEOGRAPHIC,
+                SEED,
+                f"NUMBERS-{country}-GEO",
+                ProductKind.NUMBERS,
+                100_000,
+                country=country,
+                number_type=NumberType.GEOGRAPHIC,
             )
         for code in codes:
             for product in ("TEAMS-SEATS", "SIP-CHANNELS", "NUMBERS-GB-GEO"):

@@ -187,6 +187,9 @@ class Settings:
     emergency_location_countries: tuple[str, ...] = ("US", "CA")
     provisioning_concurrency: int = 8
     provisioning_idle_seconds: float = 1.0
+    # How long a worker's claim on a job lasts (a dead instance's jobs come back after it);
+    # each Graph request of a step times out well inside it.
+    provisioning_lease_seconds: int = 60
 
     @property
     def provisioning_off_reason(self) -> str:
@@ -299,6 +302,7 @@ class Settings:
                 c.upper() for c in _csv(env.get("FUSION_EMERGENCY_LOCATION_COUNTRIES", "US,CA"))
             ),
             provisioning_concurrency=_int(env, "FUSION_PROVISIONING_CONCURRENCY", 8, minimum=1),
+            provisioning_lease_seconds=_int(env, "FUSION_PROVISIONING_LEASE_SECONDS", 60, 6),
         )
         settings.check()
         return settings

@@ -164,9 +164,7 @@ async def drill(mode: str, quick: bool, keep: bool) -> dict[str, Any]:
         "audit chain intact (audit verify passes)": bool(check["chain_intact"])
         and check["cli_audit_verify_exit"] == 0,
     }
-    seen.update(
-        check=check, during=during, recovery_seconds=recovery, finals=dict(finals)
-    )
+    seen.update(check=check, during=during, recovery_seconds=recovery, finals=dict(finals))
     report(f"PostgreSQL outage mid-load (pg_ctl stop -m {mode})", lines, checks, seen)
     return seen
 

@@ -50,6 +50,11 @@ def digest_reply(
             f"Changes since {report.changes_since:%Y-%m-%d %H:%M} UTC: {report.changes_total}"
         )
     lines.append(f"Pending approvals: {report.approvals_total}")
+    if report.provisioning_pending or report.provisioning_failed:
+        lines.append(
+            f"Numbers in Teams: {report.provisioning_pending} being set up, "
+            f"{report.provisioning_failed} failed"
+        )
     start = (page - 1) * page_size
     for p in report.products[start : start + page_size]:
         capacity = "open" if p.open_capacity else f"{p.capacity:,}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from bot.commands.ledger import changed
-from bot.commands.reply import Changed
+from bot.commands.reply import Changed, Error
 from bot.config import Settings
 from bot.domain import provisioning as jobs
 from bot.domain.ledger import Outcome
@@ -51,7 +51,7 @@ def provisioned(outcome: Outcome) -> Changed:
     return reply
 
 
-def job_reply(job: Any) -> Changed:
+def job_reply(job: Any) -> Changed | Error:
     """A job as it stands, in the words of the card that started it (used when it ends)."""
     if job.e164 is None:
         return license_job_reply(job)
@@ -74,18 +74,20 @@ def job_reply(job: Any) -> Changed:
     else:
         title = f"{target}: being set up in Teams (job {job.id})."
         teams = _STATES[job.state]
-    text = (
-        f"Teams said: {job.reason} Retry with `provisioning retry {job.id}` once it is fixed."
-        if job.state is JobState.FAILED
-        else f"Job {job.id}: {_STATES[job.state]}."
-    )
+    if job.state is JobState.FAILED:
+        return Error(
+            title=title,
+            text=f"{job.reason} Retry (`provisioning retry {job.id}`) once it is fixed.",
+            code="provisioning-failed",
+            data={"provisioning": jobs.job_view(job)},
+        )
+    text = f"Job {job.id}: {_STATES[job.state]}."
     return Changed(
         title=title,
         text=text,
         target=target,
         before={"teams": "pending"},
         after={"teams": teams},
-        ok=job.state is not JobState.FAILED,
         data={"provisioning": jobs.job_view(job)},
     )
 

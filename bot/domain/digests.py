@@ -62,6 +62,7 @@ from bot.domain.models import (
     ProductStatus,
     UsageSnapshot,
 )
+from bot.domain.provisioning import counts as provisioning_counts
 from bot.domain.usage import ProductUsage, usage_report
 
 DEFAULT_TIME = "08:00"
@@ -493,6 +494,9 @@ class DigestReport:
     changes: list[ChangeLine] = field(default_factory=list)
     changes_total: int = 0
     changes_by_action: dict[str, int] = field(default_factory=dict)
+    # Provisioning jobs still to reach Teams (pending or sent) and failed ones (SPEC §9).
+    provisioning_pending: int = 0
+    provisioning_failed: int = 0
 
     def as_json(self) -> dict[str, Any]:
         """The documented `--json` shape of a digest."""
@@ -552,6 +556,10 @@ class DigestReport:
                     }
                     for c in self.changes
                 ],
+            },
+            "provisioning_jobs": {
+                "pending": self.provisioning_pending,
+                "failed": self.provisioning_failed,
             },
             "pending_approvals": {
                 "total": self.approvals_total,
@@ -643,6 +651,9 @@ async def build_report(
         approvals=approvals,
         approvals_total=approvals_total,
     )
+    jobs = await provisioning_counts()
+    report.provisioning_pending = jobs["pending"] + jobs["sent"]
+    report.provisioning_failed = jobs["failed"]
     if since is not None:
         await add_changes(report, since)
     return report

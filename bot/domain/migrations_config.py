@@ -1,6 +1,6 @@
 """Configuration for Tortoise's own CLI (`make migrations` uses it):
 
-    tortoise -c bot.domain.migrations_config.TORTOISE_ORM makemigrations
+tortoise -c bot.domain.migrations_config.TORTOISE_ORM makemigrations
 """
 
 import os

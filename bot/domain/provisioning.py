@@ -370,14 +370,23 @@ async def note_attempt(job: ProvisioningJob, worker: str, object_id: str | None)
 
 
 async def reschedule(
-    job: ProvisioningJob, worker: str, delay: float, error: str | None = None
+    job: ProvisioningJob,
+    worker: str,
+    delay: float,
+    error: str | None = None,
+    *,
+    not_received: bool = False,
 ) -> bool:
-    """Not now (throttled, Graph down, operation still running): due again after `delay`."""
+    """Not now (throttled, Graph down, operation still running): due again after `delay`.
+    `not_received`: Graph answered that it did not take the request (429), so the attempt
+    noted before it does not count (the next one need not read Teams first)."""
     updates: dict[str, Any] = {
         "due_at": _now() + timedelta(seconds=max(delay, 0.0)),
         "claimed_by": None,
         "claimed_until": None,
     }
+    if not_received and job.attempts > 0:
+        updates["attempts"] = job.attempts - 1
     if error is not None:
         updates["last_error"] = error[:1000]
     async with change(ORIGIN) as ch:
@@ -398,7 +407,13 @@ async def _move(
                 f"provisioning.{state.value}",
                 f"job:{job.id}",
                 {"state": job.state.value},
-                {"state": state.value, "number": job.e164, "account": job.upn, **detail},
+                {
+                    "state": state.value,
+                    "number": job.e164,
+                    "account": job.upn,
+                    "worker": worker,
+                    **detail,
+                },
             )
     if ok:
         job.state = state

@@ -9,7 +9,8 @@ one step of each at once (up to `concurrency`):
   Graph's `statusDetail`;
 - throttled (429) → due again after its Retry-After, and the tenant is held that long, so the
   other jobs of that tenant wait too instead of spending calls on more 429s; Graph down, 5xx,
-  timeouts → due again after a jittered backoff (1 s doubling to 60 s);
+  timeouts → the tenant is held for a jittered backoff (1 s doubling to 15 s, per tenant), and
+  when the hold ends its jobs go again (the first answer resets the backoff);
 - refused (validation, permission, a tenant that has not consented, an unknown user) → failed
   with the reason, retryable by an admin (`provisioning retry ID`).
 
@@ -56,7 +57,7 @@ class Worker:
         idle_seconds: float = 1.0,
         first_poll: float = 1.0,
         poll_cap: float = 30.0,
-        backoff_cap: float = 60.0,
+        backoff_cap: float = 15.0,
         on_finished: Finished | None = None,
     ) -> None:
         self.numbers = numbers
@@ -70,7 +71,8 @@ class Worker:
         self.on_finished = on_finished
         self._held: dict[str, float] = {}  # tenant → monotonic time its 429 holds until
         self._polls: dict[int, int] = {}
-        self._errors: dict[int, int] = {}
+        self._failing: dict[str, int] = {}  # tenant → failures in a row (its backoff)
+        self._sending: set[int] = set()  # jobs whose assign/unassign is on its way
         self.steps = 0
 
     async def run(self) -> None:
@@ -115,16 +117,30 @@ class Worker:
                 await self._send(job)
             else:
                 await self._follow(job)
+            self._failing.pop(job.tenant_id, None)
         except Retryable as exc:
             if exc.throttled and exc.retry_after:
                 until = time.monotonic() + exc.retry_after
                 self._held[job.tenant_id] = max(self._held.get(job.tenant_id, 0.0), until)
-            delay = exc.retry_after if exc.retry_after is not None else self._backoff(job)
-            await self._quietly(jobs.reschedule(job, self.name, delay, exc.message))
+            if exc.retry_after is not None:
+                delay = exc.retry_after
+            else:
+                # Graph down or failing for this tenant: hold the tenant, not just this job, so
+                # its other jobs wait too, and one of them probes when the hold ends.
+                delay = self._backoff(job.tenant_id)
+                until = time.monotonic() + delay
+                self._held[job.tenant_id] = max(self._held.get(job.tenant_id, 0.0), until)
+            # A 429 to the request that changes Teams says it was not taken.
+            unsent = exc.throttled and job.id in self._sending
+            await self._quietly(
+                jobs.reschedule(job, self.name, delay, exc.message, not_received=unsent)
+            )
         except Refused as exc:
             await self._end(job, jobs.mark_failed(job, self.name, exc.message))
         except Exception:  # the database or a bug: the claim runs out and the job comes back
             log.exception("provisioning job %s: step failed", job.id)
+        finally:
+            self._sending.discard(job.id)
 
     async def _send(self, job: ProvisioningJob) -> None:
         numbers, tenant = self.numbers, job.tenant_id
@@ -149,6 +165,7 @@ class Worker:
                 return
         if not await jobs.note_attempt(job, self.name, object_id):
             return  # the claim was lost to another worker
+        self._sending.add(job.id)  # until the step ends (see `step`)
         if job.action is JobAction.ASSIGN:
             assert object_id is not None
             url = await numbers.assign(
@@ -156,7 +173,7 @@ class Worker:
             )
         else:
             url = await numbers.unassign(tenant, job.e164, job.number_type)
-        self._errors.pop(job.id, None)
+        self._sending.discard(job.id)
         await jobs.mark_sent(job, self.name, url, self.first_poll)
 
     async def _follow(self, job: ProvisioningJob) -> None:
@@ -210,7 +227,6 @@ class Worker:
         if not await move:
             return
         self._polls.pop(job.id, None)
-        self._errors.pop(job.id, None)
         log.info(
             "provisioning job ended",
             extra={"job": job.id, "state": job.state.value, "number": job.e164},
@@ -232,7 +248,7 @@ class Worker:
         self._polls[job.id] = n + 1
         return float(min(self.first_poll * 2**n, self.poll_cap))
 
-    def _backoff(self, job: ProvisioningJob) -> float:
-        n = self._errors.get(job.id, 0)
-        self._errors[job.id] = n + 1
+    def _backoff(self, tenant: str) -> float:
+        n = self._failing.get(tenant, 0)
+        self._failing[tenant] = n + 1
         return float(min(2**n, self.backoff_cap)) * random.uniform(0.5, 1.0)

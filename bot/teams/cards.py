@@ -42,6 +42,7 @@ from bot.domain import approvals, conversations
 from bot.domain.change import OUTAGE
 from bot.domain.db import is_outage
 from bot.domain.errors import DomainError
+from bot.teams import provisioning as job_cards
 from bot.teams.proactive import ProactiveSender, SendOutcome, Target
 from bot.teams.render import (
     CONTENT_TYPE,
@@ -115,6 +116,7 @@ async def handle_card_action(
     if isinstance(reply, Approval) and (reply.status == "pending" or verb in _DECISIONS):
         # Remember where a request's card now is, or bring its posted card up to date.
         await after_reply(turn_context, reply, shown_in)
+    await job_cards.remember(turn_context, reply, shown_in)
     return response
 
 
@@ -128,6 +130,13 @@ async def run_action(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Rep
         return await _decide(verb, data, ctx)
     if verb == VERB_APPROVAL_REFRESH:
         return await _refresh(data, ctx)
+    if verb == job_cards.VERB_RETRY:
+        retried = await run_fields("provisioning retry", {"id": data.get("job_id")}, ctx)
+        if isinstance(retried, Form):  # a button gets no form back: the card data was wrong
+            retried = Error(
+                title="Refused", text="This card does not name a provisioning job.", code="invalid"
+            )
+        return retried, False
     return Error(
         title="Unknown action",
         text="This card asks for an action the bot does not have.",
@@ -389,6 +398,7 @@ async def update_request_card(
 
 async def after_reply(turn_context: TurnContext, reply: Reply, activity_id: str | None) -> None:
     """Call after posting `reply` as message `activity_id` in this turn's conversation."""
+    await job_cards.remember(turn_context, reply, activity_id)
     if not isinstance(reply, Approval) or not reply.request_id:
         return
     here = turn_context.activity.conversation.id if turn_context.activity.conversation else None

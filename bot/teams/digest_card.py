@@ -216,6 +216,19 @@ def _approvals(report: DigestReport) -> list[dict[str, Any]]:
     ]
 
 
+def _provisioning(report: DigestReport) -> list[dict[str, Any]]:
+    pending, failed = report.provisioning_pending, report.provisioning_failed
+    if not pending and not failed:
+        return []
+    parts = [f"{pending:,} still being set up"] if pending else []
+    if failed:
+        parts.append(f"{failed:,} failed (`provisioning --state failed`)")
+    return [
+        _heading("Numbers in Teams", "Warning" if failed else "Default"),
+        _text("; ".join(parts) + "."),
+    ]
+
+
 def _card(reply: Digest, keep: int | None) -> dict[str, Any]:
     report: DigestReport = reply.report
     threshold = report.threshold_percent / 100
@@ -231,7 +244,7 @@ def _card(reply: Digest, keep: int | None) -> dict[str, Any]:
         for p in shown:
             sections += _product(p, threshold)
     if reply.page == 1:
-        sections += _changes(report) + _approvals(report)
+        sections += _changes(report) + _approvals(report) + _provisioning(report)
     note = ""
     if len(shown) < len(products):
         note = f"{len(products) - len(shown)} more products on this page did not fit in a card."

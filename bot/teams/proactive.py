@@ -242,8 +242,17 @@ class ProactiveSender:
     ) -> SendResult:
         return await self.post(target, card_activity(card, summary))
 
-    async def post(self, target: Target, activity: Mapping[str, Any]) -> SendResult:
-        """Send one activity; retried as the module docstring says; never raises for HTTP."""
+    async def update_card(
+        self, target: Target, activity_id: str, card: Mapping[str, Any], summary: str | None = None
+    ) -> SendResult:
+        """Replace a posted card in place (PUT …/activities/{id}), within the same limits."""
+        return await self.post(target, card_activity(card, summary), replace=activity_id)
+
+    async def post(
+        self, target: Target, activity: Mapping[str, Any], *, replace: str | None = None
+    ) -> SendResult:
+        """Send one activity (or, with `replace`, update that posted activity); retried as the
+        module docstring says; never raises for HTTP."""
         if not self._is_trusted(target.service_url):
             log.warning(
                 "proactive send refused: untrusted service URL",
@@ -254,6 +263,8 @@ class ProactiveSender:
             )
             return SendResult(SendOutcome.REFUSED, error="the service URL is not trusted")
         url = activities_url(target.service_url, target.conversation_id)
+        if replace is not None:
+            url = URL(f"{url}/{quote(replace, safe='')}", encoded=True)
         body = json.dumps(activity, separators=(",", ":")).encode()
         result = SendResult(SendOutcome.FAILED)
         throttled = server_errors = 0
@@ -270,8 +281,13 @@ class ProactiveSender:
             result.attempts += 1
             retry_after: float | None = None
             try:
-                async with self._session.post(
-                    url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
+                async with self._session.request(
+                    "PUT" if replace is not None else "POST",
+                    url,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=self._timeout,
                 ) as resp:
                     result.status = resp.status
                     retry_after = retry_after_seconds(resp.headers.get("Retry-After"))

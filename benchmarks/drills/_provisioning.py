@@ -1,0 +1,228 @@
+"""What the provisioning drills and the benchmark share.
+
+The fakes (Entra ID and Graph with Teams number management) run in this process, in their own
+threads, on 127.0.0.1; the bot runs as `python app.py` (production settings, provisioning on,
+its worker beside it) in one or more child processes against them and one database (a SQLite
+file, or a database of its own on the PostgreSQL server at 127.0.0.1:5432). Assignments are
+made here through the ledger's domain service — the job is written in the same transaction —
+and the bots' workers carry them into the fake Teams tenant. At the end everything is read
+back: the jobs, the audit chain, and what the fake tenant holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.harness import REPO, Child  # noqa: E402
+from bot.domain import db, directory, ledger, numbers  # noqa: E402
+from bot.domain import provisioning as jobs  # noqa: E402
+from bot.domain.change import Origin, verify_chain  # noqa: E402
+from bot.domain.models import (  # noqa: E402
+    AuditEvent,
+    JobState,
+    NumberState,
+    PhoneNumber,
+    ProductKind,
+    ProvisioningJob,
+)
+from tests import dbutil  # noqa: E402
+from tests.fakes import FakeGraph, FakeIdentityProvider, shared_tls  # noqa: E402
+
+APP_ID = "7b3f0c1e-2a4d-4e5f-8a9b-0c1d2e3f4a5b"
+APP_SECRET = "provisioning-drill-secret"
+ROLES = ["TeamsTelephoneNumber.ReadWrite.All", "User.Read.All", "GroupMember.Read.All"]
+TENANT = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
+FIRST = 442071230000
+OPS = Origin(actor_id="drill", actor_name="Drill", source="cli", correlation_id="drill")
+RULES = jobs.Rules(enabled=True, off_reason="", location_countries=frozenset({"US", "CA"}))
+
+
+def e164(i: int) -> str:
+    return f"+{FIRST + i}"
+
+
+def upn(i: int) -> str:
+    return f"user{i:05d}@contoso.com"
+
+
+def oid(name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"entra-user:{name}"))
+
+
+@contextmanager
+def fakes(operation_delay: float = 0.5) -> Iterator[tuple[FakeIdentityProvider, FakeGraph]]:
+    with FakeIdentityProvider() as idp:
+        idp.add_tenant(TENANT)
+        idp.register_app(APP_ID, APP_SECRET, roles=ROLES)
+        with FakeGraph(idp) as graph:
+            graph.operation_delay = operation_delay
+            yield idp, graph
+
+
+@contextmanager
+def database(kind: str, work: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        url = f"sqlite://{work / 'drill.sqlite3'}"
+    else:
+        url = f"{dbutil.SERVER_URL.rsplit('/', 1)[0]}/fusion_drill_{os.getpid()}"
+    dbutil.prepare(url)
+    try:
+        yield url
+    finally:
+        if kind == "postgres":
+            dbutil.drop(url)
+
+
+def bot_env(url: str, idp: FakeIdentityProvider, graph: FakeGraph, **extra: str) -> dict[str, str]:
+    bundle = str(shared_tls().ca_bundle)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("Microsoft", "FUSION_"))}
+    env.update(
+        {
+            "DATABASE_URL": url,
+            "HOST": "127.0.0.1",
+            "PORT": "0",
+            "MicrosoftAppId": APP_ID,
+            "MicrosoftAppPassword": APP_SECRET,
+            "MicrosoftAppTenantId": idp.tenant_id,
+            "MicrosoftAppType": "SingleTenant",
+            "FUSION_LOGIN_AUTHORITY": idp.base_url,
+            "FUSION_GRAPH_URL": graph.graph_url,
+            "FUSION_BOTFRAMEWORK_OPENID_METADATA": idp.channel_metadata_url,
+            "FUSION_SCHEDULER": "false",
+            "FUSION_PROVISIONING": "on",
+            "FUSION_PROVISIONING_LEASE_SECONDS": "9",
+            "REQUESTS_CA_BUNDLE": bundle,
+            "SSL_CERT_FILE": bundle,
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def start_bot(work: Path, name: str, env: dict[str, str]) -> Child:
+    return Child(
+        name,
+        [sys.executable, str(REPO / "app.py")],
+        env,
+        work / f"{name}.log",
+        handshake=False,
+    ).start()
+
+
+async def seed(graph: FakeGraph, users: int) -> None:
+    """Contoso (linked to the tenant) with ACME-01, `users` users in the ledger and the
+    tenant's directory, enough numbers and seats."""
+    await ledger.add_customer(OPS, "Contoso Ltd", TENANT)
+    await ledger.add_subscription(OPS, "ACME-01", "Contoso Ltd")
+    await ledger.add_product(OPS, "NUMBERS-GB-GEO", ProductKind.NUMBERS, users, country="GB")
+    await ledger.add_product(OPS, "TEAMS-SEATS", ProductKind.TEAMS_SEATS, users)
+    await ledger.allocate(OPS, users, "NUMBERS-GB-GEO", "ACME-01")
+    await ledger.allocate(OPS, users, "TEAMS-SEATS", "ACME-01")
+    await numbers.add_numbers(OPS, f"{e164(0)}-{e164(users - 1)}")
+    for i in range(users):
+        await directory.add_account(OPS, upn(i), "ACME-01")
+        graph.add_user(oid(upn(i)), upn(i), f"User {i}")
+
+
+async def assign(first: int, last: int) -> None:
+    """Assign numbers first..last-1 (each to its user), through the ledger, jobs and all."""
+    for i in range(first, last):
+        await numbers.assign_number(OPS, e164(i), upn(i), rules=RULES)
+
+
+async def ended() -> int:
+    return await ProvisioningJob.filter(state__in=(JobState.DONE, JobState.FAILED)).count()
+
+
+async def wait_ended(count: int, timeout: float) -> float:  # noqa: ASYNC109
+    """Seconds until `count` jobs have ended (done or failed)."""
+    started = time.monotonic()
+    while await ended() < count:
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"only {await ended()} of {count} jobs ended in {timeout:.0f} s")
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+@dataclass
+class Reading:
+    checks: dict[str, bool] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+async def read_back(graph: FakeGraph, failures: dict[str, str]) -> Reading:
+    """Every job ended once, Teams agrees with the ledger, failed jobs left Teams alone and say
+    why, the audit chain verifies."""
+    r = Reading()
+    states = Counter(str(s) for s in await ProvisioningJob.all().values_list("state", flat=True))
+    r.figures["jobs"] = dict(states)
+    r.checks["every job ended"] = states.get("pending", 0) == states.get("sent", 0) == 0
+    accepted = Counter(
+        x.json["telephoneNumber"]
+        for x in graph.requests
+        if x.info.get("kind") == "assignNumber" and x.status == 202
+    )
+    twice = {n: c for n, c in accepted.items() if c > 1}
+    r.figures["assignNumber accepted more than once"] = len(twice)
+    r.checks["each assignment sent to Teams once"] = not twice and all(
+        accepted.get(n, 0) == 1
+        for n in await ProvisioningJob.filter(state=JobState.DONE).values_list("e164", flat=True)
+    )
+    ends = Counter(
+        str(t)
+        for t in await AuditEvent.filter(
+            action__in=("provisioning.done", "provisioning.failed")
+        ).values_list("target", flat=True)
+    )
+    r.checks["each job ended once in the audit"] = len(ends) == sum(states.values()) and all(
+        c == 1 for c in ends.values()
+    )
+    held = await PhoneNumber.filter(state=NumberState.ASSIGNED).prefetch_related("holder")
+    wanted = {n.e164: oid(n.holder.upn) for n in held if n.holder and n.e164 not in failures}
+    r.checks["Teams and the ledger agree"] = graph.assigned(TENANT) == wanted
+    failed = await ProvisioningJob.filter(state=JobState.FAILED)
+    r.checks["failed jobs are the scripted ones"] = {j.e164 for j in failed} == set(failures)
+    r.checks["failed jobs left Teams alone"] = all(
+        graph.teams_number(TENANT, n) is None for n in failures
+    )
+    r.checks["failed jobs say why"] = all(
+        j.reason is not None and failures[j.e164] in j.reason for j in failed
+    )
+    intact, count, problem = await verify_chain()
+    r.checks["audit chain verifies"] = intact
+    r.figures["audit events"] = count
+    if problem:
+        r.figures["audit problem"] = problem
+    endings = await AuditEvent.filter(
+        action__in=("provisioning.done", "provisioning.failed")
+    ).values_list("after", flat=True)
+    r.figures["ended how"] = dict(Counter(str(a.get("how", "failed")) for a in endings))
+    r.figures["ended by worker"] = sorted(
+        Counter(str(a.get("worker")) for a in endings).values(), reverse=True
+    )
+    calls = Counter(str(x.info.get("kind")) for x in graph.requests)
+    r.figures["graph calls"] = dict(calls)
+    r.figures["graph 429s"] = sum(1 for x in graph.requests if x.status == 429)
+    return r
+
+
+async def open_db(url: str) -> None:
+    await db.open_database(url, migrate=False)
+
+
+def save(path: str | None, results: list[dict[str, Any]]) -> None:
+    if path:
+        Path(path).write_text(json.dumps({"results": results}, indent=1, default=str))

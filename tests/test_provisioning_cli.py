@@ -1,0 +1,110 @@
+"""Provisioning through the command-line front door (a real subprocess), SQLite and
+PostgreSQL: `customer link`, `number assign` writing its job, `--json provisioning`, and
+`provisioning retry` of a failed job after the worker ran against the Graph fake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.domain import db
+from tests import provisioning_env as env
+from tests.graph_env import trust_fakes
+from tests.provisioning_env import CUSTOMER_TENANT, OTHER_TENANT, e164, upn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(url: str, tmp: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("Microsoft", "FUSION_"))},
+        "DATABASE_URL": url,
+        "PYTHONPATH": str(ROOT),
+        "MicrosoftAppId": env.APP_ID,
+        "MicrosoftAppPassword": env.APP_SECRET,
+        "FUSION_PROVISIONING": "on",
+        **extra,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        cwd=tmp,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def ok(url: str, tmp: Path, *args: str, **extra: str) -> Any:
+    done = cli(url, tmp, "--json", *args, **extra)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return json.loads(done.stdout)
+
+
+def test_link_assign_list_and_retry(
+    empty_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trust_fakes(monkeypatch)
+    url = empty_db_url
+    with env.fakes() as (idp, graph):
+
+        async def seed() -> None:
+            await db.open_database(url, migrate=False)
+            try:
+                await env.seed(graph, users=2, tenant=None)
+            finally:
+                await db.close_database()
+
+        asyncio.run(seed())
+        # Not linked yet: ledger only.
+        ok(url, tmp_path, "number", "assign", e164(0), "to", upn(0))
+        assert ok(url, tmp_path, "provisioning")["total"] == 0
+
+        bad = cli(url, tmp_path, "customer", "link", "Contoso Ltd", "--tenant", "not-a-guid")
+        assert bad.returncode != 0 and "GUID" in bad.stderr
+        linked = ok(url, tmp_path, "customer", "link", "Contoso Ltd", "--tenant", OTHER_TENANT)
+        assert linked["after"] == {"tenant": OTHER_TENANT, "provisioning": "on"}
+        linked = ok(url, tmp_path, "customer", "link", "Contoso Ltd", "--tenant", CUSTOMER_TENANT)
+        assert linked["before"]["tenant"] == OTHER_TENANT
+
+        graph.fail_number(e164(1), "The number is not in the tenant's inventory.")
+        assigned = ok(url, tmp_path, "number", "assign", e164(1), "to", upn(1))
+        assert assigned["provisioning"] == {"job": 1, "state": "pending"}
+        assert assigned["after"]["teams"] == "pending (job 1)"
+        listed = ok(url, tmp_path, "provisioning", "ACME-01", "--state", "pending")
+        assert [(j["id"], j["number"], j["state"]) for j in listed["jobs"]] == [
+            (1, e164(1), "pending")
+        ]
+
+        async def work() -> None:
+            await db.open_database(url, migrate=False)
+            try:
+                async with env.teams_numbers(env.settings_for(idp, graph)) as client:
+                    await env.drain(env.worker(client))
+            finally:
+                await db.close_database()
+
+        asyncio.run(work())
+        [failed] = ok(url, tmp_path, "provisioning", "--state", "failed")["jobs"]
+        assert "not in the tenant's inventory" in failed["reason"]
+        text = cli(url, tmp_path, "provisioning", "--state", "failed")
+        assert text.returncode == 0 and "not in the tenant's inventory" in text.stdout
+        retried = ok(url, tmp_path, "provisioning", "retry", "1")
+        assert retried["after"] == {"state": "pending", "reason": None}
+        again = cli(url, tmp_path, "provisioning", "retry", "1")
+        assert again.returncode != 0 and "only a failed job" in again.stderr
+        asyncio.run(work())
+        assert graph.assigned(CUSTOMER_TENANT) == {e164(1): env.oid(upn(1))}
+
+        # In a US government cloud provisioning is off, and says why.
+        off = ok(url, tmp_path, "provisioning", FUSION_CLOUD="gcch")
+        assert off["total"] == 1
+        text = cli(url, tmp_path, "provisioning", FUSION_CLOUD="gcch")
+        assert "global cloud only" in text.stdout

@@ -1,0 +1,171 @@
+"""Provisioning seen by the admin in Teams (the public door): `number assign` typed in a chat,
+the answer card saying the number is in the ledger and being set up in Teams, the same card
+updated in place when the job ends (done, or failed with Graph's reason and a Retry button),
+and Retry clicked. The bot runs for real (app on 127.0.0.1, auth on, its worker beside it)
+against the fake Bot Connector, Entra ID and Graph."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from app import create_app
+from bot.config import Settings
+from bot.domain.models import JobState, ProvisioningJob
+from bot.domain.naming import set_naming_rule
+from tests import provisioning_env as env
+from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity
+from tests.provisioning_env import CUSTOMER_TENANT, e164, oid, upn
+from tests.teams_env import (
+    ADMIN_GROUP,
+    ADMIN_OID,
+    APP_ID,
+    APP_SECRET,
+    RunningBot,
+    auth_settings,
+    message,
+    texts,
+    the_card,
+    trust_fakes,
+)
+
+
+@dataclass
+class World:
+    idp: FakeIdentityProvider
+    graph: FakeGraph
+    connector: FakeBotConnector
+    settings: Settings
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch, empty_db_url: str) -> Iterator[World]:
+    trust_fakes(monkeypatch)
+    with FakeIdentityProvider() as idp:
+        idp.add_tenant(CUSTOMER_TENANT)
+        idp.register_app(APP_ID, APP_SECRET, roles=env.ROLES)
+        with FakeGraph(idp) as graph, FakeBotConnector(idp, expected_app_id=APP_ID) as connector:
+            graph.operation_delay = 0.3
+            graph.add_user(ADMIN_OID, "alice@provider.example", "Alice Admin")
+            graph.add_group(ADMIN_GROUP, [ADMIN_OID], display_name="Fusion admins")
+            settings = auth_settings(
+                empty_db_url,
+                idp,
+                graph,
+                connector,
+                provisioning=True,
+                provisioning_idle_seconds=0.05,
+            )
+            yield World(idp, graph, connector, settings)
+
+
+@asynccontextmanager
+async def bot_with_worker(settings: Settings) -> AsyncIterator[RunningBot]:
+    set_naming_rule(settings.naming_rule)
+    server = TestServer(create_app(settings, provision=True), host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield RunningBot(server, http)
+    finally:
+        await server.close()
+
+
+async def say(w: World, bot: RunningBot, text: str) -> SentActivity:
+    before = len(w.connector.activities)
+    token = w.idp.channel_token(APP_ID, w.connector.service_url)
+    activity = message(text, w.connector.service_url, tenant=w.idp.tenant_id)
+    assert (await bot.post(activity, token)).status == 201
+    [reply] = (await w.connector.wait_for_async(before + 1))[before:]
+    return reply
+
+
+async def update_of(w: World, activity_id: str, after: int, wait: float = 20) -> SentActivity:
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        found = [
+            s
+            for s in w.connector.activities[after:]
+            if s.kind == "update" and s.activity_id == activity_id
+        ]
+        if found:
+            return found[-1]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the card {activity_id} was not updated")
+
+
+def words(card: dict[str, Any]) -> str:
+    return " ".join(texts(card))
+
+
+def buttons(card: dict[str, Any]) -> list[dict[str, Any]]:
+    return [a for a in card.get("actions", []) if a.get("type") == "Action.Execute"]
+
+
+async def test_the_answer_card_follows_the_job_to_its_end(world: World, artifacts: Any) -> None:
+    w = world
+    async with bot_with_worker(w.settings) as bot:
+        await env.seed(w.graph, users=2)
+        reply = await say(w, bot, f"number assign {e164(1)} to {upn(0)}")
+        first = the_card(reply)
+        assert "being set up in Teams" in words(first)
+        seen = len(w.connector.activities)
+        update = await update_of(w, reply.activity_id, 0)
+        done = the_card(update)
+        assert f"{e164(1)} is assigned to {upn(0)} in the ledger and in Teams." in words(done)
+        assert buttons(done) == []
+        assert w.graph.assigned(CUSTOMER_TENANT) == {e164(1): oid(upn(0))}
+
+        # A failure: Graph's reason on the card, and a Retry button that works.
+        w.graph.fail_number(e164(2), "The number is not in the tenant's telephone inventory.")
+        reply = await say(w, bot, f"number assign {e164(2)} to {upn(1)}")
+        failed = the_card(await update_of(w, reply.activity_id, seen))
+        assert "in the ledger, but not in Teams" in words(failed)
+        assert "not in the tenant's telephone inventory" in words(failed)
+        [retry] = buttons(failed)
+        assert retry["title"] == "Retry"
+        job = await ProvisioningJob.get(e164=e164(2))
+        assert job.state is JobState.FAILED
+
+        seen = len(w.connector.activities)
+        invoke = message(
+            "",
+            w.connector.service_url,
+            tenant=w.idp.tenant_id,
+            type="invoke",
+            name="adaptiveCard/action",
+            value={
+                "action": {"type": "Action.Execute", "verb": retry["verb"], "data": retry["data"]}
+            },
+            replyToId=reply.activity_id,
+        )
+        invoke.pop("text")
+        answer = await bot.post(invoke, w.idp.channel_token(APP_ID, w.connector.service_url))
+        assert answer.status == 200
+        assert "will be sent to Teams again" in " ".join(texts(answer.body["value"]))
+        final = the_card(await update_of(w, reply.activity_id, seen))
+        assert "in the ledger and in Teams" in words(final)
+    assert w.graph.assigned(CUSTOMER_TENANT) == {e164(1): oid(upn(0)), e164(2): oid(upn(1))}
+    import json
+
+    (artifacts / "provisioning").mkdir(exist_ok=True)
+    for name, card in (("1-pending", first), ("2-done", done), ("3-failed", failed)):
+        (artifacts / "provisioning" / f"{name}.json").write_text(json.dumps(card, indent=1))
+
+
+async def test_provisioning_lists_jobs_in_teams(world: World) -> None:
+    w = world
+    async with bot_with_worker(w.settings) as bot:
+        await env.seed(w.graph, users=1)
+        reply = await say(w, bot, f"number assign {e164(3)} to {upn(0)}")
+        await update_of(w, reply.activity_id, 0)
+        listing = the_card(await say(w, bot, "provisioning ACME-01 --state done"))
+        assert e164(3) in words(listing) and "done" in words(listing)
