@@ -54,6 +54,7 @@ async def step(worker: Worker, job: ProvisioningJob) -> None:
                 return
         if not await jobs.note_attempt(job, worker.name, object_id):
             return  # the claim was lost to another worker
+        worker._sending.add(job.id)  # noqa: SLF001  # a 429 to it: not taken (see Worker.step)
         if adding:
             await graph.assign_license(tenant, object_id, ids, [])
         else:

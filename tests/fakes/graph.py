@@ -17,7 +17,7 @@ import jwt
 from aiohttp import web
 
 from ._server import CLAIMS, INFO, Failure, ThreadedServer, error_body
-from .graph_licenses import LicensesMixin
+from .graph_licenses import HandChanges, LicensesMixin
 from .identity import FakeIdentityProvider
 from .tls import TLSFiles
 
@@ -128,7 +128,7 @@ def _kind(path: str) -> str:
     return "user" if path.startswith("/v1.0/users/") else "other"
 
 
-class FakeGraph(LicensesMixin, ThreadedServer):
+class FakeGraph(LicensesMixin, HandChanges, ThreadedServer):
     """HTTPS fake of Microsoft Graph v1.0 group membership (``graph_url`` = ``base_url + "/v1.0"``).
 
     ``POST /v1.0/{users|directoryObjects}/{id}/checkMemberGroups`` (``{"groupIds": [...]}``, at

@@ -326,3 +326,21 @@ class LicensesMixin:
                 query += f"&$select={','.join(select)}"
             result["@odata.nextLink"] = f"{self.graph_url}/users?{query}"
         return web.json_response(result)
+
+
+class HandChanges:
+    """Changes made in the Teams admin center by hand (mixed into ``FakeGraph``)."""
+
+    teams: dict[str, dict[str, Any]]
+    _dir_lock: threading.Lock
+
+    def assign_by_hand(
+        self, tenant: str, number: str, target_id: str | None, state: str = "activated"
+    ) -> None:
+        """Teams holds ``number`` for ``target_id`` (None: in the tenant, unassigned)."""
+        from .graph import TeamsNumber
+
+        with self._dir_lock:
+            self.teams.setdefault(tenant, {})[number] = TeamsNumber(
+                number, "directRouting", target_id, state, "primary" if target_id else None
+            )
