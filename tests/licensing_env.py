@@ -10,7 +10,7 @@ from typing import Any
 
 from bot.commands.m365 import SERVICE
 from bot.config import Settings
-from bot.domain import directory, ledger, licensing
+from bot.domain import directory, ledger, licensing, numbers
 from bot.domain.models import ProductKind
 from bot.provisioning.session import open_tenant_graph
 from bot.provisioning.tenant_graph import TenantGraph
@@ -18,7 +18,7 @@ from bot.provisioning.worker import Worker
 from tests import provisioning_env as numbers_env
 from tests.fakes import FakeGraph, FakeIdentityProvider
 from tests.ledger_state import context
-from tests.provisioning_env import APP_ID, APP_SECRET, CUSTOMER_TENANT, OPS, oid, upn
+from tests.provisioning_env import APP_ID, APP_SECRET, CUSTOMER_TENANT, OPS, e164, oid, upn
 
 ROLES = [*numbers_env.ROLES, "LicenseAssignment.ReadWrite.All"]
 # Real SKU ids of the public catalogue (Microsoft's "product names and service plan
@@ -86,6 +86,25 @@ async def seed(graph: FakeGraph, users: int = 4, *, units: int = 10) -> None:
 async def add_user(graph: FakeGraph, i: int) -> None:
     await directory.add_account(OPS, upn(i), "ACME-01")
     graph.add_user(oid(upn(i)), upn(i), f"User {i}")
+
+
+async def drifted(graph: FakeGraph, client: TenantGraph) -> None:
+    """Teams and the ledger agreeing on user 0's number and license, then one difference of
+    every kind, made by hand on one side or the other."""
+    await numbers.assign_number(OPS, e164(0), upn(0), rules=numbers_env.RULES)
+    await licensing.assign_license(OPS, "TEAMS-PHONE", [upn(0)], rules=numbers_env.RULES)
+    await numbers_env.drain(worker(client))
+    assert graph.assigned(CUSTOMER_TENANT) == {e164(0): oid(upn(0))}
+    # Ledger only (as if Teams had lost them):
+    await numbers.assign_number(OPS, e164(1), upn(1))  # missing in Teams
+    await numbers.assign_number(OPS, e164(2), upn(2))  # failed in Teams
+    graph.assign_by_hand(CUSTOMER_TENANT, e164(2), oid(upn(2)), "assignmentFailed")
+    await numbers.assign_number(OPS, e164(3), upn(3))  # someone else in Teams
+    graph.assign_by_hand(CUSTOMER_TENANT, e164(3), oid(upn(5)))
+    await licensing.assign_license(OPS, "CALLING-PLAN", [upn(1)])  # missing in Microsoft 365
+    # Teams only (changed in the admin center):
+    graph.assign_by_hand(CUSTOMER_TENANT, e164(4), oid(upn(4)))
+    graph.give_license(CUSTOMER_TENANT, oid(upn(2)), MCOEV)
 
 
 __all__ = ["CUSTOMER_TENANT", "OPS", "oid", "upn"]

@@ -24,13 +24,12 @@ from bot.domain.models import (
     PhoneNumber,
     ReconcileRun,
 )
-from bot.provisioning.tenant_graph import TenantGraph
 from tests import licensing_env as env
 from tests import provisioning_env as numbers_env
 from tests.fakes import FakeGraph, FakeIdentityProvider
 from tests.graph_env import trust_fakes
 from tests.ledger_state import check_invariants
-from tests.licensing_env import CUSTOMER_TENANT, MCOEV, OPS, oid, upn
+from tests.licensing_env import CUSTOMER_TENANT, OPS, oid, upn
 from tests.provisioning_env import e164
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -52,25 +51,6 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeIdentityProvide
         yield pair
 
 
-async def drifted(graph: FakeGraph, client: TenantGraph) -> None:
-    """Teams and the ledger agreeing on user 0's number and license, then one difference of
-    every kind, made by hand on one side or the other."""
-    await numbers.assign_number(OPS, e164(0), upn(0), rules=numbers_env.RULES)
-    await licensing.assign_license(OPS, "TEAMS-PHONE", [upn(0)], rules=numbers_env.RULES)
-    await numbers_env.drain(env.worker(client))
-    assert graph.assigned(CUSTOMER_TENANT) == {e164(0): oid(upn(0))}
-    # Ledger only (as if Teams had lost them):
-    await numbers.assign_number(OPS, e164(1), upn(1))  # missing in Teams
-    await numbers.assign_number(OPS, e164(2), upn(2))  # failed in Teams
-    graph.assign_by_hand(CUSTOMER_TENANT, e164(2), oid(upn(2)), "assignmentFailed")
-    await numbers.assign_number(OPS, e164(3), upn(3))  # someone else in Teams
-    graph.assign_by_hand(CUSTOMER_TENANT, e164(3), oid(upn(5)))
-    await licensing.assign_license(OPS, "CALLING-PLAN", [upn(1)])  # missing in Microsoft 365
-    # Teams only (changed in the admin center):
-    graph.assign_by_hand(CUSTOMER_TENANT, e164(4), oid(upn(4)))
-    graph.give_license(CUSTOMER_TENANT, oid(upn(2)), MCOEV)
-
-
 async def report(ctx: Any, words: str = "reconcile ACME-01") -> dict[str, Any]:
     reply = await run_text(words, ctx)
     assert isinstance(reply, DriftReport), reply
@@ -86,7 +66,7 @@ async def test_every_kind_of_difference_is_found_and_each_fix_works_and_is_audit
     settings = env.settings_for(idp, graph)
     async with env.tenant_graph(settings) as client:
         ctx = env.ctx_for(settings, client)
-        await drifted(graph, client)
+        await env.drifted(graph, client)
         found = await report(ctx)
         run = found.pop("_run")
         assert set(found) == ALL_KINDS and len(run["differences"]) == 6
@@ -143,7 +123,7 @@ async def test_fixing_twice_has_one_effect_and_the_other_button_says_so(
     settings = env.settings_for(idp, graph)
     async with env.tenant_graph(settings) as client:
         ctx = env.ctx_for(settings, client)
-        await drifted(graph, client)
+        await env.drifted(graph, client)
         found = await report(ctx)
         drift = found["number-only-in-teams"]["id"]
         assert (await run_text(f"reconcile fix {drift} --to ledger", ctx)).ok

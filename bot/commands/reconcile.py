@@ -210,7 +210,7 @@ async def reconcile_fix_all(ctx: Context, args: FixAllArgs) -> Reply:
         go_ahead = f"reconcile fix-all {args.run} --kind {args.kind.value} --to {args.to}"
     return DriftReport(
         title=title,
-        text=" ".join(f"#{i}: {m}" for i, m in result.fixed[:SHOWN]),
+        text=" ".join(m for _, m in result.fixed[:SHOWN]),
         facts=[(f"#{i} not fixed", why) for i, why in result.refused[:SHOWN]],
         go_ahead=go_ahead,
         ok=not result.refused,

@@ -38,7 +38,7 @@ from bot.domain import licensing, numbers
 from bot.domain import provisioning as jobs
 from bot.domain.change import Origin, change
 from bot.domain.directory import find_account
-from bot.domain.errors import Conflict, InvalidInput, NotFound
+from bot.domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from bot.domain.ledger import Outcome, find_subscription
 from bot.domain.license_jobs import LICENSE_ACTIONS
 from bot.domain.license_jobs import enqueue as enqueue_licenses
@@ -426,7 +426,8 @@ def describe(d: Drift) -> str:
             return f"{d.e164}: {d.ledger_upn} in the ledger, {teams} in Teams"
         if d.kind is DriftKind.NUMBER_FAILED_IN_TEAMS:
             return f"{d.e164}: assigned to {d.ledger_upn} in the ledger, failed in Teams"
-        return f"{d.e164}: assigned to {d.ledger_upn} in the ledger, {d.teams_state} in Teams"
+        teams_side = "not in Teams" if d.teams_state == "not in Teams" else "unassigned in Teams"
+        return f"{d.e164}: assigned to {d.ledger_upn} in the ledger, {teams_side}"
     upn = d.ledger_upn or d.teams_upn
     if d.kind is DriftKind.LICENSE_ONLY_IN_TEAMS:
         return f"{d.license} on {upn}: in Microsoft 365, not in the ledger"
@@ -520,9 +521,7 @@ async def fix_all(
             outcome = await fix(
                 one, drift.id, side, rules, quarantine_days=quarantine_days, dry_run=dry_run
             )
-        except Conflict as exc:
-            result.refused.append((drift.id, exc.message))
-        except (InvalidInput, NotFound) as exc:
+        except DomainError as exc:  # refused, already fixed, a redelivered click
             result.refused.append((drift.id, exc.message))
         else:
             result.fixed.append((drift.id, outcome.message))

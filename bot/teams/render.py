@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from bot.commands.reconcile import DriftReport
 from bot.commands.reply import (
     Approval,
     Changed,
@@ -643,6 +644,10 @@ def render(reply: Reply, *, actionable: bool = True) -> Card:
         from bot.teams.digest_card import digest_card  # own layout (imports this module)
 
         card = digest_card(reply)
+    elif isinstance(reply, DriftReport):
+        from bot.teams.drift_card import drift_card  # own layout (imports this module)
+
+        card = drift_card(reply)
     elif isinstance(reply, Message):
         card = _message(reply)
     else:
