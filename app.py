@@ -183,6 +183,7 @@ async def _scheduler(app: web.Application) -> None:
 
 async def _provisioning(app: web.Application) -> None:
     """This instance's provisioning worker (every instance runs one; SPEC §9)."""
+    from bot.provisioning.teams_numbers import TenantPace
     from bot.provisioning.tenant_graph import TenantGraph
     from bot.provisioning.tokens import TenantTokens
     from bot.provisioning.worker import Worker
@@ -192,9 +193,14 @@ async def _provisioning(app: web.Application) -> None:
     lease = float(settings.provisioning_lease_seconds)
     # A step's request ends well inside the claim, so no other instance can take the job while
     # its request may still reach Graph.
+    rps = settings.provisioning_tenant_rps
     # Teams numbers and Microsoft 365 licenses (TenantGraph is a TeamsNumbers).
     numbers = TenantGraph(
-        app[HTTP], settings.graph_url, tokens, request_timeout=min(30, lease / 3)
+        app[HTTP],
+        settings.graph_url,
+        tokens,
+        request_timeout=min(30, lease / 3),
+        pace=TenantPace(rps) if rps else None,
     )
     worker = Worker(
         numbers,

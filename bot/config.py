@@ -190,6 +190,9 @@ class Settings:
     # How long a worker's claim on a job lasts (a dead instance's jobs come back after it);
     # each Graph request of a step times out well inside it.
     provisioning_lease_seconds: int = 60
+    # Graph requests a second to one customer tenant from one instance (0: no pacing; 429s
+    # are honoured either way). Microsoft documents 30 rps per app per tenant for Teams.
+    provisioning_tenant_rps: int = 30
 
     @property
     def provisioning_off_reason(self) -> str:
@@ -303,6 +306,7 @@ class Settings:
             ),
             provisioning_concurrency=_int(env, "FUSION_PROVISIONING_CONCURRENCY", 8, minimum=1),
             provisioning_lease_seconds=_int(env, "FUSION_PROVISIONING_LEASE_SECONDS", 60, 6),
+            provisioning_tenant_rps=_int(env, "FUSION_PROVISIONING_TENANT_RPS", 30),
         )
         settings.check()
         return settings

@@ -21,7 +21,7 @@ from bot.config import Settings
 from bot.domain import directory, ledger, numbers
 from bot.domain import provisioning as jobs
 from bot.domain.models import JobState, ProductKind, ProvisioningJob
-from bot.provisioning.teams_numbers import TeamsNumbers
+from bot.provisioning.teams_numbers import TeamsNumbers, TenantPace
 from bot.provisioning.tokens import TenantTokens
 from bot.provisioning.worker import Worker
 from tests.fakes import FakeGraph, FakeIdentityProvider
@@ -77,12 +77,14 @@ def settings_for(idp: FakeIdentityProvider, graph: FakeGraph, **overrides: Any) 
 
 
 @asynccontextmanager
-async def teams_numbers(settings: Settings) -> AsyncIterator[TeamsNumbers]:
+async def teams_numbers(
+    settings: Settings, pace: TenantPace | None = None
+) -> AsyncIterator[TeamsNumbers]:
     tokens = TenantTokens(settings)
     connector = aiohttp.TCPConnector(ssl=client_ssl_context(), limit=100)
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
-            yield TeamsNumbers(session, settings.graph_url, tokens, request_timeout=5)
+            yield TeamsNumbers(session, settings.graph_url, tokens, request_timeout=5, pace=pace)
     finally:
         tokens.close()
 

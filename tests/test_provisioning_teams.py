@@ -21,6 +21,7 @@ from app import create_app
 from bot.config import Settings
 from bot.domain.models import JobState, ProvisioningJob
 from bot.domain.naming import set_naming_rule
+from tests import cardcheck
 from tests import provisioning_env as env
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity
 from tests.provisioning_env import CUSTOMER_TENANT, e164, oid, upn
@@ -29,6 +30,7 @@ from tests.teams_env import (
     ADMIN_OID,
     APP_ID,
     APP_SECRET,
+    OUTSIDER_OID,
     RunningBot,
     auth_settings,
     message,
@@ -154,11 +156,21 @@ async def test_the_answer_card_follows_the_job_to_its_end(world: World, artifact
         final = the_card(await update_of(w, reply.activity_id, seen))
         assert "in the ledger and in Teams" in words(final)
     assert w.graph.assigned(CUSTOMER_TENANT) == {e164(1): oid(upn(0)), e164(2): oid(upn(1))}
-    import json
-
-    (artifacts / "provisioning").mkdir(exist_ok=True)
-    for name, card in (("1-pending", first), ("2-done", done), ("3-failed", failed)):
-        (artifacts / "provisioning" / f"{name}.json").write_text(json.dumps(card, indent=1))
+    # What the admin sees, in order: schema 1.5, buttons as the house does them, rendered by the
+    # official renderer at full width and at 400 px (screenshots in test-artifacts/provisioning).
+    sequence = {
+        "1-assign-pending": first,
+        "2-assign-done": done,
+        "3-assign-failed": failed,
+        "4-retried-done": final,
+    }
+    folder = artifacts / "provisioning"
+    cardcheck.check_cards(sequence, out_dir=folder, conventions=True)
+    if cardcheck.renderer_available():
+        narrow = cardcheck.render_cards(
+            {f"{k}-400px": v for k, v in sequence.items()}, folder, width=400
+        )
+        assert all(not r["errors"] for r in narrow.values()), narrow
 
 
 async def test_provisioning_lists_jobs_in_teams(world: World) -> None:
@@ -169,3 +181,41 @@ async def test_provisioning_lists_jobs_in_teams(world: World) -> None:
         await update_of(w, reply.activity_id, 0)
         listing = the_card(await say(w, bot, "provisioning ACME-01 --state done"))
         assert e164(3) in words(listing) and "done" in words(listing)
+
+
+def retry_invoke(w: World, job_id: Any, sender: str = ADMIN_OID) -> dict[str, Any]:
+    data = {"verb": "provisioning.retry", "job_id": job_id}
+    invoke = message(
+        "",
+        w.connector.service_url,
+        tenant=w.idp.tenant_id,
+        sender=sender,
+        type="invoke",
+        name="adaptiveCard/action",
+        value={"action": {"type": "Action.Execute", "verb": "provisioning.retry", "data": data}},
+    )
+    invoke.pop("text")
+    return invoke
+
+
+async def test_the_retry_button_is_checked_like_any_command(world: World) -> None:
+    w = world
+    async with bot_with_worker(w.settings) as bot:
+        await env.seed(w.graph, users=1)
+        w.graph.fail_number(e164(4), "scripted refusal")
+        reply = await say(w, bot, f"number assign {e164(4)} to {upn(0)}")
+        await update_of(w, reply.activity_id, 0)
+        job = await ProvisioningJob.get(e164=e164(4))
+        assert job.state is JobState.FAILED
+        token = w.idp.channel_token(APP_ID, w.connector.service_url)
+        # Someone who is not an administrator: refused, nothing retried.
+        answer = await bot.post(retry_invoke(w, job.id, sender=OUTSIDER_OID), token)
+        assert answer.status == 200
+        assert (await ProvisioningJob.get(id=job.id)).state is JobState.FAILED
+        # Card data of the wrong kind, or naming no job: refused, never a form or a crash.
+        for bad in ("x", None, [1], 10**30, -1, 999):
+            answer = await bot.post(retry_invoke(w, bad), token)
+            assert answer.status == 200, bad
+            shown = " ".join(texts(answer.body["value"]))
+            assert "Something went wrong" not in shown, (bad, shown)
+            assert (await ProvisioningJob.get(id=job.id)).state is JobState.FAILED

@@ -44,15 +44,26 @@ def provisioned(outcome: Outcome) -> Changed:
         return reply
     what = "set up in" if outcome.action == "number.assign" else "taken out of"
     note = f"Recorded in the ledger; being {what} Teams now (job {job_id})."
-    reply.text = f"{outcome.message} {note}"
+    reply.text = note
     if isinstance(reply.after, dict):
         reply.after["teams"] = f"pending (job {job_id})"
     reply.data["provisioning"] = {"job": job_id, "state": JobState.PENDING.value}
     return reply
 
 
-def job_reply(job: Any) -> Changed | Error:
-    """A job as it stands, in the words of the card that started it (used when it ends)."""
+# The fields of a number change in the order its first card showed them (the audit keeps
+# them sorted by name).
+_ORDER = ("state", "subscription", "holder", "numbers_in_use", "seats_in_use")
+
+
+def _in_card_order(fields: dict[str, Any]) -> dict[str, Any]:
+    rank = {name: i for i, name in enumerate(_ORDER)}
+    return dict(sorted(fields.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+
+
+def job_reply(job: Any, change: tuple[Any, Any] | None = None) -> Changed | Error:
+    """A job as it stands, in the words of the card that started it (used when it ends);
+    `change`: the before → after of the ledger change that wrote it, shown again."""
     if job.e164 is None:
         return license_job_reply(job)
     assign = job.action.value == "assign"
@@ -81,13 +92,25 @@ def job_reply(job: Any) -> Changed | Error:
             code="provisioning-failed",
             data={"provisioning": jobs.job_view(job)},
         )
-    text = f"Job {job.id}: {_STATES[job.state]}."
+    text = (
+        f"Recorded in the ledger and done in Teams (job {job.id})."
+        if job.state is JobState.DONE
+        else f"Recorded in the ledger; job {job.id}: {_STATES[job.state]}."
+    )
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    if change is not None and isinstance(change[0], dict) and isinstance(change[1], dict):
+        before = {k: v for k, v in change[0].items() if k != "provisioning_job"}
+        after = {k: v for k, v in change[1].items() if k != "provisioning_job"}
+    before, after = _in_card_order(before), _in_card_order(after)
+    before["teams"] = None
+    after["teams"] = teams
     return Changed(
         title=title,
         text=text,
         target=target,
-        before={"teams": "pending"},
-        after={"teams": teams},
+        before=before,
+        after=after,
         data={"provisioning": jobs.job_view(job)},
     )
 

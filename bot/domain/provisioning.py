@@ -27,6 +27,7 @@ from bot.domain.errors import Conflict, InvalidInput, NotFound
 from bot.domain.ledger import Outcome, _check_guid, find_customer, find_subscription
 from bot.domain.models import (
     Account,
+    AuditEvent,
     Customer,
     JobAction,
     JobState,
@@ -327,16 +328,36 @@ LIMIT ?
 
 
 async def claim(
-    worker: str, limit: int, lease_seconds: float, now: datetime | None = None
+    worker: str,
+    limit: int,
+    lease_seconds: float,
+    now: datetime | None = None,
+    *,
+    skip_tenants: tuple[str, ...] = (),
 ) -> list[ProvisioningJob]:
-    """Due jobs for `worker`, each first of its account and number, claimed for a while.
+    """Due jobs for `worker`, each first of its account and number, claimed for a while
+    (none of `skip_tenants`: tenants this worker holds back after a 429 or an outage).
 
     PostgreSQL: rows another instance is claiming right now are skipped (FOR UPDATE SKIP
     LOCKED); SQLite: the write lock the change takes makes claims one at a time."""
     moment = _now(now)
-    statement = _DUE + (" FOR UPDATE OF j SKIP LOCKED" if db.dialect() == "postgres" else "")
+    # Most rounds find nothing: a plain read says so without a write transaction.
+    due = ProvisioningJob.filter(state__in=OPEN, due_at__lte=moment)
+    if skip_tenants:
+        due = due.exclude(tenant_id__in=skip_tenants)
+    if not await due.exists():
+        return []
+    statement = _DUE
+    params: list[Any] = [moment, moment]
+    if skip_tenants:
+        marks = ", ".join("?" for _ in skip_tenants)
+        statement = statement.replace(
+            "ORDER BY j.id", f"  AND j.tenant_id NOT IN ({marks})\nORDER BY j.id"
+        )
+        params += list(skip_tenants)
+    statement += " FOR UPDATE OF j SKIP LOCKED" if db.dialect() == "postgres" else ""
     async with change(ORIGIN) as ch:
-        rows = await ch.conn.execute_query_dict(db.sql(statement), [moment, moment, limit])
+        rows = await ch.conn.execute_query_dict(db.sql(statement), [*params, limit])
         ids = [int(r["id"]) for r in rows]
         if not ids:
             return []
@@ -463,6 +484,22 @@ async def mark_failed(job: ProvisioningJob, worker: str, reason: str) -> bool:
         },
         {"reason": reason[:1000]},
     )
+
+
+async def ledger_change(job: ProvisioningJob) -> tuple[Any, Any] | None:
+    """The before → after of the ledger change that wrote `job`, from its audit event."""
+    if job.e164 is None:
+        return None  # a license job: its card says its own words
+    action = "number.assign" if job.action is JobAction.ASSIGN else "number.release"
+    events = (
+        await AuditEvent.filter(action=action, target=f"number:{job.e164}")
+        .order_by("-id")
+        .limit(50)
+    )
+    for event in events:
+        if isinstance(event.after, dict) and event.after.get("provisioning_job") == job.id:
+            return event.before, event.after
+    return None
 
 
 async def account_object_id(account_id: int | None) -> str | None:

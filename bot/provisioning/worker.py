@@ -90,7 +90,11 @@ class Worker:
 
     async def run_once(self) -> int:
         """One round: claim due jobs, take one step of each. Returns how many were taken."""
-        claimed = await jobs.claim(self.name, self.concurrency * 4, self.lease_seconds)
+        now = time.monotonic()
+        held = tuple(t for t, until in self._held.items() if until > now)
+        claimed = await jobs.claim(
+            self.name, self.concurrency * 4, self.lease_seconds, skip_tenants=held
+        )
         if not claimed:
             return 0
         gate = asyncio.Semaphore(self.concurrency)
@@ -150,8 +154,9 @@ class Worker:
             object_id = await jobs.account_object_id(job.account_id) or await numbers.user_id(
                 tenant, job.upn
             )
-        if job.attempts > 0:
-            # It may have reached Graph before: look at Teams before asking again.
+        if job.attempts > 0 or job.action is JobAction.UNASSIGN:
+            # It may have reached Graph before: look at Teams before asking again. (A number is
+            # taken back only if Teams has it: the assignment may never have got there.)
             current = await numbers.assignment(tenant, job.e164)
             if job.action is JobAction.ASSIGN and current and current.target_id == object_id:
                 if current.activation_state == "activated":

@@ -27,9 +27,10 @@ log = logging.getLogger("bot.teams.provisioning")
 VERB_RETRY = "provisioning.retry"  # data: job_id
 
 
-def job_card(job: ProvisioningJob) -> dict[str, Any]:
-    """The card of a job as it stands; a failed one carries a Retry button."""
-    card = dict(render(job_reply(job)))
+async def job_card(job: ProvisioningJob) -> dict[str, Any]:
+    """The card of a job as it stands (with the ledger change it came from); a failed one
+    carries a Retry button."""
+    card = dict(render(job_reply(job, await jobs.ledger_change(job))))
     if job.state is JobState.FAILED:
         card["actions"] = [
             *card.get("actions", []),
@@ -58,7 +59,7 @@ async def remember(turn_context: TurnContext, reply: Reply, activity_id: str | N
             Activity(
                 type=ActivityTypes.message,
                 id=activity_id,
-                attachments=[Attachment(content_type=CONTENT_TYPE, content=job_card(job))],
+                attachments=[Attachment(content_type=CONTENT_TYPE, content=await job_card(job))],
             )
         )
 
@@ -76,7 +77,10 @@ class JobCards:
         if ref is None or not ref.active:
             return
         result = await self._sender.update_card(
-            Target.of(ref), job.card_activity_id, job_card(job), summary=job_reply(job).title
+            Target.of(ref),
+            job.card_activity_id,
+            await job_card(job),
+            summary=job_reply(job).title,
         )
         if result.outcome is not SendOutcome.SENT:
             log.warning(
