@@ -53,6 +53,7 @@ from bot.domain.digests import (
     take_snapshot,
 )
 from bot.domain.models import DigestDelivery, DigestSubscription, SchedulerLease
+from bot.provisioning.nightly import nightly_reconcile
 from bot.teams.proactive import ProactiveSender, SendOutcome, SendResult, Target, TokenSource
 from bot.teams.render import render
 
@@ -86,6 +87,7 @@ class TickReport:
     snapshot_rows: int = 0
     approvals_expired: int = 0
     numbers_released: int = 0
+    reconciled: int = 0  # subscriptions compared with their tenant by the nightly reconcile
     deliveries: list[Delivery] = field(default_factory=list)
 
 
@@ -144,6 +146,9 @@ class Scheduler:
         report.approvals_expired = await self._job("approval expiry", approvals.expire_due(now), 0)
         report.numbers_released = await self._job(
             "quarantine release", numbers.release_quarantined(now), 0
+        )
+        report.reconciled = await self._job(
+            "nightly reconcile", nightly_reconcile(self.settings, now), 0
         )
         if self.settings.digest_enabled and self.sender is not None:
             report.deliveries = await self.deliver_due(now)

@@ -64,6 +64,7 @@ DIRECTIONS = ("teams", "ledger")
 ACTIVATING = frozenset({"assignmentPending", "updatePending"})
 FAILED_STATES = frozenset({"assignmentFailed", "updateFailed"})
 _CHUNK = 500
+RECENT = timedelta(days=2)  # runs the digest and /metrics still speak of
 
 KIND_WORDS = {
     DriftKind.NUMBER_ONLY_IN_TEAMS: "number assigned in Teams only",
@@ -667,3 +668,38 @@ def _was_held(drift: Drift, released: Outcome) -> None:
             f"The ledger changed since the reconcile: {drift.e164} is no longer assigned to "
             f"{drift.ledger_upn}. Run `reconcile` again."
         )
+
+
+def drift_lines(found: dict[str, dict[str, int]]) -> list[str]:
+    """Per subscription with differences, a sentence: "3 numbers and 1 license differ in
+    CONTOSO-01" (for the digest)."""
+    lines = []
+    for code, per_kind in sorted(found.items()):
+        nums = sum(n for k, n in per_kind.items() if k.startswith("number-"))
+        lics = sum(n for k, n in per_kind.items() if k.startswith("license-"))
+        parts = []
+        if nums:
+            parts.append(f"{nums:,} number{'s' if nums != 1 else ''}")
+        if lics:
+            parts.append(f"{lics:,} license{'s' if lics != 1 else ''}")
+        if parts:
+            verb = "differs" if nums + lics == 1 else "differ"
+            lines.append(f"{' and '.join(parts)} {verb} in {code}")
+    return lines
+
+
+def metric_lines(found: dict[str, dict[str, int]]) -> list[str]:
+    """The open differences as Prometheus text (a gauge read when /metrics is scraped)."""
+    lines = [
+        "# HELP fusion_reconcile_differences Differences between tenants and the ledger still "
+        "open in each subscription's newest reconcile",
+        "# TYPE fusion_reconcile_differences gauge",
+    ]
+    for code, per_kind in sorted(found.items()):
+        for kind in DriftKind:
+            label = code.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(
+                f'fusion_reconcile_differences{{subscription="{label}",kind="{kind.value}"}} '
+                f"{per_kind.get(kind.value, 0)}"
+            )
+    return lines
