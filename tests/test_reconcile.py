@@ -234,3 +234,28 @@ async def test_a_fix_racing_an_admins_change_keeps_every_invariant(
             graph.assign_by_hand(CUSTOMER_TENANT, number, None)
             await check_invariants()
     assert (await verify_chain())[0]
+
+
+async def test_a_license_fix_racing_an_admin_for_the_last_unit_keeps_the_allocation(
+    fakes: tuple[FakeIdentityProvider, FakeGraph],
+) -> None:
+    idp, graph = fakes
+    await env.seed(graph, users=6)
+    settings = env.settings_for(idp, graph)
+    await licensing.assign_license(OPS, "M365-E5", [upn(0), upn(1)])
+    await ledger.release(OPS, 7, "M365-E5", "ACME-01")  # 3 allocated, 2 in use: one left
+    for i in (0, 1, 2):
+        graph.give_license(CUSTOMER_TENANT, oid(upn(i)), env.SPE_E5)
+    async with env.tenant_graph(settings) as client:
+        ctx = env.ctx_for(settings, client)
+        found = await report(ctx)
+        drift = found["license-only-in-teams"]
+        assert drift["ledger"]["account"] == upn(2)
+        fix, admin = await asyncio.gather(
+            run_text(f"reconcile fix {drift['id']} --to ledger", ctx),
+            run_text(f"license assign M365-E5 to {upn(3)}", ctx),
+        )
+    admin_ok = admin.ok and not admin.data["failed"]
+    assert fix.ok != admin_ok, (fix, admin)  # the last unit went to exactly one of them
+    await check_invariants()
+    assert (await verify_chain())[0]

@@ -110,3 +110,21 @@ def test_the_reconcile_time_setting() -> None:
     for bad in ("25:00", "noon", "٠٣:٠٠"):
         with pytest.raises(ConfigError, match="FUSION_RECONCILE_AT"):
             Settings.from_env({"FUSION_RECONCILE_AT": bad})
+
+
+async def test_graph_down_at_night_loses_nothing_and_the_run_comes_when_it_is_back(
+    fakes: tuple[FakeIdentityProvider, FakeGraph],
+) -> None:
+    idp, graph = fakes
+    await env.seed(graph, users=2)
+    settings = replace(env.settings_for(idp, graph), reconcile_at="02:00")
+    scheduler = Scheduler(settings, None, clock=lambda: NIGHT)
+    graph.down("refuse")
+    try:
+        report = await scheduler.tick()
+    finally:
+        graph.up()
+    assert report.leader and report.reconciled == 0
+    assert await ReconcileRun.all().count() == 0  # nothing half-written
+    assert (await scheduler.tick()).reconciled == 1  # the next tick, Graph back
+    assert (await scheduler.tick()).reconciled == 0
