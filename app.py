@@ -130,6 +130,15 @@ async def _edge(app: web.Application) -> AsyncIterator[None]:
         ).trusts,
     )
     services = front_door_services(settings, sender)
+    tenant_tokens = None
+    if not settings.provisioning_off_reason:
+        # License commands and reconcile read customers' tenants (one client, tokens cached).
+        from bot.commands.m365 import SERVICE
+        from bot.provisioning.tenant_graph import TenantGraph
+        from bot.provisioning.tokens import TenantTokens
+
+        tenant_tokens = TenantTokens(settings)
+        services[SERVICE] = TenantGraph(app[HTTP], settings.graph_url, tenant_tokens)
     app[PROACTIVE] = sender
     app[EDGE] = build_edge(settings, app[HTTP], credentials, services)
     try:
@@ -137,6 +146,8 @@ async def _edge(app: web.Application) -> AsyncIterator[None]:
     finally:
         if credentials is not None:
             credentials.close()
+        if tenant_tokens is not None:
+            tenant_tokens.close()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
