@@ -133,12 +133,14 @@ async def _edge(app: web.Application) -> AsyncIterator[None]:
     tenant_tokens = None
     if not settings.provisioning_off_reason:
         # License commands and reconcile read customers' tenants (one client, tokens cached).
-        from bot.commands.m365 import SERVICE
+        from bot.commands.m365 import SERVICE, WAIT, WAIT_SECONDS
         from bot.provisioning.tenant_graph import TenantGraph
         from bot.provisioning.tokens import TenantTokens
 
         tenant_tokens = TenantTokens(settings)
         services[SERVICE] = TenantGraph(app[HTTP], settings.graph_url, tenant_tokens)
+        if _provisioning in app[BACKGROUND_TASKS]:
+            services[WAIT] = WAIT_SECONDS  # this process's worker answers while it waits
     app[PROACTIVE] = sender
     app[EDGE] = build_edge(settings, app[HTTP], credentials, services)
     try:

@@ -5,6 +5,8 @@ all-or-nothing per user in Microsoft 365 too, throttling and a lost answer."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -227,3 +229,38 @@ async def test_throttling_and_a_lost_answer_still_give_one_effect(
     job = await ProvisioningJob.get(id=job.id)
     assert job.state is JobState.DONE and job.action is JobAction.LICENSE_ADD
     assert graph.consumed(CUSTOMER_TENANT, MCOEV) == 2
+
+
+async def test_where_a_worker_runs_the_bulk_answer_shows_microsoft_365s_answer_per_user(
+    fakes: tuple[FakeIdentityProvider, FakeGraph],
+) -> None:
+    from bot.commands.m365 import WAIT
+
+    idp, graph = fakes
+    await env.seed(graph, users=3)
+    graph.set_usage_location(oid(upn(0)), None)
+    graph.fail_license(oid(upn(1)), "License assignment failed: MCOPSTN1 is not sold in XX.")
+    settings = env.settings_for(idp, graph)
+    async with env.tenant_graph(settings) as client:
+        ctx = env.ctx_for(settings, client)
+        ctx.services[WAIT] = 20.0
+        running = asyncio.create_task(env.worker(client).run())
+        try:
+            single = await run_text(f"license assign M365-E5 to {upn(0)},{upn(2)}", ctx)
+            pack = await run_text(f"pack assign VOICE to {upn(1)},{upn(2)}", ctx)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    assert isinstance(single, Progress) and not single.ok
+    [(who, why)] = single.failed
+    assert who == upn(0) and "invalid usage location" in why and "kept in the ledger" in why
+    assert single.succeeded == [f"{upn(2)} (set up in Microsoft 365)"]
+    assert single.data["microsoft_365"][upn(0)]["state"] == "failed"
+    assert isinstance(pack, Progress)
+    [(who, why)] = pack.failed
+    assert who == upn(1) and "not sold in XX" in why and "taken back" in why
+    assert pack.succeeded == [f"{upn(2)} (set up in Microsoft 365)"]
+    assert await holds(1) == [] and await holds(2) == [
+        "CALLING-PLAN", "M365-E5", "TEAMS-PHONE", "VOICEMAIL"
+    ]  # fmt: skip

@@ -20,12 +20,13 @@ from pydantic import BeforeValidator
 
 from bot.commands.args import Args, Text
 from bot.commands.ledger import changed
-from bot.commands.m365 import shortfall
+from bot.commands.m365 import outcomes, shortfall
 from bot.commands.provisioned import rules
 from bot.commands.registry import Context, command
 from bot.commands.reply import FormField, Progress, Reply, Table
 from bot.domain import licensing
 from bot.domain.licensing import MAX_BULK, BulkOutcome
+from bot.domain.models import JobState, ProvisioningJob
 
 log = logging.getLogger("bot.commands.licensing")
 
@@ -88,26 +89,50 @@ def _relay(ctx: Context, title: str) -> ProgressRelay | None:
     return ProgressRelay(sink, title) if callable(sink) else None
 
 
-def progress_reply(outcome: BulkOutcome) -> Progress:
+def progress_reply(
+    outcome: BulkOutcome, jobs: dict[int, ProvisioningJob] | None = None
+) -> Progress:
+    """The bulk answer; with `jobs` (the accounts' license jobs as they stand), Microsoft 365's
+    answer per account too: a refusal moves the account to the failed ones, with Graph's words."""
+    notes = dict(outcome.notes)
+    failed = list(outcome.failed)
+    succeeded = list(outcome.succeeded)
+    data = outcome.as_json()
+    m365: dict[str, dict[str, str | None]] = {}
+    for upn, job_id in outcome.jobs.items():
+        job = (jobs or {}).get(job_id)
+        if job is None:
+            continue
+        m365[upn] = {"state": job.state.value, "reason": job.reason}
+        if job.state is JobState.FAILED:
+            succeeded.remove(upn)
+            kept = "" if job.pack else " (kept in the ledger: `reconcile` shows it)"
+            failed.append((upn, f"{job.reason}{kept}"))
+        elif job.state is JobState.DONE:
+            notes[upn] = "set up in Microsoft 365"
+        else:
+            notes[upn] = "being set up in Microsoft 365"
+    if m365:
+        data["microsoft_365"] = m365
     title = ("Dry run — nothing changed: " if outcome.dry_run else "") + outcome.message
     return Progress(
         title=title,
-        done=len(outcome.succeeded) + len(outcome.failed),
+        done=len(succeeded) + len(failed),
         total=outcome.total,
-        succeeded=[
-            f"{u} ({outcome.notes[u]})" if u in outcome.notes else u for u in outcome.succeeded
-        ],
-        failed=list(outcome.failed),
+        succeeded=[f"{u} ({notes[u]})" if u in notes else u for u in succeeded],
+        failed=failed,
         finished=True,
-        ok=not outcome.failed,
-        text=f"Licenses: {', '.join(outcome.licenses)}." + _in_m365(outcome),
-        data=outcome.as_json(),
+        ok=not failed,
+        text=f"Licenses: {', '.join(outcome.licenses)}." + _in_m365(outcome, jobs),
+        data=data,
     )
 
 
-def _in_m365(outcome: BulkOutcome) -> str:
+def _in_m365(outcome: BulkOutcome, jobs: dict[int, ProvisioningJob] | None) -> str:
     if not outcome.jobs or outcome.dry_run:
         return ""
+    if jobs and all(j.state in (JobState.DONE, JobState.FAILED) for j in jobs.values()):
+        return " Microsoft 365 answered for every account."
     count = len(outcome.jobs)
     return (
         f" Recorded in the ledger; being set up in Microsoft 365 for {count} account(s) now "
@@ -148,7 +173,7 @@ async def license_assign(ctx: Context, args: LicenseAssignArgs) -> Reply:
         on_progress=_relay(ctx, f"Assigning {args.license}"),
         rules=provisioning,
     )
-    return progress_reply(outcome)
+    return progress_reply(outcome, await outcomes(ctx, outcome.jobs.values()))
 
 
 class LicenseUnassignArgs(Args):
@@ -253,4 +278,4 @@ async def pack_assign(ctx: Context, args: PackAssignArgs) -> Reply:
         on_progress=_relay(ctx, f"Assigning service pack {args.name}"),
         rules=provisioning,
     )
-    return progress_reply(outcome)
+    return progress_reply(outcome, await outcomes(ctx, outcome.jobs.values()))

@@ -5,19 +5,27 @@ command)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 from bot.commands.registry import Context
 from bot.commands.reply import Error
 from bot.domain import license_jobs
-from bot.domain.models import Product
+from bot.domain.models import JobState, Product, ProvisioningJob
 from bot.domain.provisioning import Rules
 from bot.provisioning.session import open_tenant_graph
 from bot.provisioning.teams_numbers import Refused, Retryable
 from bot.provisioning.tenant_graph import TenantGraph
 
 SERVICE = "tenant_graph"  # ctx.services key of a front door's TenantGraph
+# ctx.services key: how long a bulk license command waits for Microsoft 365's per-user answers
+# before it answers with what it has. Set by a front door whose process runs the provisioning
+# worker (the bot); the CLI does not wait (`provisioning` shows how each job ended).
+WAIT = "m365_wait_seconds"
+WAIT_SECONDS = 8.0
+POLL_SECONDS = 0.25
 
 
 @asynccontextmanager
@@ -28,6 +36,22 @@ async def tenant_graph(ctx: Context) -> AsyncIterator[TenantGraph]:
         return
     async with open_tenant_graph(ctx.settings) as graph:
         yield graph
+
+
+async def outcomes(ctx: Context, job_ids: Iterable[int]) -> dict[int, ProvisioningJob]:
+    """The jobs of a bulk command as they stand once all ended or WAIT_SECONDS passed (at
+    once, without waiting, where the front door runs no worker)."""
+    wanted = sorted(set(job_ids))
+    if not wanted:
+        return {}
+    wait = ctx.services.get(WAIT)
+    deadline = time.monotonic() + (float(wait) if isinstance(wait, int | float) else 0.0)
+    while True:
+        rows = {j.id: j for j in await ProvisioningJob.filter(id__in=wanted)}
+        still = [j for j in rows.values() if j.state in (JobState.PENDING, JobState.SENT)]
+        if not still or time.monotonic() >= deadline:
+            return rows
+        await asyncio.sleep(POLL_SECONDS)
 
 
 async def shortfall(
