@@ -68,18 +68,68 @@ REPLY_TIMEOUT = 10.0
 
 # ----- what the cases are made of ---------------------------------------------------------
 
-NAMES = ["ACME-01", "ACME-02", "acme-01", "TEAMS-SEATS", "SIP-CHANNELS", "BENCH-POOL",
-         "TEAMS-SEAT", "Contoso Ltd", "Fabrikam", "NUMBERS-GB-GEO"]
+NAMES = [
+    "ACME-01",
+    "ACME-02",
+    "acme-01",
+    "TEAMS-SEATS",
+    "SIP-CHANNELS",
+    "BENCH-POOL",
+    "TEAMS-SEAT",
+    "Contoso Ltd",
+    "Fabrikam",
+    "NUMBERS-GB-GEO",
+]
 NUMBERS = ["0", "1", "2", "-1", "1e3", "1.5", "99999999999", "1,000", "+3", "٣", "0x10", "NaN"]
-NASTY = ["'; DROP TABLE product; --", "\" OR 1=1 --", "${title}", "{{7*7}}", "<at>x</at>",
-         "\u202e", "\u200b", "\x00", "\ud7ff", "🙂", "Zu\u0308rich", "\\", "%s%n", "../..",
-         "A" * 600, "-" * 300]
+NASTY = [
+    "'; DROP TABLE product; --",
+    '" OR 1=1 --',
+    "${title}",
+    "{{7*7}}",
+    "<at>x</at>",
+    "\u202e",
+    "\u200b",
+    "\x00",
+    "\ud7ff",
+    "🙂",
+    "Zu\u0308rich",
+    "\\",
+    "%s%n",
+    "../..",
+    "A" * 600,
+    "-" * 300,
+]
 VERBS = sorted({w for name in REGISTRY for w in name.split()})
 WORDS = st.sampled_from(
-    VERBS + NAMES + NUMBERS + NASTY
-    + ["to", "from", "for", "--dry-run", "--kind", "custom", "--capacity", "--license",
-       "--country", "GB", "--customer", "--mode", "--page", "--limit", "--since", "7d",
-       "--type", "mobile", '"', "'", "“", "--x=1", "="]
+    VERBS
+    + NAMES
+    + NUMBERS
+    + NASTY
+    + [
+        "to",
+        "from",
+        "for",
+        "--dry-run",
+        "--kind",
+        "custom",
+        "--capacity",
+        "--license",
+        "--country",
+        "GB",
+        "--customer",
+        "--mode",
+        "--page",
+        "--limit",
+        "--since",
+        "7d",
+        "--type",
+        "mobile",
+        '"',
+        "'",
+        "“",
+        "--x=1",
+        "=",
+    ]
 )
 TEXT = st.one_of(
     st.text(max_size=300),
@@ -104,9 +154,31 @@ JSON = st.recursive(
     ),
     max_leaves=12,
 )
-FIELD_KEYS = ["quantity", "product", "subscription", "customer", "name", "code", "capacity",
-              "kind", "country", "unit", "sku", "mode", "reason", "dry_run", "license", "id",
-              "target", "page", "upn", "e164", "type", "channels", "tenant"]
+FIELD_KEYS = [
+    "quantity",
+    "product",
+    "subscription",
+    "customer",
+    "name",
+    "code",
+    "capacity",
+    "kind",
+    "country",
+    "unit",
+    "sku",
+    "mode",
+    "reason",
+    "dry_run",
+    "license",
+    "id",
+    "target",
+    "page",
+    "upn",
+    "e164",
+    "type",
+    "channels",
+    "tenant",
+]
 COMMAND = st.one_of(st.sampled_from(sorted(REGISTRY)), st.text(max_size=30), JSON_SCALARS)
 FORM_ID = st.one_of(
     st.from_regex(r"[A-Za-z0-9_-]{8,64}", fullmatch=True),
@@ -119,8 +191,10 @@ CARD_DATA = st.fixed_dictionaries(
         "command": COMMAND,
         "form_id": FORM_ID,
         "request_id": st.one_of(st.text(max_size=50), JSON_SCALARS),
-        **{key: st.one_of(JSON_SCALARS, st.sampled_from(NAMES + NUMBERS), JSON)
-           for key in FIELD_KEYS},
+        **{
+            key: st.one_of(JSON_SCALARS, st.sampled_from(NAMES + NUMBERS), JSON)
+            for key in FIELD_KEYS
+        },
     },
 ).flatmap(
     lambda data: st.dictionaries(st.text(max_size=10), JSON, max_size=2).map(
@@ -128,8 +202,9 @@ CARD_DATA = st.fixed_dictionaries(
     )
 )
 VERB = st.one_of(
-    st.sampled_from(["form.submit", "page", "approval.approve", "approval.reject",
-                     "approval.refresh"]),
+    st.sampled_from(
+        ["form.submit", "page", "approval.approve", "approval.reject", "approval.refresh"]
+    ),
     st.text(max_size=20),
     JSON_SCALARS,
 )
@@ -141,15 +216,21 @@ def card_submission(draw: st.DrawFn) -> dict[str, Any]:
     verb, data = draw(VERB), draw(CARD_DATA)
     shape = draw(st.sampled_from(["invoke", "invoke", "invoke-odd", "submit", "submit-odd"]))
     if shape == "invoke":
-        value: Any = {"action": {"type": "Action.Execute", "verb": verb, "data": data},
-                      "trigger": "manual"}
+        value: Any = {
+            "action": {"type": "Action.Execute", "verb": verb, "data": data},
+            "trigger": "manual",
+        }
         return {"type": "invoke", "name": "adaptiveCard/action", "value": value}
     if shape == "invoke-odd":  # the invoke's own shape is wrong
-        value = draw(st.one_of(
-            JSON,
-            st.fixed_dictionaries({"action": JSON}),
-            st.fixed_dictionaries({"action": st.fixed_dictionaries({"verb": VERB, "data": JSON})}),
-        ))
+        value = draw(
+            st.one_of(
+                JSON,
+                st.fixed_dictionaries({"action": JSON}),
+                st.fixed_dictionaries(
+                    {"action": st.fixed_dictionaries({"verb": VERB, "data": JSON})}
+                ),
+            )
+        )
         return {"type": "invoke", "name": "adaptiveCard/action", "value": value}
     if shape == "submit":
         return {"type": "message", "text": "", "value": {**data, "verb": verb}}
@@ -160,9 +241,19 @@ ODD_FIELDS = st.fixed_dictionaries(
     {},
     optional={
         "text": JSON,
-        "entities": st.one_of(JSON, st.lists(st.fixed_dictionaries(
-            {"type": st.sampled_from(["mention", "clientInfo"]), "text": JSON, "mentioned": JSON}
-        ), max_size=3)),
+        "entities": st.one_of(
+            JSON,
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "type": st.sampled_from(["mention", "clientInfo"]),
+                        "text": JSON,
+                        "mentioned": JSON,
+                    }
+                ),
+                max_size=3,
+            ),
+        ),
         "channelData": JSON,
         "value": JSON,
         "locale": JSON,
@@ -226,8 +317,13 @@ class Door:
 
     async def send(self, **fields: Any) -> Answer:
         aid = f"fuzz-{next(_ids)}"
-        activity = message("", self.connector.service_url, tenant=self.idp.tenant_id,
-                           activity_id=aid, conversation="a:fuzz-chat")
+        activity = message(
+            "",
+            self.connector.service_url,
+            tenant=self.idp.tenant_id,
+            activity_id=aid,
+            conversation="a:fuzz-chat",
+        )
         activity.pop("text")
         activity.update(fields)
         posted = await self.bot.post(activity, self.token)
@@ -249,7 +345,7 @@ class Door:
         deadline = time.monotonic() + REPLY_TIMEOUT
         while True:
             sent = self.connector.activities
-            for answer in sent[self.seen:]:
+            for answer in sent[self.seen :]:
                 if (answer.reply_to_id == aid and answer.kind in ("reply", "send")) or (
                     answer.kind == "update"
                 ):

@@ -340,3 +340,17 @@ async def test_the_number_type_follows_the_subscriptions_mode(
         if r.info.get("kind") == "assignNumber"
     }
     assert sent == {e164(5): "operatorConnect", e164(6): "directRouting"}
+
+
+async def test_an_operation_outside_graph_is_not_followed_the_number_is_read_instead(
+    fakes: tuple[FakeIdentityProvider, FakeGraph],
+) -> None:
+    idp, graph = fakes
+    await env.seed(graph, users=1)
+    graph.location_override = "https://graph.attacker.invalid/v1.0/operations('x')"
+    await numbers.assign_number(OPS, e164(1), upn(0), rules=RULES)
+    async with env.teams_numbers(env.settings_for(idp, graph)) as client:
+        await env.drain(env.worker(client))
+    assert await env.states() == {"done": 1}
+    assert graph.assigned(CUSTOMER_TENANT) == {e164(1): oid(upn(0))}
+    assert graph.count("operations") == 0 and graph.count("numberAssignments") >= 1

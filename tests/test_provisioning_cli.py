@@ -108,3 +108,24 @@ def test_link_assign_list_and_retry(
         assert off["total"] == 1
         text = cli(url, tmp_path, "provisioning", FUSION_CLOUD="gcch")
         assert "global cloud only" in text.stdout
+
+
+def test_a_dry_run_says_what_teams_would_get_and_writes_no_job(
+    empty_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trust_fakes(monkeypatch)
+    url = empty_db_url
+    with env.fakes() as (_, graph):
+
+        async def seed() -> None:
+            await db.open_database(url, migrate=False)
+            try:
+                await env.seed(graph, users=1)
+            finally:
+                await db.close_database()
+
+        asyncio.run(seed())
+        shown = ok(url, tmp_path, "number", "assign", e164(0), "to", upn(0), "--dry-run")
+        assert shown["dry_run"] is True and "provisioning" not in shown
+        assert shown["after"]["teams"] == "would be set up"
+        assert ok(url, tmp_path, "provisioning")["total"] == 0

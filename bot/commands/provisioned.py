@@ -42,6 +42,13 @@ def provisioned(outcome: Outcome) -> Changed:
     )
     if job_id is None:
         return reply
+    if outcome.dry_run:
+        reply.text = "Done for real, this would be written into the customer's Teams too."
+        if isinstance(reply.after, dict):
+            reply.after["teams"] = (
+                "would be set up" if outcome.action == "number.assign" else ("would be taken out")
+            )
+        return reply
     what = "set up in" if outcome.action == "number.assign" else "taken out of"
     note = f"Recorded in the ledger; being {what} Teams now (job {job_id})."
     reply.text = note

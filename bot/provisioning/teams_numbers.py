@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from bot.provisioning.tokens import TenantTokens, TokenError
+
+log = logging.getLogger("bot.provisioning.teams_numbers")
 
 ROOT = "/admin/teams/telephoneNumberManagement"
 OPERATION_STATES = frozenset({"notStarted", "running", "succeeded", "failed", "skipped"})
@@ -135,8 +138,9 @@ class TeamsNumbers:
         object_id: str,
         number_type: str,
         location_id: str | None,
-    ) -> str:
-        """Start assigning; the URL of the operation to poll."""
+    ) -> str | None:
+        """Start assigning; the URL of the operation to poll (None: Graph took the request but
+        named no operation that can be followed — the number's state tells the outcome)."""
         body: dict[str, Any] = {
             "telephoneNumber": e164,
             "assignmentTargetId": object_id,
@@ -147,7 +151,7 @@ class TeamsNumbers:
             body["locationId"] = location_id
         return await self._start(tenant, "assignNumber", body)
 
-    async def unassign(self, tenant: str, e164: str, number_type: str) -> str:
+    async def unassign(self, tenant: str, e164: str, number_type: str) -> str | None:
         return await self._start(
             tenant, "unassignNumber", {"telephoneNumber": e164, "numberType": number_type}
         )
@@ -208,15 +212,18 @@ class TeamsNumbers:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    async def _start(self, tenant: str, action: str, body: dict[str, Any]) -> str:
+    async def _start(self, tenant: str, action: str, body: dict[str, Any]) -> str | None:
         status, _, location = await self._call(
             tenant, "POST", f"{self._base}{ROOT}/numberAssignments/{action}", body
         )
-        if status != 202 or not location:
-            raise Refused(
-                f"Microsoft Graph answered {action} with HTTP {status} and no operation to follow."
-            )
-        return self._checked(location)
+        if not location:
+            log.warning("Graph took %s (HTTP %s) without an operation to follow", action, status)
+            return None
+        try:
+            return self._checked(location)
+        except Refused as exc:
+            log.warning("%s: %s", action, exc.message)
+            return None
 
     def _checked(self, url: str) -> str:
         parts = urlsplit(url)

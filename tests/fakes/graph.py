@@ -170,6 +170,8 @@ class FakeGraph(LicensesMixin, HandChanges, ThreadedServer):
         self._rate_log: dict[str, deque[float]] = {}
         self.operation_count = 0
         self.init_licenses()
+        # A Location to answer instead of the operation's own (a malformed answer).
+        self.location_override: str | None = None
 
     @property
     def graph_url(self) -> str:
@@ -449,7 +451,9 @@ class FakeGraph(LicensesMixin, HandChanges, ThreadedServer):
             self._operations[op.id] = op
             self.operation_count += 1
         request[INFO]["number"] = op.number
-        location = f"{self.graph_url}/admin/teams/telephoneNumberManagement/operations('{op.id}')"
+        location = self.location_override or (
+            f"{self.graph_url}/admin/teams/telephoneNumberManagement/operations('{op.id}')"
+        )
         return web.Response(status=202, headers={"Location": location})
 
     def _new_operation(
