@@ -131,6 +131,7 @@ async def test_the_drift_card_and_its_buttons(
         preview, _ = await run_action(all_teams["verb"], dict(all_teams["data"]), ctx)
         assert isinstance(preview, DriftReport), preview
         assert preview.title.startswith("Dry run — nothing changed: 1 of 1")
+        assert "giving" in preview.text and "(job" not in preview.text  # rolled back: no id
         assert await ProvisioningJob.filter(e164=e164(8)).count() == 0
         preview_card = dict(render(preview))
         cardcheck.validate_card(preview_card)

@@ -29,6 +29,7 @@ second click, a racing twin, or the other button after the first says so and cha
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -480,6 +481,8 @@ async def fix(
         what = describe(drift)
         if side == "teams":
             done = await _to_teams(ch, drift, rules)
+            if dry_run:  # its jobs are rolled back with the rest: no ids to show
+                done = re.sub(r" \(job \d+\)", "", done)
         else:
             done = await _to_ledger(inner, drift, quarantine_days)
         ch.record(
