@@ -259,3 +259,22 @@ async def test_a_license_fix_racing_an_admin_for_the_last_unit_keeps_the_allocat
     assert fix.ok != admin_ok, (fix, admin)  # the last unit went to exactly one of them
     await check_invariants()
     assert (await verify_chain())[0]
+
+
+async def test_every_linked_subscription_is_compared_reading_each_tenant_once(
+    fakes: tuple[FakeIdentityProvider, FakeGraph],
+) -> None:
+    idp, graph = fakes
+    await env.seed(graph, users=2)
+    await ledger.add_subscription(OPS, "ACME-02", "Contoso Ltd")
+    await ledger.add_customer(OPS, "Fabrikam")  # not linked: not compared
+    await ledger.add_subscription(OPS, "FAB-01", "Fabrikam")
+    settings = env.settings_for(idp, graph)
+    async with env.tenant_graph(settings) as client:
+        graph.clear_records()
+        reply = await run_text("reconcile", env.ctx_for(settings, client))
+    assert isinstance(reply, DriftReport), reply
+    assert [r["subscription"] for r in reply.data["runs"]] == ["ACME-01", "ACME-02"]
+    assert reply.title == "Teams and the ledger agree"
+    calls = [graph.count(k) for k in ("numberAssignments", "users", "subscribedSkus")]
+    assert calls == [1, 1, 1]

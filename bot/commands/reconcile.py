@@ -108,10 +108,11 @@ async def reconcile_command(ctx: Context, args: ReconcileArgs) -> Reply:
                 data={"runs": []},
             )
     views = []
+    read: dict[str, Any] = {}  # each tenant read once, however many of its subscriptions
     try:
         async with tenant_graph(ctx) as graph:
             for code in codes:
-                run = await reader.run(ctx.actor.origin(), graph, code, "command")
+                run = await reader.run(ctx.actor.origin(), graph, code, "command", read)
                 views.append(run_view(run, await reconcile.drifts_of(run.id)))
     except Retryable as exc:
         return Error(

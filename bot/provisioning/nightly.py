@@ -48,10 +48,11 @@ async def nightly_reconcile(settings: Settings, now: datetime) -> int:
     if await due(settings, now) is None:
         return 0
     compared = 0
+    read: dict[str, reconcile.TenantState] = {}
     async with open_tenant_graph(settings) as graph:
         for sub in await reconcile.linked_subscriptions():
             try:
-                run = await reader.run(ORIGIN, graph, sub.code, "schedule")
+                run = await reader.run(ORIGIN, graph, sub.code, "schedule", read)
             except (Retryable, Refused) as exc:
                 # Its previous run stands; tomorrow's tries again.
                 log.warning("nightly reconcile of %s: %s", sub.code, exc.message)

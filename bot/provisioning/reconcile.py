@@ -5,6 +5,7 @@ comparison with the ledger and the run kept (bot.domain.reconcile)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from bot.domain import reconcile
@@ -36,13 +37,24 @@ async def read_tenant(graph: TenantGraph, tenant: str) -> reconcile.TenantState:
 
 
 async def run(
-    origin: Origin, graph: TenantGraph, subscription_code: str, trigger: str
+    origin: Origin,
+    graph: TenantGraph,
+    subscription_code: str,
+    trigger: str,
+    read: dict[str, reconcile.TenantState] | None = None,
 ) -> ReconcileRun:
     """Compare one subscription with its tenant and keep what was found. Graph trouble
-    (`Retryable`, `Refused`) propagates before anything is written."""
+    (`Retryable`, `Refused`) propagates before anything is written. `read`: tenants already
+    read in this round (several subscriptions of one customer share its tenant's answers)."""
     sub, tenant = await reconcile.tenant_of(subscription_code)
     started = datetime.now(UTC)
-    state = await read_tenant(graph, tenant)
+    state = read.get(tenant) if read is not None else None
+    if state is None:
+        state = await read_tenant(graph, tenant)
+        if read is not None:
+            read[tenant] = state
+    else:
+        state = replace(state, graph_calls=0)
     findings = await reconcile.compare(sub.code, state)
     return await reconcile.record(
         origin,
