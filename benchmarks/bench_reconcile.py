@@ -44,7 +44,8 @@ from bot.domain.models import ProductKind  # noqa: E402
 from bot.domain.naming import set_naming_rule  # noqa: E402
 from bot.provisioning import reconcile as reader  # noqa: E402
 from bot.provisioning.session import open_tenant_graph  # noqa: E402
-from tests.fakes import FakeGraph, FakeIdentityProvider, shared_tls  # noqa: E402
+from tests.fakes import FakeGraph, shared_tls  # noqa: E402
+from tests.querycount import count_queries  # noqa: E402
 
 MCOEV = "e43b5b99-8dfb-405f-9987-dc307f34bcbd"
 SPE_E5 = "06ebc4ee-1bb5-47dd-8120-11324bc54e06"
@@ -150,9 +151,11 @@ async def one(args: argparse.Namespace, scale: float, url: str) -> dict[str, Any
                 result["read_tenant_unthrottled_s"] = round(time.monotonic() - started, 2)
             timings = []
             for _ in range(3):
-                started = time.monotonic()
-                found = await reconcile.compare("ACME-01", state)
-                timings.append(time.monotonic() - started)
+                with count_queries() as queries:
+                    started = time.monotonic()
+                    found = await reconcile.compare("ACME-01", state)
+                    timings.append(time.monotonic() - started)
+            result["compare_sql_statements"] = queries.count
             compare_s = min(timings)
             result["compare_s"] = round(compare_s, 3)
             result["compare_us_per_item"] = round(1e6 * compare_s / (n_numbers + n_users), 1)
@@ -183,7 +186,8 @@ def _line(r: dict[str, Any]) -> str:
         f"reconcile {r['wall_s']:.2f} s, {r['graph_calls']} Graph calls "
         f"({r['throttled_429']} 429s, {r['waited_for_429_s']} s waited), "
         f"read unthrottled {r['read_tenant_unthrottled_s']:.2f} s, compare {r['compare_s']:.3f} s "
-        f"= {r['compare_us_per_item']} µs/item; {r['found']} differences "
+        f"= {r['compare_us_per_item']} µs/item in {r['compare_sql_statements']} SQL statements; "
+        f"{r['found']} differences "
         f"(seed {r['seed_s']} s)"
     )
 
