@@ -251,7 +251,11 @@ async def retry(origin: Origin, job_id: int, *, dry_run: bool = False) -> Outcom
         if job.state is not JobState.FAILED:
             raise Conflict(f"Job {job.id} is {job.state.value}: only a failed job can be retried.")
         number = await PhoneNumber.filter(e164=job.e164).using_db(ch.conn).first()
-        holds = number is not None and number.holder_id == job.account_id
+        holds = (
+            number is not None
+            and job.account_id is not None  # a reconcile fix: Teams held it for a stranger
+            and number.holder_id == job.account_id
+        )
         if job.action is JobAction.ASSIGN and not holds:
             raise Conflict(
                 f"{job.e164} is no longer assigned to {job.upn} in the ledger, so job {job.id} "
