@@ -4,19 +4,23 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup node-deps lint migrations clean playground
+.PHONY: run test setup node-deps lint migrations clean playground lock
 
-$(STAMP): pyproject.toml
+# The exact versions in requirements-dev.lock (hash-checked), then the project itself on top.
+$(STAMP): pyproject.toml requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 # Local development mode: SQLite file, no Azure, loopback only; everyone on this machine is admin.
+# Readable log lines (FUSION_LOG_FORMAT=json for the production form).
 run: $(STAMP)
-	FUSION_DEV_ADMINS="$${FUSION_DEV_ADMINS:-*}" $(BIN)/python app.py
+	FUSION_DEV_ADMINS="$${FUSION_DEV_ADMINS:-*}" FUSION_LOG_FORMAT="$${FUSION_LOG_FORMAT:-text}" \
+	  $(BIN)/python app.py
 
 # Node packages for the card renderer, the Teams manifest schema and the Agents Playground
 # (offline after install).
@@ -46,6 +50,16 @@ migrations: $(STAMP)
 	rm -f /tmp/fusion-makemigrations.sqlite3
 	DATABASE_URL=sqlite:///tmp/fusion-makemigrations.sqlite3 $(BIN)/tortoise \
 	  -c bot.domain.migrations_config.TORTOISE_ORM makemigrations
+
+# Refresh the lock files after changing the dependencies in pyproject.toml (or to take new
+# releases): requirements.lock is what a deployment installs, requirements-dev.lock adds the
+# test tools at the same versions. Both resolve for every supported Python and platform.
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --quiet --custom-compile-command 'make lock'
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'uv>=0.5'
+	$(UV_COMPILE) $(UPGRADE) -o requirements.lock
+	$(UV_COMPILE) $(UPGRADE) --extra test -c requirements.lock -o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) build test-artifacts .pytest_cache

@@ -7,8 +7,8 @@
    each has a Teams user with an assigned number, a SIP trunk and a license; 28 days of usage
    snapshots; 1,000 audit events; 50 pending approvals). Times `build_report` (+ the changes
    since the last digest), the Digest reply and its card, and counts the SQL statements sent
-   (at the driver, `tests/querycount.py`) — for N and for N/10, to show the count does not grow
-   with the data.
+   (at the driver, `tests/support/querycount.py`) — for N and for N/10, to show the count does
+   not grow with the data.
 2. Send: M conversations subscribed to a digest whose slot is due, one scheduler tick against
    the fake Bot Connector (127.0.0.1, own thread; tokens from the fake Entra ID through msal).
    Once with Teams' limits (50 requests/s per tenant, all conversations in one tenant), once
@@ -62,7 +62,7 @@ from bot.teams.connector import TrustedServiceUrls  # noqa: E402
 from bot.teams.proactive import PER_CONVERSATION, ProactiveSender, RateLimiter, Window  # noqa: E402
 from bot.teams.render import card_size, render  # noqa: E402
 from tests.fakes import Failure, FakeBotConnector, FakeIdentityProvider, shared_tls  # noqa: E402
-from tests.querycount import count_queries  # noqa: E402
+from tests.support.querycount import count_queries  # noqa: E402
 
 APP_ID = "7e1b9c3a-5d2f-4a6b-8c9d-0e1f2a3b4c5d"
 APP_SECRET = "bench-secret"
@@ -209,7 +209,7 @@ async def populate(subscriptions: int) -> None:
             for i in range(50)
         ]
     )
-    if db.dialect() == "postgres":
+    if db.dialect() is db.POSTGRES:
         # Planner statistics, as autovacuum keeps them in a live database; right after a bulk
         # load they are empty and PostgreSQL picks nested loops (seconds instead of ms).
         await db.connection().execute_script("ANALYZE")

@@ -46,7 +46,7 @@ from bot.domain import ledger  # noqa: E402
 from bot.domain.models import ProductKind  # noqa: E402
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, shared_tls  # noqa: E402
 from tests.fakes._server import INFO  # noqa: E402
-from tests.teams_env import (  # noqa: E402
+from tests.support.teams_env import (  # noqa: E402
     ADMIN_GROUP,
     ADMIN_OID,
     APP_ID,

@@ -36,8 +36,7 @@ from bot.auth.actor import Actor  # noqa: E402
 from bot.auth.policy import OperatorPolicy  # noqa: E402
 from bot.commands import catalog  # noqa: E402, F401
 from bot.commands.dispatch import run_text  # noqa: E402
-from bot.commands.m365 import SERVICE  # noqa: E402
-from bot.commands.registry import Context  # noqa: E402
+from bot.commands.registry import Context, Services  # noqa: E402
 from bot.config import DEFAULT_NAMING_RULE, Settings  # noqa: E402
 from bot.domain import db, directory, ledger, licensing, numbers, reconcile  # noqa: E402
 from bot.domain.models import ProductKind  # noqa: E402
@@ -45,7 +44,7 @@ from bot.domain.naming import set_naming_rule  # noqa: E402
 from bot.provisioning import reconcile as reader  # noqa: E402
 from bot.provisioning.session import open_tenant_graph  # noqa: E402
 from tests.fakes import FakeGraph, shared_tls  # noqa: E402
-from tests.querycount import count_queries  # noqa: E402
+from tests.support.querycount import count_queries  # noqa: E402
 
 MCOEV = "e43b5b99-8dfb-405f-9987-dc307f34bcbd"
 SPE_E5 = "06ebc4ee-1bb5-47dd-8120-11324bc54e06"
@@ -128,7 +127,7 @@ async def one(args: argparse.Namespace, scale: float, url: str) -> dict[str, Any
             graph.clear_records()
             async with open_tenant_graph(settings) as client:
                 actor = Actor(object_id="bench", name="Bench", source="cli", correlation_id="b")
-                ctx = Context(actor, settings, OperatorPolicy(), {SERVICE: client})
+                ctx = Context(actor, settings, OperatorPolicy(), Services(tenant_graph=client))
                 started = time.monotonic()
                 reply = await run_text("reconcile ACME-01", ctx)
                 wall = time.monotonic() - started

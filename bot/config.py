@@ -27,6 +27,8 @@ class CloudEndpoints:
     graph_scope: str
     # Issuer of Bot Framework channel tokens in this cloud.
     channel_issuer: str
+    # The Bot Framework token service (OAuth connections, Teams SSO token exchange).
+    token_service_url: str = "https://token.botframework.com"
 
 
 CLOUDS: dict[str, CloudEndpoints] = {
@@ -56,6 +58,7 @@ CLOUDS: dict[str, CloudEndpoints] = {
         connector_scope="https://api.botframework.us/.default",
         graph_scope="https://graph.microsoft.us/.default",
         channel_issuer="https://api.botframework.us",
+        token_service_url="https://tokengcch.botframework.azure.us",
     ),
     "dod": CloudEndpoints(
         login_authority="https://login.microsoftonline.us",
@@ -65,10 +68,13 @@ CLOUDS: dict[str, CloudEndpoints] = {
         connector_scope="https://api.botframework.us/.default",
         graph_scope="https://dod-graph.microsoft.us/.default",
         channel_issuer="https://api.botframework.us",
+        token_service_url="https://apiDoD.botframework.azure.us",
     ),
 }
 
 DEFAULT_NAMING_RULE = r"[A-Z0-9]+(?:-[A-Z0-9]+)*"
+#: The Azure Bot's identity types (MicrosoftAppType), as the Bot Framework spells them.
+APP_TYPES = ("SingleTenant", "MultiTenant", "UserAssignedMSI")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -114,6 +120,44 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw.strip().lower() in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    found = []
+    for part in _csv(env.get(name)):
+        try:
+            found.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError as exc:
+            raise ConfigError(
+                f"{name}: {part!r} is not a network (CIDR such as 10.0.0.0/8)"
+            ) from exc
+    return tuple(found)
+
+
+def _app_type(env: Mapping[str, str]) -> str:
+    """MicrosoftAppType, validated; SingleTenant when a tenant id is set and no type is given
+    (Azure no longer offers multi-tenant bots for new registrations)."""
+    raw = (env.get("MicrosoftAppType") or "").strip()
+    if not raw:
+        return "SingleTenant" if (env.get("MicrosoftAppTenantId") or "").strip() else "MultiTenant"
+    for known in APP_TYPES:
+        if raw.lower() == known.lower():
+            return known
+    raise ConfigError(f"MicrosoftAppType must be one of {', '.join(APP_TYPES)}, got {raw!r}")
+
+
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    for choice in choices:
+        if raw.lower() == choice.lower():
+            return choice
+    raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
 
 
 DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql", "asyncpg", "psycopg")
@@ -188,7 +232,8 @@ class Settings:
     # bot/domain/change.py
     max_concurrent_changes: int = 2
     # Teams SSO: the Application ID URI an SSO token may be meant for, besides the app id
-    # (webApplicationInfo.resource in the app package). Default api://FUSION_PUBLIC_HOST/APP_ID.
+    # (webApplicationInfo.resource in the app package). Default api://botid-APP_ID, as
+    # Microsoft's bot SSO docs name it.
     sso_resource: str = ""
     # Provisioning into customers' Teams tenants (SPEC §9): off by default (ledger only).
     provisioning: bool = False
@@ -224,11 +269,25 @@ class Settings:
                 "MicrosoftAppPassword, or FUSION_PROVISIONING_APP_ID and its password)."
             )
         return ""
+    # The Azure Bot's OAuth connection for Teams SSO; empty: no OAuth card is sent.
+    sso_connection: str = ""
+    token_service_url: str = CLOUDS["public"].token_service_url
+    # Networks (CIDR) besides loopback that may read GET /metrics.
+    metrics_networks: tuple[str, ...] = ()
+    # Logs: `json` (one object per line) or `text` (readable, for local development).
+    log_format: str = "json"
+    # Empty: each front door's own (the bot and scheduler INFO, the CLI WARNING).
+    log_level: str = ""
 
     @property
     def dev_mode(self) -> bool:
         """Local development mode: no Bot Framework app id, so no inbound authentication."""
         return not self.app_id
+
+    @property
+    def managed_identity(self) -> bool:
+        """The bot's tokens come from its user-assigned managed identity, not a secret."""
+        return self.app_type == "UserAssignedMSI"
 
     @property
     def effective_approver_groups(self) -> tuple[str, ...]:
@@ -267,9 +326,8 @@ class Settings:
 
         trusted = _csv(env.get("FUSION_TRUSTED_SERVICE_URLS")) or cloud.trusted_service_urls
         app_id = (env.get("MicrosoftAppId") or "").strip()
-        public_host = (env.get("FUSION_PUBLIC_HOST") or "").strip()
         sso_resource = (env.get("FUSION_SSO_RESOURCE") or "").strip() or (
-            f"api://{public_host}/{app_id}" if public_host and app_id else ""
+            f"api://botid-{app_id}" if app_id else ""
         )
         settings = cls(
             database_url=_database_url(env.get("DATABASE_URL") or "sqlite://fusion.sqlite3"),
@@ -278,7 +336,7 @@ class Settings:
             app_id=(env.get("MicrosoftAppId") or "").strip(),
             app_password=env.get("MicrosoftAppPassword") or "",
             app_tenant_id=(env.get("MicrosoftAppTenantId") or "").strip(),
-            app_type=env.get("MicrosoftAppType") or "MultiTenant",
+            app_type=_app_type(env),
             admin_group_ids=_csv(env.get("FUSION_ADMIN_GROUP_IDS")),
             approver_group_ids=_csv(env.get("FUSION_APPROVER_GROUP_IDS")),
             allowed_tenants=_csv(env.get("FUSION_ALLOWED_TENANTS")),
@@ -322,6 +380,13 @@ class Settings:
             provisioning_lease_seconds=_int(env, "FUSION_PROVISIONING_LEASE_SECONDS", 60, 6),
             provisioning_tenant_rps=_int(env, "FUSION_PROVISIONING_TENANT_RPS", 30),
             reconcile_at=_reconcile_at(env.get("FUSION_RECONCILE_AT", "02:00")),
+            sso_connection=(env.get("FUSION_SSO_CONNECTION") or "").strip(),
+            token_service_url=(
+                env.get("FUSION_TOKEN_SERVICE_URL") or cloud.token_service_url
+            ).rstrip("/"),
+            metrics_networks=_networks(env, "FUSION_METRICS_NETWORKS"),
+            log_format=_choice(env, "FUSION_LOG_FORMAT", LOG_FORMATS, "json"),
+            log_level=_choice(env, "FUSION_LOG_LEVEL", LOG_LEVELS, "").upper(),
         )
         settings.check()
         return settings
@@ -334,7 +399,16 @@ class Settings:
                 f"so it only listens on loopback; HOST={self.host!r} is refused. "
                 "Set MicrosoftAppId/MicrosoftAppPassword to serve other addresses."
             )
-        if not self.dev_mode and not self.app_password:
+        if self.app_type not in APP_TYPES:
+            raise ConfigError(f"MicrosoftAppType must be one of {', '.join(APP_TYPES)}")
+        if not self.dev_mode and self.app_type != "MultiTenant" and not self.app_tenant_id:
+            raise ConfigError(f"MicrosoftAppTenantId is required for a {self.app_type} bot")
+        if not self.dev_mode and self.managed_identity and self.app_password:
+            raise ConfigError(
+                "a UserAssignedMSI bot has no password (MicrosoftAppId is the managed "
+                "identity's client id): remove MicrosoftAppPassword"
+            )
+        if not self.dev_mode and not self.managed_identity and not self.app_password:
             raise ConfigError("MicrosoftAppPassword is required when MicrosoftAppId is set")
         if self.provisioning_app_id and not self.provisioning_app_password:
             raise ConfigError(

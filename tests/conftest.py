@@ -12,12 +12,12 @@ import pytest_asyncio
 from bot.config import DEFAULT_NAMING_RULE
 from bot.domain import change, db
 from bot.domain.naming import set_naming_rule
-from tests import dbutil
 from tests.fakes.network_guard import install_loopback_guard
+from tests.support import dbutil
 
 install_loopback_guard()
 
-pytest_plugins = ["tests.teams_fixtures"]
+pytest_plugins = ["tests.support.teams_fixtures"]
 
 # Nothing a test runs may pick up a developer's .env or real Bot Framework settings.
 for _name in list(os.environ):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 from typing import Any
 
-from bot.commands.m365 import SERVICE
 from bot.config import Settings
 from bot.domain import directory, ledger, licensing, numbers
 from bot.domain.models import ProductKind
@@ -17,8 +17,8 @@ from bot.provisioning.tenant_graph import TenantGraph
 from bot.provisioning.worker import Worker
 from tests import provisioning_env as numbers_env
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.ledger_state import context
 from tests.provisioning_env import APP_ID, APP_SECRET, CUSTOMER_TENANT, OPS, e164, oid, upn
+from tests.support.ledger_state import context
 
 ROLES = [*numbers_env.ROLES, "LicenseAssignment.ReadWrite.All"]
 # Real SKU ids of the public catalogue (Microsoft's "product names and service plan
@@ -56,7 +56,7 @@ def worker(graph: TenantGraph, **options: Any) -> Worker:
 def ctx_for(settings: Settings, graph: TenantGraph | None = None) -> Any:
     ctx = context(settings=settings)
     if graph is not None:
-        ctx.services[SERVICE] = graph
+        ctx.services = replace(ctx.services, tenant_graph=graph)
     return ctx
 
 

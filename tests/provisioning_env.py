@@ -25,7 +25,7 @@ from bot.provisioning.teams_numbers import TeamsNumbers, TenantPace
 from bot.provisioning.tokens import TenantTokens
 from bot.provisioning.worker import Worker
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.ledger_state import origin
+from tests.support.ledger_state import origin
 
 APP_ID = "7b3f0c1e-2a4d-4e5f-8a9b-0c1d2e3f4a5b"
 APP_SECRET = "provisioning-test-secret"

@@ -1,4 +1,5 @@
-"""The web server itself: /healthz, `python app.py` (configuration refusals, serving, logs)."""
+"""The web server itself: /healthz, /readyz, `python app.py` (configuration refusals, serving,
+logs)."""
 
 from __future__ import annotations
 
@@ -23,21 +24,72 @@ from app import BACKGROUND_TASKS, create_app
 from bot.config import Settings
 from bot.domain.models import Product
 from tests.fakes import FakeBotConnector
-from tests.teams_env import message, running_bot
+from tests.support.teams_env import message, running_bot
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def test_healthz_ok(empty_db_url: str) -> None:
+READY = {
+    "status": "ok",
+    "database": "ok",
+    "migrations": "ok",
+    "signing_keys": "not needed (local development mode)",
+}
+
+
+async def test_healthz_and_readyz_ok(empty_db_url: str) -> None:
     async with running_bot(Settings(database_url=empty_db_url)) as bot:
-        assert await bot.get("/healthz") == (200, {"status": "ok", "database": "ok"})
+        assert await bot.get("/healthz") == (200, {"status": "ok"})
+        assert await bot.get("/readyz") == (200, READY)
 
 
 async def test_app_applies_migrations_at_start(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path / 'fresh.sqlite3'}"
     async with running_bot(Settings(database_url=url, migrate_on_start=True)) as bot:
-        assert await bot.get("/healthz") == (200, {"status": "ok", "database": "ok"})
+        assert await bot.get("/readyz") == (200, READY)
         assert await Product.all().count() == 0  # the schema is there
+
+
+async def test_the_app_applies_every_setting_of_the_process(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """create_app, not only `python app.py`, installs the naming rule and the change limit."""
+    from bot.domain.change import limit_writers, writers_at_once
+    from bot.domain.naming import set_naming_rule
+    from tests.support.teams_env import dev_settings, texts, the_card, trust_fakes
+
+    trust_fakes(monkeypatch)
+    with FakeBotConnector(None) as connector:
+        settings = dev_settings(
+            empty_db_url, connector, naming_rule="[a-z]+(?:_[a-z]+)*", max_concurrent_changes=1
+        )
+        set_naming_rule(Settings().naming_rule)
+        limit_writers(Settings().max_concurrent_changes)
+        async with running_bot(settings) as bot:
+            assert writers_at_once() == 1
+            for name in ("TEAMS-SEATS", "teams_seats"):
+                before = len(connector.activities)
+                text = f"product add {name} --kind teams-seats --capacity 5"
+                assert (await bot.post(message(text, connector.service_url))).status == 201
+                [reply] = (await connector.wait_for_async(before + 1))[before:]
+                assert any("[a-z]+(?:_[a-z]+)*" in t for t in texts(the_card(reply))) == (
+                    name == "TEAMS-SEATS"
+                )
+            assert await Product.filter(name="teams_seats").exists()
+            assert not await Product.filter(name="TEAMS-SEATS").exists()
+    set_naming_rule(Settings().naming_rule)
+    limit_writers(Settings().max_concurrent_changes)
+
+
+async def test_readyz_503_while_migrations_are_pending(tmp_path: Path) -> None:
+    # A deployment that migrates separately (FUSION_MIGRATE_ON_START=false) before the step ran.
+    url = f"sqlite://{tmp_path / 'unmigrated.sqlite3'}"
+    async with running_bot(Settings(database_url=url, migrate_on_start=False)) as bot:
+        assert await bot.get("/healthz") == (200, {"status": "ok"})  # alive, but not ready
+        status, body = await bot.get("/readyz")
+        assert status == 503 and body["status"] == "unavailable"
+        assert body["database"] == "ok"
+        assert not body["migrations"].startswith("ok")
 
 
 class TcpRelay:
@@ -102,7 +154,7 @@ class TcpRelay:
 
 
 @pytest.mark.postgres
-async def test_healthz_503_while_the_database_is_unreachable(postgres_url: str) -> None:
+async def test_readyz_503_while_the_database_is_unreachable(postgres_url: str) -> None:
     parts = urlsplit(postgres_url)
     with TcpRelay((parts.hostname or "127.0.0.1", parts.port or 5432)) as relay:
         netloc = (
@@ -112,17 +164,18 @@ async def test_healthz_503_while_the_database_is_unreachable(postgres_url: str) 
         )
         url = urlunsplit(parts._replace(netloc=netloc))
         async with running_bot(Settings(database_url=url)) as bot:
-            assert await bot.get("/healthz") == (200, {"status": "ok", "database": "ok"})
+            assert await bot.get("/readyz") == (200, READY)
             relay.cut()
-            status, body = await bot.get("/healthz")
+            status, body = await bot.get("/readyz")
             assert status == 503
             assert body["status"] == "unavailable" and body["database"].startswith("unavailable")
+            assert await bot.get("/healthz") == (200, {"status": "ok"})
             relay.restore()
             for _ in range(3):  # the pool notices the dead connections and reconnects
-                status, body = await bot.get("/healthz")
+                status, body = await bot.get("/readyz")
                 if status == 200:
                     break
-            assert (status, body) == (200, {"status": "ok", "database": "ok"})
+            assert (status, body) == (200, READY)
 
 
 async def test_background_tasks_run_while_the_app_runs_and_are_cancelled_after(

@@ -1,6 +1,6 @@
 """Approvals (SPEC §5) through the card actions and the commands, on SQLite and PostgreSQL.
 
-Card actions go through `bot.teams.cards.handle_card_action` with a real botbuilder
+Card actions go through `bot.teams.card_actions.handle_card_action` with a real botbuilder
 TurnContext over a TestAdapter: an Action.Execute invoke or an Action.Submit message, the
 actor built as the edge builds it (from the authenticated activity), the real DevPolicy
 (approvers = the listed admins). Every refusal asserts that nothing changed: ledger rows,
@@ -22,7 +22,6 @@ from botbuilder.schema import Activity, ChannelAccount, ConversationAccount
 
 from bot.auth.actor import Actor
 from bot.auth.policy import DevPolicy
-from bot.commands.approvals import ApprovalGate
 from bot.commands.dispatch import run_text
 from bot.commands.registry import Context
 from bot.commands.reply import Approval, Changed, Error
@@ -38,9 +37,10 @@ from bot.domain.models import (
     ProductKind,
 )
 from bot.teams import render as r
-from bot.teams.cards import after_reply, handle_card_action
-from tests.ledger_state import check_invariants, origin, snapshot
-from tests.teams_env import trust_fakes
+from bot.teams.approval_cards import after_reply
+from bot.teams.card_actions import handle_card_action
+from tests.support.ledger_state import check_invariants, origin, snapshot
+from tests.support.teams_env import trust_fakes
 
 SETTINGS = Settings(approval_threshold=100, approval_ttl_hours=72)
 POLICY = DevPolicy(("ada", "bob", "carol"))  # admins and approvers; "mallory" is neither
@@ -61,9 +61,7 @@ def actor(who: str) -> Actor:
 
 
 def context(who: str) -> Context:
-    return Context(
-        actor=actor(who), settings=SETTINGS, policy=POLICY, services={"approvals": ApprovalGate()}
-    )
+    return Context(actor=actor(who), settings=SETTINGS, policy=POLICY)
 
 
 def turn(activity: Activity) -> tuple[TurnContext, TestAdapter]:
@@ -500,8 +498,8 @@ async def test_request_in_chat_decided_in_the_approvals_channel_through_the_app(
     """Alice asks in her chat; the request card is also posted to the approvals channel; Bob
     approves there; Alice's card is updated in place; the change is made once."""
     from tests.fakes import FakeBotConnector
-    from tests.teams_env import ADMIN_OID, dev_settings, message, running_bot, seed_ledger
-    from tests.teams_env import texts as card_texts
+    from tests.support.teams_env import ADMIN_OID, dev_settings, message, running_bot, seed_ledger
+    from tests.support.teams_env import texts as card_texts
 
     trust_fakes(monkeypatch)
     bob = "b0b00000-0000-4000-8000-000000000001"

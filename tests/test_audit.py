@@ -14,7 +14,7 @@ from bot.commands.dispatch import run_text
 from bot.commands.reply import Changed, Error, Message, Reply, Table
 from bot.domain import db
 from bot.domain.models import AuditEvent
-from tests.ledger_state import context, dev_context, snapshot
+from tests.support.ledger_state import context, dev_context, snapshot
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -38,7 +38,7 @@ async def seed() -> None:
 async def raw_sql(sql: str, *params: Any) -> None:
     """Write behind the application's back, as someone with database access could.
     `sql` is in PostgreSQL's notation ($1, ::jsonb) and rewritten for SQLite."""
-    if db.dialect() == "sqlite":
+    if db.dialect() is db.SQLITE:
         sql = re.sub(r"\$\d+", "?", sql.replace("::jsonb", ""))
     await db.connection().execute_query(sql, list(params))
 

@@ -17,7 +17,7 @@ from bot.commands.dispatch import run_fields, run_text
 from bot.commands.reply import Changed, Error, Form, Reply
 from bot.domain.change import verify_chain
 from bot.domain.models import AuditEvent
-from tests.ledger_state import check_invariants, context, dev_context, snapshot
+from tests.support.ledger_state import check_invariants, context, dev_context, snapshot
 
 pytestmark = pytest.mark.usefixtures("database")
 

@@ -17,8 +17,8 @@ import pytest_asyncio
 
 from bot.domain.models import Allocation, AuditEvent, ConversationRef
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity
-from tests.ledger_state import snapshot
-from tests.teams_env import (
+from tests.support.ledger_state import snapshot
+from tests.support.teams_env import (
     ADMIN_OID,
     APP_ID,
     BOT_ID,

@@ -11,7 +11,7 @@ from bot.commands import licensing as licensing_commands
 from bot.domain import directory, ledger, licensing
 from bot.domain.models import LicenseAssignment, ProductKind
 from tests.fakes import FakeBotConnector
-from tests.teams_env import (
+from tests.support.teams_env import (
     SEED,
     dev_settings,
     message,

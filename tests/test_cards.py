@@ -26,7 +26,7 @@ import pytest_asyncio
 from bot.auth.actor import Actor
 from bot.auth.policy import DevPolicy
 from bot.commands import reply as replies
-from bot.commands.approvals import ApprovalGate, approval_reply
+from bot.commands.approvals import approval_reply
 from bot.commands.dispatch import run_text
 from bot.commands.registry import Context
 from bot.commands.reply import (
@@ -45,9 +45,10 @@ from bot.domain import approvals, db, ledger
 from bot.domain.models import ApprovalRequest, NumberType, ProductKind
 from bot.domain.naming import set_naming_rule
 from bot.teams import render as r
-from bot.teams.cards import run_action
-from tests import cardcheck, dbutil
-from tests.ledger_state import origin
+from bot.teams.card_actions import run_action
+from tests import cardcheck
+from tests.support import dbutil
+from tests.support.ledger_state import origin
 
 SETTINGS = Settings(approval_threshold=100)
 POLICY = DevPolicy(("ada", "bob"))
@@ -62,9 +63,7 @@ def context(who: str = "ada") -> Context:
         correlation_id=f"c-{next(_ids)}",
         conversation_id="conv",
     )
-    return Context(
-        actor=actor, settings=SETTINGS, policy=POLICY, services={"approvals": ApprovalGate()}
-    )
+    return Context(actor=actor, settings=SETTINGS, policy=POLICY)
 
 
 async def say(text: str, who: str = "ada") -> Reply:
@@ -126,7 +125,7 @@ async def approval_in(status: str) -> Approval:
         done = approval_reply(await approvals.current(rid))
     else:  # failed: the pool shrank before the approver got to it
         product = await ledger.find_product("TEAMS-SEATS")
-        taken = await ledger.allocated_total(db.connection(), product.id)
+        taken, _ = await ledger.allocation_totals(db.connection(), product.id)
         await ledger.set_capacity(origin(), "TEAMS-SEATS", taken)
         done = await say(f"approve {rid}", "bob")
         await ledger.set_capacity(origin(), "TEAMS-SEATS", 5000)

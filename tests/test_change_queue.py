@@ -16,7 +16,7 @@ from bot.config import ConfigError, Settings
 from bot.domain import change as change_module
 from bot.domain.change import change, limit_writers, writers_at_once
 from bot.domain.models import AuditEvent
-from tests.ledger_state import origin
+from tests.support.ledger_state import origin
 
 OPS = origin()
 
@@ -91,7 +91,7 @@ async def test_the_running_app_takes_the_limit_from_its_settings(
     empty_db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.fakes import FakeBotConnector
-    from tests.teams_env import dev_settings, running_bot, trust_fakes
+    from tests.support.teams_env import dev_settings, running_bot, trust_fakes
 
     trust_fakes(monkeypatch)
     with FakeBotConnector(None) as connector:

@@ -15,7 +15,7 @@ from bot.domain.change import change
 from bot.domain.db import is_outage
 from bot.domain.errors import Unavailable, Unconfirmed
 from bot.domain.models import AuditEvent, Customer
-from tests.ledger_state import origin
+from tests.support.ledger_state import origin
 
 OPS = origin()
 

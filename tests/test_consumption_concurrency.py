@@ -36,7 +36,7 @@ from bot.domain.models import (
     ProductKind,
     Subscription,
 )
-from tests.ledger_state import check_invariants, origin
+from tests.support.ledger_state import check_invariants, origin
 
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("unqueued_changes")]
 

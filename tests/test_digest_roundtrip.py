@@ -20,7 +20,7 @@ from bot.scheduler import Scheduler
 from bot.teams.connector import TrustedServiceUrls
 from bot.teams.proactive import ProactiveSender
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider
-from tests.teams_env import (
+from tests.support.teams_env import (
     APP_ID,
     auth_settings,
     message,

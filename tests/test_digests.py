@@ -36,7 +36,7 @@ from tests.cardcheck.schema import (
     card_size,
     universal_action_problems,
 )
-from tests.ledger_state import origin
+from tests.support.ledger_state import origin
 
 OPS = origin()
 SERVICE_URL = "https://smba.trafficmanager.net/emea/"
@@ -247,7 +247,7 @@ async def test_changes_since_and_pending_approvals() -> None:
 @pytest.mark.usefixtures("database")
 async def test_report_queries_do_not_grow_with_the_data() -> None:
     """The report reads the ledger in a fixed number of statements (counted at the driver)."""
-    from tests.querycount import count_queries
+    from tests.support.querycount import count_queries
 
     await seed_ledger()
     await ledger.allocate(OPS, 5, "SIP-CHANNELS", "ACME-01")

@@ -11,7 +11,14 @@ from bot.domain import directory, ledger, trunks
 from bot.domain.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from bot.domain.models import Account, AccountKind, AuditEvent, ProductKind, SipTrunk
 from bot.domain.usage import usage_report
-from tests.ledger_state import check_invariants, context, dev_context, origin, refused, snapshot
+from tests.support.ledger_state import (
+    check_invariants,
+    context,
+    dev_context,
+    origin,
+    refused,
+    snapshot,
+)
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -102,9 +109,9 @@ async def test_display_names_are_checked() -> None:
         "control",
     )
     await refused(
-        lambda: directory.add_account(OPS, "bob@contoso.com", "ACME-01", display_name="B" * 256),
+        lambda: directory.add_account(OPS, "bob@contoso.com", "ACME-01", display_name="B" * 257),
         InvalidInput,
-        "at most 255",
+        "at most 256",
     )
 
 

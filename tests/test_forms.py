@@ -18,7 +18,6 @@ from botbuilder.schema import Activity, ChannelAccount, ConversationAccount
 
 from bot.auth.actor import Actor
 from bot.auth.policy import DevPolicy
-from bot.commands.approvals import ApprovalGate
 from bot.commands.dispatch import run_text
 from bot.commands.registry import Context
 from bot.commands.reply import Form, Table
@@ -26,8 +25,8 @@ from bot.config import Settings
 from bot.domain import ledger
 from bot.domain.models import Allocation, ApprovalRequest, AuditEvent, ProductKind
 from bot.teams import render as r
-from bot.teams.cards import handle_card_action
-from tests.ledger_state import origin, snapshot
+from bot.teams.card_actions import handle_card_action
+from tests.support.ledger_state import origin, snapshot
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -44,9 +43,7 @@ def context(who: str = "ada") -> Context:
         correlation_id=f"a-{next(_ids)}",
         conversation_id="conv",
     )
-    return Context(
-        actor=actor, settings=SETTINGS, policy=POLICY, services={"approvals": ApprovalGate()}
-    )
+    return Context(actor=actor, settings=SETTINGS, policy=POLICY)
 
 
 def _turn(activity: Activity) -> tuple[TurnContext, TestAdapter]:
@@ -342,7 +339,7 @@ async def test_a_redelivered_command_gets_what_the_first_one_did() -> None:
     answer shows the first delivery's before → after (not a bare "already done")."""
     from dataclasses import replace
 
-    from bot.teams.cards import same_answer
+    from bot.teams.card_actions import same_answer
 
     await seed()
     ctx = context()

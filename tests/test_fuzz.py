@@ -39,8 +39,8 @@ from bot.commands.registry import REGISTRY
 from bot.domain import ledger
 from bot.domain.models import ProductKind
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider
-from tests.ledger_state import check_invariants, snapshot
-from tests.teams_env import (
+from tests.support.ledger_state import check_invariants, snapshot
+from tests.support.teams_env import (
     APP_ID,
     BOT_ID,
     SEED,

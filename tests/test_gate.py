@@ -142,7 +142,7 @@ async def test_the_running_app_lets_in_only_as_many_turns_as_the_setting_says(
     waits until A is done; with no limit it runs beside A and its reply arrives first."""
     from app import EDGE
     from tests.fakes import FakeBotConnector
-    from tests.teams_env import HeldProxy, dev_settings, message, running_bot, trust_fakes
+    from tests.support.teams_env import HeldProxy, dev_settings, message, running_bot, trust_fakes
 
     trust_fakes(monkeypatch)
     with (

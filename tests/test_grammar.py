@@ -12,7 +12,7 @@ from bot.commands.dispatch import run_text
 from bot.commands.grammar import UsageError, compile_usage, match, tokenize
 from bot.commands.registry import REGISTRY, Access, find
 from bot.commands.reply import Changed, Error, Form, Reply, Table
-from tests.ledger_state import context
+from tests.support.ledger_state import context
 
 # The grammar does not depend on the database: SQLite is enough.
 pytestmark = [
@@ -269,7 +269,7 @@ async def test_help_lists_every_command_and_explains_one() -> None:
 
 
 async def test_help_and_whoami_are_open_to_everyone() -> None:
-    from tests.ledger_state import dev_context
+    from tests.support.ledger_state import dev_context
 
     stranger = dev_context((), object_id="oid-stranger")
     assert isinstance(await run_text("help allocate", stranger), Table)

@@ -14,7 +14,7 @@ import pytest
 
 from bot.auth.membership import GraphPolicy
 from bot.commands.dispatch import run_text
-from bot.commands.registry import Context
+from bot.commands.registry import Context, Services
 from bot.commands.reply import Error, Message, Reply
 from bot.domain import directory, ledger
 from bot.domain.change import Origin, verify_chain
@@ -22,7 +22,7 @@ from bot.domain.directory_sync import DirectoryMember, sync_accounts
 from bot.domain.models import Account, AccountKind, AuditEvent, ProductKind
 from bot.domain.usage import usage_report
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.graph_env import (
+from tests.support.graph_env import (
     GRAPH_ROLE,
     ScriptedGraph,
     actor,
@@ -87,7 +87,7 @@ async def admin_context(
             actor=actor("alice", idp.tenant_id),
             settings=config,
             policy=GraphPolicy(config, client),
-            services={"graph": client},
+            services=Services(graph=client),
         )
 
 
@@ -295,7 +295,7 @@ async def test_wrong_group_subscription_or_no_graph_are_clear_answers(
         listed_before = len(pages(graph))
         no_graph = await run_text(
             f"users sync ACME-01 from-group {SYNC_GROUP}",
-            Context(ctx.actor, ctx.settings, ctx.policy, services={}),
+            Context(ctx.actor, ctx.settings, ctx.policy, services=Services()),
         )
     assert isinstance(missing, Error) and missing.title == "Not found"
     assert "Entra group" in missing.text

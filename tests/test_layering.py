@@ -1,9 +1,10 @@
 """Imports point down only (STYLE.md): teams and the CLI → commands → domain/auth.
 
-Only `bot/teams/` and `app.py` may import the Bot Framework SDK, so it can be swapped for its
-successor by touching those alone; `bot/domain` imports neither the SDK nor aiohttp, so the
-ledger runs without a bot. Imports are read with `ast` (every `import`, also inside functions
-and under TYPE_CHECKING), not grepped.
+Only `bot/teams/` and `app.py` may import the Bot Framework SDK (botbuilder, botframework,
+msrest), so it can be swapped for its successor by touching those alone; `bot/domain` imports
+neither the SDK nor an HTTP client (aiohttp, msal, requests), so the ledger runs without a bot.
+Imports are read with `ast` (every `import`, also inside functions and under TYPE_CHECKING),
+not grepped.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*(ROOT / "bot").rglob("*.py"), ROOT / "app.py"])
-BOT_FRAMEWORK = ("botbuilder", "botframework")
+BOT_FRAMEWORK = ("botbuilder", "botframework", "msrest")
 
 
 def module_name(path: Path) -> str:
@@ -66,7 +67,7 @@ def in_layer(*prefixes: str) -> list[Path]:
     return [p for p in SOURCES if relative(p).startswith(prefixes)]
 
 
-EDGE = ("bot/teams/", "app.py")
+EDGE = ("bot/teams/", "app.py", "bot/app.py")
 
 
 def test_the_sources_are_found() -> None:
@@ -87,8 +88,9 @@ def test_only_the_teams_edge_imports_the_bot_framework_sdk() -> None:
     assert offenders(in_layer(*EDGE), BOT_FRAMEWORK)
 
 
-def test_the_domain_imports_neither_the_sdk_nor_aiohttp() -> None:
-    assert offenders(in_layer("bot/domain/"), (*BOT_FRAMEWORK, "aiohttp")) == {}
+def test_the_domain_imports_no_sdk_and_no_http_client() -> None:
+    forbidden = (*BOT_FRAMEWORK, "aiohttp", "msal", "requests")
+    assert offenders(in_layer("bot/domain/"), forbidden) == {}
 
 
 @pytest.mark.parametrize(
@@ -96,10 +98,21 @@ def test_the_domain_imports_neither_the_sdk_nor_aiohttp() -> None:
     [
         (
             "bot/domain/",
-            ("bot.auth", "bot.commands", "bot.teams", "bot.scheduler", "bot.__main__", "app"),
+            (
+                "bot.auth",
+                "bot.commands",
+                "bot.teams",
+                "bot.scheduler",
+                "bot.__main__",
+                "app",
+                "bot.app",
+            ),
         ),
-        ("bot/auth/", ("bot.commands", "bot.teams", "bot.scheduler", "bot.__main__", "app")),
-        ("bot/commands/", ("bot.teams", "bot.scheduler", "bot.__main__", "app")),
+        (
+            "bot/auth/",
+            ("bot.commands", "bot.teams", "bot.scheduler", "bot.__main__", "app", "bot.app"),
+        ),
+        ("bot/commands/", ("bot.teams", "bot.scheduler", "bot.__main__", "app", "bot.app")),
     ],
 )
 def test_imports_point_down(layer: str, above: tuple[str, ...]) -> None:

@@ -41,7 +41,7 @@ from bot.domain.models import (
 )
 from bot.domain.naming import MAX_QUANTITY, set_naming_rule
 from bot.domain.usage import in_use, usage_report
-from tests.ledger_state import check_invariants, context, origin, refused, snapshot
+from tests.support.ledger_state import check_invariants, context, origin, refused, snapshot
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -510,7 +510,7 @@ async def test_usage_report_derives_in_use_per_product_and_subscription() -> Non
 async def test_usage_report_counts_in_use_only_for_the_kinds_it_shows() -> None:
     """Two statements whatever the number of products, subscriptions and numbers: products
     with their allocations, then in use counted only for the kinds of product in the report."""
-    from tests.querycount import count_queries
+    from tests.support.querycount import count_queries
 
     tables = ("phone_number", "sip_trunk", "license_assignment")
     await seed()

@@ -24,12 +24,12 @@ from bot.domain import ledger
 from bot.domain.change import verify_chain
 from bot.domain.errors import Conflict
 from bot.domain.models import Allocation, AuditEvent, Product, ProductKind, SipTrunk, Subscription
-from tests.ledger_state import check_invariants, origin
+from tests.support.ledger_state import check_invariants, origin
 
 # Every attempt at the database at once (the workers do the same): its locks decide the races.
 pytestmark = pytest.mark.usefixtures("unqueued_changes")
 
-WORKER = Path(__file__).resolve().parent / "concurrency_worker.py"
+WORKER = Path(__file__).resolve().parent / "support" / "concurrency_worker.py"
 ROOT = WORKER.parent.parent
 OPS = origin()
 POOL = "CONC-POOL"

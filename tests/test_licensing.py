@@ -18,6 +18,7 @@ import pytest
 
 from bot.commands import licensing as licensing_commands
 from bot.commands.dispatch import run_text
+from bot.commands.registry import Services
 from bot.commands.reply import Changed, Error, Progress
 from bot.domain import directory, ledger, licensing
 from bot.domain.change import verify_chain
@@ -32,8 +33,8 @@ from bot.domain.models import (
     Subscription,
 )
 from bot.domain.usage import usage_report
-from tests import ledger_state
-from tests.ledger_state import check_invariants, context, origin, snapshot
+from tests.support import ledger_state
+from tests.support.ledger_state import check_invariants, context, origin, snapshot
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -313,7 +314,7 @@ async def test_pack_assign_command_reports_progress_as_it_goes(
         updates.append(reply)
 
     ctx = context()
-    ctx.services["progress"] = progress
+    ctx.services = Services(progress=progress)
     reply = await run_text(
         "pack assign VOICE to alice@contoso.com,bob@contoso.com,carol@contoso.com", ctx
     )

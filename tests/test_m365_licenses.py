@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -18,9 +19,9 @@ from bot.domain.models import AuditEvent, JobAction, JobState, LicenseAssignment
 from tests import licensing_env as env
 from tests import provisioning_env as numbers_env
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.graph_env import trust_fakes
-from tests.ledger_state import check_invariants
 from tests.licensing_env import CUSTOMER_TENANT, MCOEV, MCOPSTN1, SPE_E3, SPE_E5, oid, upn
+from tests.support.graph_env import trust_fakes
+from tests.support.ledger_state import check_invariants
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -234,8 +235,6 @@ async def test_throttling_and_a_lost_answer_still_give_one_effect(
 async def test_where_a_worker_runs_the_bulk_answer_shows_microsoft_365s_answer_per_user(
     fakes: tuple[FakeIdentityProvider, FakeGraph],
 ) -> None:
-    from bot.commands.m365 import WAIT
-
     idp, graph = fakes
     await env.seed(graph, users=3)
     graph.set_usage_location(oid(upn(0)), None)
@@ -243,7 +242,7 @@ async def test_where_a_worker_runs_the_bulk_answer_shows_microsoft_365s_answer_p
     settings = env.settings_for(idp, graph)
     async with env.tenant_graph(settings) as client:
         ctx = env.ctx_for(settings, client)
-        ctx.services[WAIT] = 20.0
+        ctx.services = dataclasses.replace(ctx.services, m365_wait_seconds=20.0)
         running = asyncio.create_task(env.worker(client).run())
         try:
             single = await run_text(f"license assign M365-E5 to {upn(0)},{upn(2)}", ctx)

@@ -273,7 +273,7 @@ def test_manifest_is_filled_in_for_this_bot(manifest: dict[str, Any]) -> None:
     assert manifest["id"] == APP_ID
     assert manifest["version"] == VERSION
     assert manifest["validDomains"] == [HOST]
-    assert manifest["webApplicationInfo"] == {"id": APP_ID, "resource": f"api://{HOST}/{APP_ID}"}
+    assert manifest["webApplicationInfo"] == {"id": APP_ID, "resource": f"api://botid-{APP_ID}"}
     assert manifest["icons"] == {"color": "color.png", "outline": "outline.png"}
     assert re.fullmatch(r"#[0-9A-Fa-f]{6}", manifest["accentColor"])
 

@@ -11,7 +11,7 @@ import pytest
 from bot.auth.membership import NOT_APPROVER, OTHER_TENANT, GraphPolicy
 from bot.auth.policy import NOT_ADMIN
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.graph_env import (
+from tests.support.graph_env import (
     ADMIN_GROUP,
     APP_ID,
     APPROVER_GROUP,
@@ -24,7 +24,7 @@ from tests.graph_env import (
     populate,
     trust_fakes,
 )
-from tests.graph_env import OTHER_TENANT as OTHER_TENANT_ID
+from tests.support.graph_env import OTHER_TENANT as OTHER_TENANT_ID
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,8 @@ from bot.domain.models import (
     ProductKind,
 )
 from bot.domain.usage import in_use, usage_report
-from tests import ledger_state
-from tests.ledger_state import check_invariants, origin, snapshot
+from tests.support import ledger_state
+from tests.support.ledger_state import check_invariants, origin, snapshot
 
 pytestmark = pytest.mark.usefixtures("database")
 

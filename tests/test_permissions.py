@@ -22,13 +22,13 @@ import pytest
 from bot.auth.membership import NOT_APPROVER, OTHER_TENANT, GraphPolicy
 from bot.auth.policy import NOT_ADMIN
 from bot.commands.dispatch import run_text
-from bot.commands.registry import REGISTRY, Access, CommandSpec, Context
+from bot.commands.registry import REGISTRY, Access, CommandSpec, Context, Services
 from bot.commands.reply import Error, Reply
 from bot.domain import ledger
 from bot.domain.change import Origin
 from bot.domain.models import AuditEvent, ProductKind
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.graph_env import (
+from tests.support.graph_env import (
     APPROVER_GROUP,
     GRAPH_ROLE,
     actor,
@@ -39,7 +39,7 @@ from tests.graph_env import (
     populate,
     trust_fakes,
 )
-from tests.graph_env import OTHER_TENANT as OTHER_TENANT_ID
+from tests.support.graph_env import OTHER_TENANT as OTHER_TENANT_ID
 
 GATE_TITLES = {"Not allowed", "Not available here"}
 SYNC_GROUP = oid("group:acme-voice-users")
@@ -183,7 +183,7 @@ async def context_for(
                     actor=actor(role.who, tenant),
                     settings=settings,
                     policy=GraphPolicy(settings, client),
-                    services={"graph": client},
+                    services=Services(graph=client),
                 ),
                 graph,
             )

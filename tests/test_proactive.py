@@ -21,8 +21,9 @@ from bot.teams.proactive import (
     Window,
     retry_after_seconds,
 )
-from tests import digest_env as env
-from tests.digest_env import (
+from tests.fakes import ConnectorCall, Failure, FakeBotConnector, FakeIdentityProvider
+from tests.support import digest_env as env
+from tests.support.digest_env import (
     APP_ID,
     TENANT,
     ca_bundle,
@@ -32,7 +33,6 @@ from tests.digest_env import (
     make_sender,
     session,
 )
-from tests.fakes import ConnectorCall, Failure, FakeBotConnector, FakeIdentityProvider
 
 __all__ = ["ca_bundle", "connector", "credentials", "idp", "session"]  # fixtures
 

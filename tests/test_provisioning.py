@@ -17,8 +17,8 @@ from bot.domain.models import AuditEvent, JobState, NumberState, PhoneNumber, Pr
 from bot.provisioning.teams_numbers import TenantPace
 from tests import provisioning_env as env
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.graph_env import trust_fakes
 from tests.provisioning_env import CUSTOMER_TENANT, OPS, RULES, e164, oid, upn
+from tests.support.graph_env import trust_fakes
 
 pytestmark = pytest.mark.usefixtures("database")
 

@@ -16,8 +16,8 @@ import pytest
 
 from bot.domain import db
 from tests import provisioning_env as env
-from tests.graph_env import trust_fakes
 from tests.provisioning_env import CUSTOMER_TENANT, OTHER_TENANT, e164, upn
+from tests.support.graph_env import trust_fakes
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import dbutil
+from tests.support import dbutil
 from tests.test_drills import run_drill
 
 pytestmark = pytest.mark.slow

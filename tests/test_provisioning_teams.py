@@ -25,7 +25,7 @@ from tests import cardcheck
 from tests import provisioning_env as env
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity
 from tests.provisioning_env import CUSTOMER_TENANT, e164, oid, upn
-from tests.teams_env import (
+from tests.support.teams_env import (
     ADMIN_GROUP,
     ADMIN_OID,
     APP_ID,

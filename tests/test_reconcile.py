@@ -27,10 +27,10 @@ from bot.domain.models import (
 from tests import licensing_env as env
 from tests import provisioning_env as numbers_env
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.graph_env import trust_fakes
-from tests.ledger_state import check_invariants
 from tests.licensing_env import CUSTOMER_TENANT, OPS, oid, upn
 from tests.provisioning_env import e164
+from tests.support.graph_env import trust_fakes
+from tests.support.ledger_state import check_invariants
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -200,7 +200,7 @@ async def test_graph_unavailable_gives_a_clear_answer_and_changes_nothing(
 
 async def test_reconcile_says_why_when_provisioning_is_off() -> None:
     from bot.config import Settings
-    from tests.ledger_state import context
+    from tests.support.ledger_state import context
 
     reply = await run_text("reconcile", context(settings=Settings()))
     assert isinstance(reply, Error) and "FUSION_PROVISIONING=off" in reply.text

@@ -17,8 +17,8 @@ import pytest
 from bot.domain import db
 from tests import licensing_env as env
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.graph_env import trust_fakes
 from tests.provisioning_env import e164, upn
+from tests.support.graph_env import trust_fakes
 
 ROOT = Path(__file__).resolve().parent.parent
 

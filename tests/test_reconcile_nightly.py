@@ -19,7 +19,7 @@ from bot.scheduler import Scheduler
 from bot.teams.render import render
 from tests import licensing_env as env
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.graph_env import trust_fakes
+from tests.support.graph_env import trust_fakes
 
 pytestmark = pytest.mark.usefixtures("database")
 

@@ -38,7 +38,8 @@ from bot.domain.models import (
     UsageSnapshot,
 )
 from bot.scheduler import Scheduler
-from tests.digest_env import (
+from tests.fakes import Failure, FakeBotConnector, FakeIdentityProvider, shared_tls
+from tests.support.digest_env import (
     APP_ID,
     APP_SECRET,
     TENANT,
@@ -49,8 +50,7 @@ from tests.digest_env import (
     make_sender,
     session,
 )
-from tests.fakes import Failure, FakeBotConnector, FakeIdentityProvider, shared_tls
-from tests.ledger_state import origin
+from tests.support.ledger_state import origin
 
 __all__ = ["ca_bundle", "connector", "credentials", "idp", "session"]  # fixtures
 

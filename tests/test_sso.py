@@ -18,7 +18,7 @@ import pytest_asyncio
 
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider
 from tests.fakes.identity import SigningKey
-from tests.teams_env import (
+from tests.support.teams_env import (
     ADMIN_GROUP,
     ADMIN_OID,
     APP_ID,

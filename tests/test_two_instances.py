@@ -48,7 +48,7 @@ from bot.domain.models import (
     SchedulerLease,
 )
 from tests.fakes import FakeBotConnector
-from tests.ledger_state import origin
+from tests.support.ledger_state import origin
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -38,8 +38,8 @@ from bot.domain.models import (  # noqa: E402
     ProductKind,
     ProvisioningJob,
 )
-from tests import dbutil  # noqa: E402
 from tests.fakes import FakeGraph, FakeIdentityProvider, shared_tls  # noqa: E402
+from tests.support import dbutil  # noqa: E402
 
 APP_ID = "7b3f0c1e-2a4d-4e5f-8a9b-0c1d2e3f4a5b"
 APP_SECRET = "provisioning-drill-secret"

@@ -11,7 +11,7 @@ while the load goes on.
 
 What it shows: during the outage every answer is a clear "try again" (the card says the
 database is not answering and nothing was changed) — no stack trace, no "something went
-wrong", and /healthz answers 503; once the database is back, allocations succeed again (the
+wrong", and /readyz answers 503; once the database is back, allocations succeed again (the
 time to the first success is printed). Then, as a user or Teams would, every activity that
 was told to try again (or got no answer) is sent again with the same activity id: each is
 done now or reported as already done (a commit that made it just before the crash). Nothing
@@ -47,7 +47,7 @@ CONVERSATIONS = 16
 
 
 async def watch_health(url: str, stop: asyncio.Event, seen: list[tuple[float, int]]) -> None:
-    """GET /healthz every 100 ms; notes (time, status)."""
+    """GET /readyz every 100 ms; notes (time, status)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         while not stop.is_set():
             try:
@@ -66,7 +66,7 @@ async def drill(mode: str, quick: bool, keep: bool) -> dict[str, Any]:
         assert r.postgres is not None
         pg = r.postgres
         bot, bot_url = r.start("bot", url)
-        health_url = bot_url.replace("/api/messages", "/healthz")
+        health_url = bot_url.replace("/api/messages", "/readyz")
         load = allocations(r, POOL, 200_000, CONVERSATIONS, "pg", card_every=4)
         async with r.generator(seconds=60, max_turns=10**9) as gen:
             courier = Courier(gen)
@@ -125,7 +125,7 @@ async def drill(mode: str, quick: bool, keep: bool) -> dict[str, Any]:
         f"before the outage ({before}s): {phase(0, down_at)}",
         f"PostgreSQL stopped in {stopped_at - down_at:.1f}s; during the outage ({outage}s): "
         f"{during}",
-        f"/healthz during the outage: {sorted(set(health_down))}; after: "
+        f"/readyz during the outage: {sorted(set(health_down))}; after: "
         f"{sorted(set(health_after))}",
         f"started again; first successful allocation "
         f"{f'{recovery:.2f}s' if recovery is not None else 'never'} after it was up; "
@@ -148,8 +148,8 @@ async def drill(mode: str, quick: bool, keep: bool) -> dict[str, Any]:
         ),
         "no answer of any other kind, ever (no 'something went wrong')": "other"
         not in courier.all_answers(),
-        "/healthz said 503 while the database was down": 503 in health_down,
-        "/healthz back to 200 after": bool(health_after) and set(health_after) == {200},
+        "/readyz said 503 while the database was down": 503 in health_down,
+        "/readyz back to 200 after": bool(health_after) and set(health_after) == {200},
         "allocations succeed again once it is back": recovery is not None,
         "every activity sent again took effect (done now or already done)": set(retried)
         <= {"applied", "already"},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from bot.domain.change import Origin
 
@@ -33,6 +33,3 @@ class Actor:
             correlation_id=self.correlation_id,
             idempotency_key=self.idempotency_key,
         )
-
-    def with_source(self, source: str) -> Actor:
-        return replace(self, source=source)

@@ -1,4 +1,10 @@
-"""The bot's own identity: app-only access tokens from Entra ID (msal client credentials).
+"""The bot's own identity: app-only access tokens from Entra ID, with msal.
+
+`SingleTenant` / `MultiTenant` bots prove themselves with their client secret (msal's
+client credentials); a `UserAssignedMSI` bot has no secret: msal's `ManagedIdentityClient`
+asks the host's managed identity endpoint (App Service and Container Apps: `IDENTITY_ENDPOINT`
+with `IDENTITY_HEADER`, which the platform sets) for a token of the identity whose client id
+is `MicrosoftAppId`.
 
 One msal application per authority (tenant), made once and kept; each token is kept until
 shortly before it expires, so a busy bot asks Entra ID for a new token about once an hour,
@@ -23,6 +29,7 @@ from typing import Any
 
 import msal
 import requests
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from bot.config import Settings
 
@@ -36,6 +43,20 @@ MULTI_TENANT_AUTHORITY = "botframework.com"
 
 class CredentialsError(Exception):
     """The bot could not get a token for itself; the message says why (never the secret)."""
+
+
+class TokenAnswerMalformed(CredentialsError):
+    """The token endpoint answered, but not with a token response as OAuth 2.0 documents it:
+    the bot cannot know its token, as in an outage (the same request may work later)."""
+
+
+class TokenAnswer(BaseModel):
+    """What a client-credentials token response must hold for the bot to use it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    access_token: StrictStr = Field(min_length=1)
+    expires_in: int = Field(gt=0)
 
 
 def ca_file() -> str | None:
@@ -67,11 +88,14 @@ class _Token:
 
 
 class ClientCredentials:
-    """App-only tokens for the bot's app registration (MicrosoftAppId / MicrosoftAppPassword)."""
+    """App-only tokens for the bot's identity: its app registration (MicrosoftAppId /
+    MicrosoftAppPassword) or its user-assigned managed identity (MicrosoftAppType
+    UserAssignedMSI)."""
 
     def __init__(self, settings: Settings) -> None:
-        if not settings.app_id or not settings.app_password:
+        if not settings.app_id or not (settings.app_password or settings.managed_identity):
             raise CredentialsError("MicrosoftAppId and MicrosoftAppPassword are needed for tokens")
+        self._managed: msal.ManagedIdentityClient | None = None
         self._app_id = settings.app_id
         self._secret = settings.app_password
         self._authority_base = settings.login_authority.rstrip("/")
@@ -93,6 +117,12 @@ class ClientCredentials:
         self._apps_lock = asyncio.Lock()
         self._tokens: dict[tuple[str, str], _Token] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        if settings.managed_identity:
+            self._managed = msal.ManagedIdentityClient(
+                msal.UserAssignedManagedIdentity(client_id=settings.app_id),
+                http_client=self._http,
+                token_cache=msal.TokenCache(),
+            )
 
     async def connector_token(self) -> str:
         """A token for the Bot Connector (replies and proactive messages)."""
@@ -116,18 +146,31 @@ class ClientCredentials:
             cached = self._tokens.get(key)
             if cached is not None and cached.expires_at - RENEW_BEFORE_SECONDS > time.monotonic():
                 return cached.value
-            app = await self._app(tenant)
             started = time.monotonic()
-            result = await asyncio.to_thread(self._acquire, app, scope)
-            token = result.get("access_token")
-            if not isinstance(token, str) or not token:
-                error = result.get("error") or "no token"
+            if self._managed is not None:
+                result = await asyncio.to_thread(self._acquire_managed, self._managed, scope)
+            else:
+                app = await self._app(tenant)
+                result = await asyncio.to_thread(self._acquire, app, scope)
+            if result.get("error"):
+                error = result.get("error")
                 description = str(result.get("error_description") or "").strip()
                 detail = f" ({description.splitlines()[0]})" if description else ""
+                source = "the managed identity endpoint" if self._managed else "Entra ID"
                 raise CredentialsError(
-                    f"Entra ID refused a token for {scope} in tenant {tenant}: {error}{detail}"
+                    f"{source} refused a token for {scope} in tenant {tenant}: {error}{detail}"
                 )
-            lifetime = float(result.get("expires_in") or 0)
+            try:
+                answer = TokenAnswer.model_validate(result)
+            except ValidationError as exc:
+                # msal has cached the answer as a token: a fresh application forgets it.
+                self._apps.pop(tenant, None)
+                where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "the answer"
+                raise TokenAnswerMalformed(
+                    f"Entra ID answered the token request for {scope} with something that is "
+                    f"not a token response ({where}: {exc.errors()[0]['msg'].lower()})"
+                ) from None
+            token, lifetime = answer.access_token, float(answer.expires_in)
             self._tokens[key] = _Token(token, started + lifetime)
             log.info(
                 "token acquired", extra={"scope": scope, "tenant": tenant, "expires_in": lifetime}
@@ -163,6 +206,30 @@ class ClientCredentials:
             result = app.acquire_token_for_client(scopes=[scope])
         except requests.RequestException as exc:
             raise CredentialsError(f"Entra ID could not be reached: {exc}") from exc
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            # msal reads the answer as it comes: a body that is not a token response breaks it.
+            raise TokenAnswerMalformed(
+                f"Entra ID answered the token request with something that is not a token "
+                f"response ({type(exc).__name__})"
+            ) from None
+        if not isinstance(result, dict):
+            raise TokenAnswerMalformed(
+                "Entra ID answered the token request with something that is not a token response"
+            )
+        return dict(result)
+
+    @staticmethod
+    def _acquire_managed(client: msal.ManagedIdentityClient, scope: str) -> dict[str, Any]:
+        # Managed identity endpoints take a resource, not a scope.
+        resource = scope.removesuffix("/.default")
+        try:
+            result = client.acquire_token_for_client(resource=resource)
+        except requests.RequestException as exc:
+            raise CredentialsError(
+                f"the managed identity endpoint could not be reached: {exc}"
+            ) from exc
+        except msal.ManagedIdentityError as exc:
+            raise CredentialsError(f"managed identity: {exc}") from exc
         return dict(result or {})
 
     def close(self) -> None:

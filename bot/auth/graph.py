@@ -5,6 +5,11 @@ group's transitive members (directory sync). It talks to the configured Graph UR
 else: a `@odata.nextLink` that points at another origin is refused before the bot's token
 could go with it.
 
+Every answer is validated against the shape the API documents (pydantic models below) before
+it is used: a 200 whose body is not that (`"value": null`, a number, a string, not JSON) is
+`GraphUnavailable` with the reason — the bot cannot know the answer, as in an outage, so the
+caller fails closed and says why.
+
 Throttling (429) and server errors (5xx, connection failures, timeouts) are retried, honouring
 `Retry-After`, but only within `settings.graph_retry_seconds` per request: a caller waiting for
 an answer in Teams gets a clear "try again" rather than a hang.
@@ -13,16 +18,20 @@ an answer in Teams gets a clear "try again" rather than a hang.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bot import metrics
+from bot.auth.credentials import TokenAnswerMalformed
 from bot.config import Settings
 
 log = logging.getLogger("bot.auth.graph")
@@ -63,6 +72,45 @@ class GraphAuthError(GraphError):
 
 class GraphNotFound(GraphError):
     """The object named in the request does not exist in the directory."""
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+
+
+class MemberGroups(_Answer):
+    """`checkMemberGroups`: the ids of the given groups the object is a member of."""
+
+    value: list[str]
+
+
+class DirectoryObject(_Answer):
+    id: str = Field(min_length=1)
+    odata_type: str | None = Field(default=None, alias="@odata.type")
+    userPrincipalName: str | None = None  # noqa: N815 - Graph's name
+    displayName: str | None = None  # noqa: N815 - Graph's name
+
+
+class DirectoryPage(_Answer):
+    """One page of a directory-object collection (`transitiveMembers`)."""
+
+    value: list[DirectoryObject]
+    next_link: str | None = Field(default=None, alias="@odata.nextLink")
+
+
+M = TypeVar("M", bound=_Answer)
+
+
+def _validated(model: type[M], data: dict[str, Any], what: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the document"
+        raise GraphUnavailable(
+            f"Microsoft Graph answered {what} with a document it does not document "
+            f"({where}: {first['msg'].lower()})."
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -115,7 +163,7 @@ class GraphClient:
             body = await self.request(
                 "POST", f"/users/{quote(object_id)}/checkMemberGroups", {"groupIds": chunk}
             )
-            found.update(str(g) for g in body.get("value", []) if isinstance(g, str))
+            found.update(_validated(MemberGroups, body, "checkMemberGroups").value)
         by_lower = {g.lower(): g for g in wanted}
         return {by_lower[g.lower()] for g in found if g.lower() in by_lower}
 
@@ -135,12 +183,9 @@ class GraphClient:
                     "Microsoft Graph's paging went round in circles; the listing was stopped."
                 )
             seen.add(url)
-            page = await self.request("GET", url)
-            for item in page.get("value", []):
-                if isinstance(item, dict) and isinstance(item.get("id"), str):
-                    entries.append(_entry(item))
-            next_link = page.get("@odata.nextLink")
-            url = next_link if isinstance(next_link, str) and next_link else None
+            page = _validated(DirectoryPage, await self.request("GET", url), "transitiveMembers")
+            entries.extend(_entry(item) for item in page.value)
+            url = page.next_link or None
         return entries
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -162,6 +207,11 @@ class GraphClient:
     async def _token(self) -> str:
         try:
             token = await self._tokens(self._scope)
+        except TokenAnswerMalformed as exc:
+            log.warning("no Graph token: %s", exc)
+            raise GraphUnavailable(
+                f"The bot could not get its Microsoft Graph token ({_short(str(exc))})."
+            ) from exc
         except Exception as exc:
             log.warning("no Graph token: %s", exc)
             raise GraphAuthError(
@@ -187,6 +237,7 @@ class GraphClient:
                 async with self._session.request(
                     method, url, json=body, headers=headers, timeout=timeout, allow_redirects=False
                 ) as resp:
+                    metrics.graph_answered(resp.status)
                     if 200 <= resp.status < 300:
                         return await _json(resp)
                     code, message = await _error(resp)
@@ -200,6 +251,7 @@ class GraphClient:
                     else:
                         raise _refusal(resp.status, code, message)
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                metrics.graph_answered(None)
                 wait = _backoff(attempt)
                 why = _short(str(exc)) or type(exc).__name__
                 problem = GraphUnavailable(f"Microsoft Graph could not be reached ({why}).")
@@ -211,16 +263,13 @@ class GraphClient:
             await asyncio.sleep(wait)
 
 
-def _entry(item: dict[str, Any]) -> DirectoryEntry:
-    odata_type = str(item.get("@odata.type") or "")
-    kind = odata_type.removeprefix("#microsoft.graph.") or "unknown"
-    upn = item.get("userPrincipalName")
-    name = item.get("displayName")
+def _entry(item: DirectoryObject) -> DirectoryEntry:
+    kind = (item.odata_type or "").removeprefix("#microsoft.graph.") or "unknown"
     return DirectoryEntry(
-        id=str(item["id"]),
+        id=item.id,
         type=kind,
-        user_principal_name=upn if isinstance(upn, str) else None,
-        display_name=name if isinstance(name, str) else None,
+        user_principal_name=item.userPrincipalName,
+        display_name=item.displayName,
     )
 
 
@@ -228,20 +277,23 @@ async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
     if resp.status == 204:
         return {}
     try:
-        data = await resp.json(content_type=None)
-    except ValueError as exc:
-        raise GraphError(
+        data = json.loads(await resp.read())
+    except (ValueError, RecursionError):
+        raise GraphUnavailable(
             "Microsoft Graph answered something that is not JSON.", resp.status
-        ) from exc
+        ) from None
     if not isinstance(data, dict):
-        raise GraphError("Microsoft Graph answered an unexpected document.", resp.status)
+        raise GraphUnavailable(
+            f"Microsoft Graph answered a {type(data).__name__} where it documents an object.",
+            resp.status,
+        )
     return data
 
 
 async def _error(resp: aiohttp.ClientResponse) -> tuple[str, str]:
     try:
-        data = await resp.json(content_type=None)
-    except (ValueError, aiohttp.ClientError):
+        data = json.loads(await resp.read())
+    except (ValueError, RecursionError, aiohttp.ClientError):
         return "", ""
     err = data.get("error") if isinstance(data, dict) else None
     if not isinstance(err, dict):

@@ -1,6 +1,13 @@
 """Teams SSO: the `groups` claim of the caller's Entra ID token, so membership needs no Graph call.
 
-Teams hands the bot the user's SSO token in a `signin/tokenExchange` invoke. The token is only
+The protocol (Microsoft's "Enable SSO for your bot" for Teams; bot/teams/sso.py speaks it): the
+bot sends an OAuth card naming the Azure Bot's OAuth connection and a `tokenExchangeResource`
+(from the Bot Framework token service's `GetSignInResource`); Teams gets the user a token for
+that resource (the app's Application ID URI, `api://botid-APP_ID`) without asking and hands it
+over in a `signin/tokenExchange` invoke. The bot exchanges it at the token service
+(`/api/usertoken/exchange`, `TokenService` below) and reads it itself; if either fails it answers
+412 and Teams shows the card's sign-in button instead, after which a `signin/verifyState` invoke
+brings a code that the token service turns into the user's token (`GetToken`). The token is only
 a source of group ids, never of identity: it counts only if it is an Entra ID v2.0 access
 token, RS256-signed by a key of the tenant's published key set, issued by
 `{login_authority}/{tid}/v2.0` for an allowed tenant (the activity's own), meant for this bot
@@ -22,9 +29,10 @@ hammer Entra ID.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +52,138 @@ MAX_REMEMBERED = 10_000
 
 class SsoRejected(Exception):
     """The SSO token does not count; the message says why (never the token)."""
+
+
+class TokenServiceError(Exception):
+    """The Bot Framework token service could not be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class SignInResource:
+    """What an OAuth card needs (the token service's `GetSignInResource`)."""
+
+    sign_in_link: str
+    exchange_id: str
+    exchange_uri: str
+    provider_id: str | None
+
+
+#: The token service's API version (a constant of the protocol, as in botframework-connector).
+TOKEN_API_VERSION = "token"
+
+
+class TokenService:
+    """The Bot Framework token service (`FUSION_TOKEN_SERVICE_URL`): sign-in resources, token
+    exchange and magic codes for the Azure Bot's OAuth connection, called with the bot's own
+    Bot Connector token on the app's aiohttp session.
+
+    botframework-connector has a client for this, but it fetches its token with blocking msal
+    calls on the event loop and only with a client secret (not a managed identity); these three
+    calls are small enough to make here with the bot's `ClientCredentials`."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        token: Callable[[], Awaitable[str]],
+        *,
+        timeout_seconds: float = 15,
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+
+    async def _call(
+        self, method: str, path: str, query: dict[str, str], body: Any = None
+    ) -> tuple[int, Any]:
+        try:
+            headers = {"Authorization": f"Bearer {await self._token()}"}
+            async with self._session.request(
+                method,
+                f"{self._base}{path}",
+                params={**query, "api-version": TOKEN_API_VERSION},
+                json=body,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                text = await resp.text()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TokenServiceError(f"the token service could not be reached ({exc})") from exc
+        except Exception as exc:  # no token for the bot itself
+            raise TokenServiceError(f"no token to call the token service: {exc}") from exc
+        try:
+            document = json.loads(text) if text.strip() else None
+        except ValueError:
+            document = None
+        return status, document
+
+    async def sign_in_resource(self, state: str) -> SignInResource:
+        status, doc = await self._call("GET", "/api/botsignin/GetSignInResource", {"state": state})
+        if status != 200 or not isinstance(doc, dict):
+            raise TokenServiceError(f"GetSignInResource answered {status}: {_error_of(doc)}")
+        resource = doc.get("tokenExchangeResource")
+        link = doc.get("signInLink")
+        if (
+            not isinstance(link, str)
+            or not link.startswith("https://")
+            or not isinstance(resource, dict)
+            or not isinstance(resource.get("id"), str)
+            or not isinstance(resource.get("uri"), str)
+        ):
+            raise TokenServiceError("GetSignInResource answered an unexpected document")
+        provider = resource.get("providerId")
+        return SignInResource(
+            link, resource["id"], resource["uri"], provider if isinstance(provider, str) else None
+        )
+
+    async def exchange(self, user_id: str, connection: str, channel_id: str, token: str) -> str:
+        """The connection's token for the user, from their SSO token; raises
+        `TokenServiceError` when the token service will not exchange it (consent needed, a
+        token for another resource…)."""
+        status, doc = await self._call(
+            "POST",
+            "/api/usertoken/exchange",
+            {"userId": user_id, "connectionName": connection, "channelId": channel_id},
+            {"token": token},
+        )
+        found = doc.get("token") if isinstance(doc, dict) and status == 200 else None
+        if not isinstance(found, str) or not found:
+            raise TokenServiceError(
+                f"the token service did not exchange the token ({status}: {_error_of(doc)})"
+            )
+        return found
+
+    async def user_token(
+        self, user_id: str, connection: str, channel_id: str, code: str
+    ) -> str | None:
+        """The user's token after they signed in with the card's button (`code`: the magic
+        code of `signin/verifyState`); None when the token service has none."""
+        status, doc = await self._call(
+            "GET",
+            "/api/usertoken/GetToken",
+            {
+                "userId": user_id,
+                "connectionName": connection,
+                "channelId": channel_id,
+                "code": code,
+            },
+        )
+        if status == 404:
+            return None
+        found = doc.get("token") if isinstance(doc, dict) else None
+        if status != 200 or not isinstance(found, str) or not found:
+            raise TokenServiceError(f"GetToken answered {status}: {_error_of(doc)}")
+        return found
+
+
+def _error_of(doc: Any) -> str:
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict):
+        return f"{error.get('code')}: {str(error.get('message'))[:200]}"
+    return "no details"
 
 
 @dataclass(frozen=True)
@@ -159,11 +299,15 @@ class TeamsSso:
 
         Raises `SsoRejected` (and remembers nothing) when the token does not count."""
         found = await self.check(token, object_id=object_id, tenant_id=tenant_id)
+        self.remember(object_id, found)
+        return found
+
+    def remember(self, object_id: str, found: SsoGroups) -> None:
+        """Keep what a checked token said about the user's groups, like a Graph answer."""
         if self._ttl > 0 and (found.groups is not None or found.overage):
             if len(self._remembered) >= MAX_REMEMBERED:
                 self._prune()
             self._remembered[object_id.lower()] = (self._clock() + self._ttl, found)
-        return found
 
     def groups_for(self, object_id: str) -> SsoGroups | None:
         """What the user's last valid SSO token said, while it is remembered."""

@@ -1,7 +1,8 @@
 """Approvals: changes above the threshold wait for an approver; `approvals`, `approve`, `reject`.
 
-`ApprovalGate` is the `approvals` service the ledger handlers consult before an allocation or
-a capacity change (put into `Context.services["approvals"]` by each front door). Deciding goes
+Whether a change waits is the domain's rule (`bot.domain.approvals.allocate` / `set_capacity`,
+asked by the ledger commands with the threshold from the settings); `answer_change` says what
+came of it. Deciding goes
 through the one authorization gate (Access.APPROVER re-checks the approver through the policy
 on every call) and then `bot.domain.approvals.decide`, which refuses the requester, expired and
 already-decided requests, and carries the change out in the same transaction as the decision.
@@ -10,21 +11,17 @@ already-decided requests, and carries the change out in the same transaction as 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
+from bot.commands.answers import changed, paged
 from bot.commands.args import Args, Quantity, Text
-from bot.commands.ledger import AllocationArgs, CapacityArgs, changed, paged
 from bot.commands.registry import Access, Context, command
 from bot.commands.reply import Approval, Changed, FormField, Reply, Table
-from bot.domain import approvals, ledger
+from bot.domain import approvals
+from bot.domain.ledger import Outcome
 from bot.domain.models import ApprovalRequest, ApprovalStatus
 
 log = logging.getLogger("bot.approvals")
-
-#: Service name of an optional poster to the approvals channel: `async (Approval) -> None`.
-CHANNEL_SERVICE = "approvals_channel"
 
 
 def when(at: datetime | None) -> str | None:
@@ -59,61 +56,38 @@ def approval_reply(request: ApprovalRequest, text: str = "") -> Approval:
     )
 
 
-class ApprovalGate:
-    """Holds allocations and capacity changes above `settings.approval_threshold` for approval."""
+def approval_rule(ctx: Context) -> approvals.ApprovalRule:
+    """The approval threshold and time to live, from the settings every Context carries."""
+    return approvals.ApprovalRule(ctx.settings.approval_threshold, ctx.settings.approval_ttl_hours)
 
-    async def hold_allocation(self, ctx: Context, args: AllocationArgs) -> Reply | None:
-        if args.quantity <= ctx.settings.approval_threshold:
-            return None
-        product = await ledger.find_product(args.product)
-        subscription = await ledger.find_subscription(args.subscription)
-        payload = {
-            "quantity": args.quantity,
-            "product": product.name,
-            "subscription": subscription.code,
-        }
-        return await self._hold(ctx, approvals.ALLOCATE, payload, args.dry_run)
 
-    async def hold_capacity(self, ctx: Context, args: CapacityArgs) -> Reply | None:
-        product = await ledger.find_product(args.name)
-        if abs(args.capacity - product.capacity) <= ctx.settings.approval_threshold:
-            return None
-        payload = {"product": product.name, "capacity": args.capacity}
-        return await self._hold(ctx, approvals.CAPACITY, payload, args.dry_run)
-
-    async def _hold(
-        self, ctx: Context, action: str, payload: dict[str, Any], dry_run: bool
-    ) -> Reply:
-        threshold = ctx.settings.approval_threshold
-        if dry_run:
-            preview = changed(await approvals.CARRY_OUT[action](ctx.actor.origin(), payload, True))
-            preview.text = (
-                f"{preview.text} This is more than {threshold:,} units, so the real change "
-                "will wait for an approver."
-            )
-            return preview
-        request = await approvals.request_change(
-            ctx.actor.origin(),
-            action,
-            payload,
-            ttl_hours=ctx.settings.approval_ttl_hours,
-            conversation_id=ctx.actor.conversation_id,
+async def answer_change(ctx: Context, result: Outcome | approvals.Held) -> Reply:
+    """The reply to an allocation or capacity change: what it did, or the approval request it
+    became (posted to the approvals channel too, where the front door has one)."""
+    if not isinstance(result, approvals.Held):
+        return changed(result)
+    if result.request is None:
+        assert result.preview is not None  # a dry run
+        preview = changed(result.preview)
+        preview.text = (
+            f"{preview.text} This is more than {result.threshold:,} units, so the real change "
+            "will wait for an approver."
         )
-        reply = approval_reply(
-            request,
-            f"More than {threshold:,} units: this change waits for an approver. "
-            "Approvers can use the buttons or type "
-            f"`approve {request.id}` / `reject {request.id}`.",
-        )
-        post: Callable[[Approval], Awaitable[Any]] | None = ctx.services.get(CHANNEL_SERVICE)
-        if post is not None:
-            try:
-                await post(reply)
-            except Exception:  # the request stands; the channel copy is a courtesy
-                log.exception(
-                    "could not post approval request %s to the approvals channel", request.id
-                )
-        return reply
+        return preview
+    request = result.request
+    reply = approval_reply(
+        request,
+        f"More than {result.threshold:,} units: this change waits for an approver. "
+        "Approvers can use the buttons or type "
+        f"`approve {request.id}` / `reject {request.id}`.",
+    )
+    post = ctx.services.approvals_channel
+    if post is not None:
+        try:
+            await post(reply)
+        except Exception:  # the request stands; the channel copy is a courtesy
+            log.exception("could not post approval request %s to the approvals channel", request.id)
+    return reply
 
 
 # ----- commands ----------------------------------------------------------------------------

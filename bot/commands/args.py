@@ -12,10 +12,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from bot.domain.errors import did_you_mean
 from bot.domain.naming import MAX_QUANTITY
 
 # Longer than this is no count of anything; refused as too large, not parsed.
-_WHOLE = re.compile(r"[+]?\d{1,30}")
+_WHOLE = re.compile(r"[+]?[0-9]{1,30}")
 
 
 def _whole(value: Any, lowest: int) -> int:
@@ -28,7 +29,7 @@ def _whole(value: Any, lowest: int) -> int:
         n = int(value)
     elif _WHOLE.fullmatch(text):
         n = int(text)
-    elif re.fullmatch(r"\d+", text):
+    elif re.fullmatch(r"[0-9]+", text):
         raise ValueError(f"is too large (at most {MAX_QUANTITY:,})")
     else:
         raise ValueError(f"must be a positive whole number, got {str(value)[:40]!r}")
@@ -81,6 +82,16 @@ class Args(BaseModel):
     dry_run: bool = False
 
 
+def _guess(err: Any) -> str:
+    """", not 'number': did you mean 'numbers'?" for a value close to one of the choices."""
+    typed = err.get("input")
+    choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+    guesses = did_you_mean(typed, choices) if isinstance(typed, str) and choices else []
+    if not guesses:
+        return ""
+    return f" (not {typed!r}: did you mean " + " or ".join(repr(g) for g in guesses) + "?)"
+
+
 def describe_errors(exc: ValidationError, labels: dict[str, str]) -> str:
     """Pydantic's errors as sentences naming the argument the way the usage line does."""
     parts = []
@@ -93,7 +104,7 @@ def describe_errors(exc: ValidationError, labels: dict[str, str]) -> str:
         elif err["type"] == "extra_forbidden":
             msg = "is not an argument of this command"
         elif err["type"] == "enum" or err["type"] == "literal_error":
-            msg = msg.replace("Input should be", "must be")
+            msg = msg.replace("Input should be", "must be") + _guess(err)
         elif err["type"] in {"bool_parsing", "bool_type"}:
             msg = "must be true or false"
         elif err["type"] in {"string_type"}:

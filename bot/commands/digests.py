@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from bot.commands.answers import changed, next_page, paged
 from bot.commands.args import Args, Quantity, Text
-from bot.commands.ledger import changed, paged
 from bot.commands.registry import Context, command
 from bot.commands.reply import Digest, FormField, Reply
 from bot.domain import digests
 from bot.domain.digests import DigestReport
 from bot.domain.errors import InvalidInput
+from bot.domain.paging import window
 from bot.domain.reconcile import drift_lines
 
 NOT_A_CONVERSATION = (
@@ -27,8 +28,7 @@ def digest_reply(
     report: DigestReport, *, page: int = 1, page_size: int = 25, command: str = "digest now"
 ) -> Digest:
     """The Digest reply for a report: page `page` of its products, the summary in plain words."""
-    pages = max(1, -(-len(report.products) // page_size))
-    page = min(max(page, 1), pages)
+    page, pages, _ = window(len(report.products), page, page_size)
     threshold = report.threshold_percent
     lines: list[str] = []
     if report.pool_alerts:
@@ -79,7 +79,7 @@ def digest_reply(
         page=page,
         pages=pages,
         page_size=page_size,
-        next_command=f"{command} --page {page + 1}" if page < pages else None,
+        next_command=next_page(command, page, pages),
     )
 
 

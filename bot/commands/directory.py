@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from bot.commands.answers import changed, next_page
 from bot.commands.args import Args, Quantity, Text
-from bot.commands.ledger import changed
-from bot.commands.numbers import next_page
 from bot.commands.registry import Context, command
 from bot.commands.reply import FormField, Reply, Table
 from bot.domain import directory

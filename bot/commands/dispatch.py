@@ -8,7 +8,7 @@ what rule it broke, an outage a "try again" — never a stack trace.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -28,6 +28,9 @@ from bot.domain.errors import (
     Unconfirmed,
     did_you_mean,
 )
+
+if TYPE_CHECKING:
+    from bot.auth.actor import Actor
 
 log = logging.getLogger("bot.commands")
 
@@ -82,14 +85,20 @@ async def run_fields(name: str, data: dict[str, Any], ctx: Context) -> Reply:
 
 async def authorize(spec: CommandSpec, ctx: Context) -> Reply | None:
     """The one authorization gate. Returns a refusal, or None to go ahead."""
+    return await refusal(spec.access, ctx)
+
+
+async def refusal(access: Access, ctx: Context) -> Error | None:
+    """Why the caller may not have `access` (None: they may). The gate's one decision, also
+    asked where a card shows what only some may see."""
     tenant = ctx.policy.tenant_allowed(ctx.actor)
     if not tenant.allowed:
         return Error(title="Not available here", text=tenant.reason, code="forbidden")
-    if spec.access is Access.PUBLIC:
+    if access is Access.PUBLIC:
         return None
     decision = (
         await ctx.policy.is_approver(ctx.actor)
-        if spec.access is Access.APPROVER
+        if access is Access.APPROVER
         else await ctx.policy.is_admin(ctx.actor)
     )
     if not decision.allowed:
@@ -154,15 +163,23 @@ async def _run(
     except DomainError as exc:
         return Error(title="Refused", text=exc.message, code=exc.code)
     except Exception as exc:
-        if is_outage(exc):
-            return Error(title="Try again", text=OUTAGE, code="unavailable")
-        ref = ctx.actor.correlation_id or "-"
-        log.exception("command %s failed", spec.name)
-        return Error(
-            title="Something went wrong",
-            text=f"The command could not be completed and nothing was changed. Reference: {ref}.",
-            code="internal",
-        )
+        return failed(exc, "command", f"command {spec.name}", ctx.actor)
+
+
+def failed(exc: Exception, what: str, where: str, actor: Actor) -> Error:
+    """The answer to an exception nothing else answered (one transaction: nothing half-done):
+    "try again" when the database is out, else "something went wrong" with the reference that
+    finds the logged stack trace."""
+    if is_outage(exc):
+        log.warning("%s: database unavailable: %r", where, exc)
+        return Error(title="Try again", text=OUTAGE, code="unavailable")
+    log.error("%s failed", where, exc_info=exc)
+    return Error(
+        title="Something went wrong",
+        text=f"The {what} could not be completed and nothing was changed. "
+        f"Reference: {actor.correlation_id or '-'}.",
+        code="internal",
+    )
 
 
 def _form_errors(exc: ValidationError) -> dict[str, str]:

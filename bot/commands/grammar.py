@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from bot.domain.errors import did_you_mean
+
 MAX_COMMAND_LENGTH = 4000
 
 
@@ -203,7 +205,12 @@ def match(pattern: Pattern, tokens: list[str], command: str) -> Parsed:
                 parsed.options[name] = value
                 i += 1
                 continue
-            raise UsageError(f"Unknown option {name} for `{command}`.", command)
+            known = sorted(pattern.value_options | pattern.flag_options)
+            guesses = did_you_mean(name, known)
+            hint = (
+                " Did you mean " + " or ".join(f"`{g}`" for g in guesses) + "?" if guesses else ""
+            )
+            raise UsageError(f"Unknown option {name} for `{command}`.{hint}", command)
         positional.append(tok)
         i += 1
 
@@ -255,7 +262,3 @@ def _match_slots(
             i = _match_slots(slot.items, toks, i, parsed, command, required=False)
     return i
 
-
-def split_list(value: str) -> list[str]:
-    """`a,b , c` → [a, b, c] for UPN[,UPN...] arguments."""
-    return [part.strip() for part in value.split(",") if part.strip()]

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import model_validator
 
+from bot.commands.answers import changed, paged
+from bot.commands.approvals import answer_change, approval_rule
 from bot.commands.args import Args, Count, Keyword, Quantity, Text
 from bot.commands.registry import Context, command
-from bot.commands.reply import Changed, FormField, Reply, Table
-from bot.domain import ledger
-from bot.domain.ledger import Outcome
+from bot.commands.reply import FormField, Reply
+from bot.domain import approvals, ledger
 from bot.domain.models import (
     Category,
     Customer,
@@ -20,52 +21,6 @@ from bot.domain.models import (
     SubscriptionMode,
 )
 from bot.domain.usage import usage_report
-
-
-def changed(outcome: Outcome) -> Changed:
-    title = ("Dry run — nothing changed: " if outcome.dry_run else "") + outcome.message
-    return Changed(
-        title=title,
-        text=outcome.message,
-        target=outcome.target,
-        before=outcome.before,
-        after=outcome.after,
-        dry_run=outcome.dry_run,
-        data={
-            "action": outcome.action,
-            "target": outcome.target,
-            "before": outcome.before,
-            "after": outcome.after,
-            "dry_run": outcome.dry_run,
-        },
-    )
-
-
-def paged(
-    title: str,
-    columns: list[str],
-    rows: list[list[str]],
-    data: Any,
-    page: int,
-    size: int,
-    next_command: str,
-    note: str = "",
-) -> Table:
-    """A table cut into pages of `size` rows (cards stay small)."""
-    pages = max(1, -(-len(rows) // size))
-    page = min(max(page, 1), pages)
-    start = (page - 1) * size
-    return Table(
-        title=title,
-        columns=columns,
-        rows=rows[start : start + size],
-        data=data,
-        note=note,
-        page=page,
-        pages=pages,
-        next_command=f"{next_command} --page {page + 1}" if page < pages else None,
-    )
-
 
 # ----- products --------------------------------------------------------------------------
 
@@ -206,16 +161,15 @@ class CapacityArgs(Args):
     ),
 )
 async def product_capacity(ctx: Context, args: CapacityArgs) -> Reply:
-    gate = ctx.services.get("approvals")
-    if gate is not None:
-        held = await gate.hold_capacity(ctx, args)
-        if held is not None:
-            return held
-    return changed(
-        await ledger.set_capacity(
-            ctx.actor.origin(), args.name, args.capacity, dry_run=args.dry_run
-        )
+    result = await approvals.set_capacity(
+        ctx.actor.origin(),
+        approval_rule(ctx),
+        args.name,
+        args.capacity,
+        dry_run=args.dry_run,
+        conversation_id=ctx.actor.conversation_id,
     )
+    return await answer_change(ctx, result)
 
 
 class NameArgs(Args):
@@ -377,16 +331,16 @@ _ALLOCATION_FORM = (
     form=_ALLOCATION_FORM,
 )
 async def allocate(ctx: Context, args: AllocationArgs) -> Reply:
-    gate = ctx.services.get("approvals")
-    if gate is not None:
-        held = await gate.hold_allocation(ctx, args)
-        if held is not None:
-            return held
-    return changed(
-        await ledger.allocate(
-            ctx.actor.origin(), args.quantity, args.product, args.subscription, dry_run=args.dry_run
-        )
+    result = await approvals.allocate(
+        ctx.actor.origin(),
+        approval_rule(ctx),
+        args.quantity,
+        args.product,
+        args.subscription,
+        dry_run=args.dry_run,
+        conversation_id=ctx.actor.conversation_id,
     )
+    return await answer_change(ctx, result)
 
 
 @command(

@@ -2,7 +2,7 @@
 
 `license assign` and `pack assign` name one or more accounts and answer with a Progress reply:
 per account what was assigned, and why the rest were not. While they run, a front door that
-offers a `progress` service (`ctx.services["progress"]`, a callable taking a `Progress` reply
+offers a `progress` service (`ctx.services.progress`, a callable taking a `Progress` reply
 with `finished=False`, returning None or an awaitable) is given the progress so far, at most
 once every PROGRESS_INTERVAL_SECONDS — Teams uses it to update the card as the work goes on.
 """
@@ -18,8 +18,8 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
+from bot.commands.answers import changed
 from bot.commands.args import Args, Text
-from bot.commands.ledger import changed
 from bot.commands.m365 import outcomes, shortfall
 from bot.commands.provisioned import rules
 from bot.commands.registry import Context, command
@@ -85,8 +85,8 @@ class ProgressRelay:
 
 
 def _relay(ctx: Context, title: str) -> ProgressRelay | None:
-    sink = ctx.services.get("progress")
-    return ProgressRelay(sink, title) if callable(sink) else None
+    sink = ctx.services.progress
+    return ProgressRelay(sink, title) if sink is not None else None
 
 
 def progress_reply(

@@ -19,18 +19,16 @@ from bot.provisioning.session import open_tenant_graph
 from bot.provisioning.teams_numbers import Refused, Retryable
 from bot.provisioning.tenant_graph import TenantGraph
 
-SERVICE = "tenant_graph"  # ctx.services key of a front door's TenantGraph
-# ctx.services key: how long a bulk license command waits for Microsoft 365's per-user answers
-# before it answers with what it has. Set by a front door whose process runs the provisioning
-# worker (the bot); the CLI does not wait (`provisioning` shows how each job ended).
-WAIT = "m365_wait_seconds"
+# How long a bulk license command waits for Microsoft 365's per-user answers before it answers
+# with what it has (Services.m365_wait_seconds), where the process runs the provisioning worker
+# (the bot); the CLI does not wait (`provisioning` shows how each job ended).
 WAIT_SECONDS = 8.0
 POLL_SECONDS = 0.25
 
 
 @asynccontextmanager
 async def tenant_graph(ctx: Context) -> AsyncIterator[TenantGraph]:
-    given = ctx.services.get(SERVICE)
+    given = ctx.services.tenant_graph
     if isinstance(given, TenantGraph):
         yield given
         return
@@ -44,8 +42,7 @@ async def outcomes(ctx: Context, job_ids: Iterable[int]) -> dict[int, Provisioni
     wanted = sorted(set(job_ids))
     if not wanted:
         return {}
-    wait = ctx.services.get(WAIT)
-    deadline = time.monotonic() + (float(wait) if isinstance(wait, int | float) else 0.0)
+    deadline = time.monotonic() + max(float(ctx.services.m365_wait_seconds), 0.0)
     while True:
         rows = {j.id: j for j in await ProvisioningJob.filter(id__in=wanted)}
         still = [j for j in rows.values() if j.state in (JobState.PENDING, JobState.SENT)]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shlex
-
+from bot.commands.answers import changed, next_page
 from bot.commands.args import Args, Quantity, Text
-from bot.commands.ledger import changed
 from bot.commands.provisioned import provisioned, rules
 from bot.commands.registry import Context, command
 from bot.commands.reply import FormField, Reply, Table
@@ -13,11 +11,6 @@ from bot.domain import numbers
 from bot.domain.models import NumberState, NumberType
 
 _TYPES = [(t.value, t.value) for t in NumberType]
-
-
-def next_page(words: list[str], page: int, pages: int) -> str | None:
-    """The command that shows the page after this one, if there is one."""
-    return shlex.join([*words, "--page", str(page + 1)]) if page < pages else None
 
 
 class NumbersArgs(Args):

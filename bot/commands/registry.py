@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from bot.commands.args import Args
 from bot.commands.grammar import Pattern, compile_usage
-from bot.commands.reply import FormField, Reply
+from bot.commands.reply import Approval, FormField, Progress, Reply
 
 if TYPE_CHECKING:
     from bot.auth.actor import Actor
+    from bot.auth.graph import GraphClient
     from bot.auth.policy import Policy
     from bot.config import Settings
 
@@ -27,6 +28,25 @@ class Access(Enum):
     APPROVER = "approver"  # members of the approver groups
 
 
+@dataclass(frozen=True)
+class Services:
+    """What a front door lends the handlers, each optional: a handler does without it where
+    the door has none. Rules of the ledger (approvals among them) are never a service."""
+
+    # Microsoft Graph, for `users sync` (only where the bot has its app credentials).
+    graph: GraphClient | None = None
+    # Shows a bulk command's progress while it runs (Teams: the card, updated in place).
+    progress: Callable[[Progress], Awaitable[None] | None] | None = None
+    # Posts a copy of a new approval request to the approvals channel.
+    approvals_channel: Callable[[Approval], Awaitable[None]] | None = None
+    # Customers' tenants in Microsoft Graph (license units, reconcile): a
+    # bot.provisioning.tenant_graph.TenantGraph; without it a command opens its own.
+    tenant_graph: Any = None
+    # How long a bulk license command waits for Microsoft 365's per-user answers (set where the
+    # process runs the provisioning worker; 0: answer at once).
+    m365_wait_seconds: float = 0.0
+
+
 @dataclass
 class Context:
     """What a handler gets besides its arguments."""
@@ -34,9 +54,7 @@ class Context:
     actor: Actor
     settings: Settings
     policy: Policy
-    # Front-door services a handler may need (e.g. the Graph directory, the bulk progress
-    # reporter); keyed by name so the command layer does not import the edge.
-    services: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=Services)
 
 
 Handler = Callable[[Context, Any], Awaitable[Reply]]

@@ -7,7 +7,7 @@ are synced from a group that holds only them.
 
 from __future__ import annotations
 
-from bot.auth.graph import GraphClient, GraphError, GraphNotFound, GraphUnavailable
+from bot.auth.graph import GraphError, GraphNotFound, GraphUnavailable
 from bot.commands.args import Args, Text
 from bot.commands.registry import Context, command
 from bot.commands.reply import Error, FormField, Message, Reply
@@ -45,8 +45,8 @@ class SyncArgs(Args):
     ),
 )
 async def users_sync(ctx: Context, args: SyncArgs) -> Reply:
-    graph = ctx.services.get("graph")
-    if not isinstance(graph, GraphClient):
+    graph = ctx.services.graph
+    if graph is None:
         return Error(
             title="Directory not available",
             text="Directory sync reads Microsoft Graph, which is not configured here "

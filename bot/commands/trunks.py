@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from bot.commands.answers import changed, paged
 from bot.commands.args import Args, Quantity, Text
-from bot.commands.ledger import changed, paged
 from bot.commands.registry import Context, command
 from bot.commands.reply import FormField, Reply
 from bot.domain import trunks

@@ -1,4 +1,8 @@
-"""Approval requests: a change above the threshold waits for an approver (SPEC §5).
+"""Approval requests: a change above the threshold waits for an approver (SPEC §3, §5).
+
+The threshold is a rule of the ledger: every door (chat, card, CLI, a handler called directly)
+asks `allocate` / `set_capacity` here, which carry the change out at once or hold it as a
+request; `bot.domain.ledger`'s own functions are what carrying it out means.
 
 A request stores what to do (an action and its payload, checked again when it is carried
 out), who asked, and a before → after preview. It is decided exactly once: the decision is a
@@ -18,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.domain import ledger
-from bot.domain.change import Origin, change
+from bot.domain.change import Origin, change, request_outcome
 from bot.domain.errors import (
     Conflict,
     DomainError,
@@ -28,7 +32,7 @@ from bot.domain.errors import (
     NotFound,
 )
 from bot.domain.ledger import Outcome
-from bot.domain.models import ApprovalRequest, ApprovalStatus, RequestKey
+from bot.domain.models import ApprovalRequest, ApprovalStatus
 
 ALLOCATE = "allocation.allocate"
 CAPACITY = "product.capacity"
@@ -125,6 +129,81 @@ def view(request: ApprovalRequest) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ApprovalRule:
+    """Allocations and capacity changes of more than `threshold` units wait for an approver,
+    for `ttl_hours` at most (FUSION_APPROVAL_THRESHOLD, FUSION_APPROVAL_TTL_HOURS)."""
+
+    threshold: int
+    ttl_hours: int
+
+
+@dataclass(frozen=True)
+class Held:
+    """A change above the threshold: the request that now waits for an approver, or for a dry
+    run (which asks nothing of anyone) what approving it would do."""
+
+    threshold: int
+    request: ApprovalRequest | None = None
+    preview: Outcome | None = None
+
+
+async def allocate(
+    origin: Origin,
+    rule: ApprovalRule,
+    quantity: int,
+    product_name: str,
+    subscription_code: str,
+    *,
+    dry_run: bool = False,
+    conversation_id: str | None = None,
+) -> Outcome | Held:
+    """An allocation asked for through any door: carried out now, or held for approval when it
+    is above the threshold."""
+    if quantity <= rule.threshold:
+        return await ledger.allocate(
+            origin, quantity, product_name, subscription_code, dry_run=dry_run
+        )
+    product = await ledger.find_product(product_name)
+    subscription = await ledger.find_subscription(subscription_code)
+    payload = {"quantity": quantity, "product": product.name, "subscription": subscription.code}
+    return await _hold(origin, rule, ALLOCATE, payload, dry_run, conversation_id)
+
+
+async def set_capacity(
+    origin: Origin,
+    rule: ApprovalRule,
+    name: str,
+    capacity: int,
+    *,
+    dry_run: bool = False,
+    conversation_id: str | None = None,
+) -> Outcome | Held:
+    """A capacity change asked for through any door: made now, or held for approval when it
+    moves the capacity by more than the threshold."""
+    product = await ledger.find_product(name)
+    if abs(capacity - product.capacity) <= rule.threshold:
+        return await ledger.set_capacity(origin, name, capacity, dry_run=dry_run)
+    payload = {"product": product.name, "capacity": capacity}
+    return await _hold(origin, rule, CAPACITY, payload, dry_run, conversation_id)
+
+
+async def _hold(
+    origin: Origin,
+    rule: ApprovalRule,
+    action: str,
+    payload: dict[str, Any],
+    dry_run: bool,
+    conversation_id: str | None,
+) -> Held:
+    if dry_run:
+        return Held(rule.threshold, preview=await CARRY_OUT[action](origin, payload, True))
+    request = await request_change(
+        origin, action, payload, ttl_hours=rule.ttl_hours, conversation_id=conversation_id
+    )
+    return Held(rule.threshold, request=request)
+
+
 async def request_change(
     origin: Origin,
     action: str,
@@ -133,7 +212,8 @@ async def request_change(
     ttl_hours: int,
     conversation_id: str | None = None,
 ) -> ApprovalRequest:
-    """Hold a change for approval. Refused at once if it could not be carried out now."""
+    """Hold a change for approval, whatever its size. Refused at once if it could not be
+    carried out now."""
     carry_out = CARRY_OUT.get(action)
     if carry_out is None:
         raise InvalidInput(f"{action} changes do not go through approvals.")
@@ -141,9 +221,9 @@ async def request_change(
     if key is not None:
         # The same request delivered again: answer with what the first one did, before the
         # preview below could refuse it against a ledger that has moved on since.
-        done = await RequestKey.get_or_none(key=key[:255])
-        if done is not None:
-            raise Duplicate(key, done.outcome)
+        seen, outcome = await request_outcome(key[:255])
+        if seen:
+            raise Duplicate(key, outcome)
     # The same checks as the real change, rolled back: a request that could never succeed is
     # refused now rather than sent to an approver. The preview is what approving would do.
     preview = await carry_out(origin, payload, True)
@@ -157,8 +237,8 @@ async def request_change(
             summary=_summary(action, payload, preview)[:500],
             before=preview.before,
             after=preview.after,
-            requester_id=origin.actor_id[:64],
-            requester_name=origin.actor_name[:255],
+            requester_id=origin.actor_id,
+            requester_name=origin.actor_name,
             status=ApprovalStatus.PENDING,
             expires_at=now + timedelta(hours=ttl_hours),
             conversation_id=conversation_id[:512] if conversation_id else None,
@@ -280,6 +360,12 @@ class _Lost(Exception):
     """Someone else decided the request between our read and our conditional update."""
 
 
+def is_requester(request: ApprovalRequest, actor_id: str) -> bool:
+    """Whether `actor_id` asked for `request`. Entra object ids are GUIDs and CLI operators'
+    UPNs are case-insensitive, so case does not tell two people apart."""
+    return actor_id.strip().lower() == (request.requester_id or "").strip().lower()
+
+
 async def decide(
     origin: Origin,
     request_id: str,
@@ -297,14 +383,14 @@ async def decide(
     request = await current(request_id, now)
     if request.status is not ApprovalStatus.PENDING:
         raise _already(request)
-    if origin.actor_id == request.requester_id:
+    if is_requester(request, origin.actor_id):
         raise Forbidden(
             "You asked for this change, so you cannot decide it: another approver must."
         )
     reason = reason.strip()[:500] if reason and reason.strip() else None
     decided = {
-        "decided_by_id": origin.actor_id[:64],
-        "decided_by_name": origin.actor_name[:255],
+        "decided_by_id": origin.actor_id,
+        "decided_by_name": origin.actor_name,
         "decided_at": now,
         "reason": reason,
     }

@@ -14,7 +14,7 @@ from bot.domain.errors import InvalidInput
 from bot.domain.models import AuditEvent
 
 MAX_LIMIT = 500
-_SINCE = re.compile(r"(\d{1,5})([mhdw])")
+_SINCE = re.compile(r"([0-9]{1,5})([mhdw])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -56,7 +56,7 @@ async def search(
 ) -> list[AuditEvent]:
     query = AuditEvent.all()
     if actor:
-        query = query.filter(Q(actor_name__icontains=actor) | Q(actor_id=actor))
+        query = query.filter(Q(actor_name__icontains=actor) | Q(actor_id__iexact=actor))
     if target:
         query = query.filter(target__icontains=target)
     if since:

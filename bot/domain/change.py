@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import unicodedata
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,10 +24,33 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
 
 from bot.domain import db
-from bot.domain.errors import Conflict, Duplicate, Unavailable, Unconfirmed
-from bot.domain.models import AuditEvent, AuditHead, RequestKey
+from bot.domain.errors import Conflict, Duplicate, InvalidInput, Unavailable, Unconfirmed
+from bot.domain.models import AuditEvent, AuditHead
 
 SOURCES = frozenset({"chat", "card", "approval", "schedule", "cli", "system", "provisioning"})
+#: Who acted, as the audit stores it. An Entra object id is 36 characters and a UPN at most 113
+#: (Entra's limits); a display name at most 256 (Entra's displayName). Bounded here, once, so
+#: that every column that holds them can hold any value a door lets through.
+MAX_ACTOR_ID = 255
+MAX_ACTOR_NAME = 256
+#: A correlation id (the Teams activity id) is a reference for people reading the audit: a
+#: longer one is kept to this length.
+MAX_CORRELATION_ID = 255
+
+
+def check_actor_id(value: str, what: str = "operator") -> str:
+    """An actor id as given at a door (the CLI's `--as`): like a name, no control or bidi
+    characters (they would rewrite how the audit reads), and at most MAX_ACTOR_ID long."""
+    text = value.strip()
+    if not text:
+        raise InvalidInput(f"The {what} is empty.")
+    if len(text) > MAX_ACTOR_ID:
+        raise InvalidInput(
+            f"The {what} is {len(text):,} characters long; at most {MAX_ACTOR_ID} are allowed."
+        )
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"} for ch in text):
+        raise InvalidInput(f"The {what} contains control, line-break or text-direction characters.")
+    return text
 
 
 @dataclass(frozen=True)
@@ -43,6 +67,18 @@ class Origin:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}")
+        if len(self.actor_id) > MAX_ACTOR_ID:
+            raise InvalidInput(
+                f"Your user id is {len(self.actor_id):,} characters long; at most "
+                f"{MAX_ACTOR_ID} can be recorded."
+            )
+        if len(self.actor_name) > MAX_ACTOR_NAME:
+            raise InvalidInput(
+                f"Your display name is {len(self.actor_name):,} characters long; at most "
+                f"{MAX_ACTOR_NAME} can be recorded."
+            )
+        if self.correlation_id is not None and len(self.correlation_id) > MAX_CORRELATION_ID:
+            object.__setattr__(self, "correlation_id", self.correlation_id[:MAX_CORRELATION_ID])
 
 
 @dataclass
@@ -107,10 +143,10 @@ def event_hash(prev_hash: str, row: dict[str, Any]) -> str:
 
 async def _head(conn: BaseDBAsyncClient) -> tuple[int, str]:
     """The chain's head, locked to the end of the transaction (appends queue here)."""
-    head = await AuditHead.filter(id=1).select_for_update().using_db(conn).first()
-    if head is None:
+    _, rows = await conn.execute_query(db.sql(AUDIT_HEAD + db.dialect().row_lock))
+    if not rows:
         raise RuntimeError("audit chain head is missing: migrations not applied?")
-    return head.last_id, head.last_hash
+    return int(rows[0][0]), str(rows[0][1])
 
 
 def _rows(origin: Origin, events: list[Event], prev: str) -> list[dict[str, Any]]:
@@ -139,9 +175,9 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-# PostgreSQL: a change's audit event, the chain's new head and the request key in one statement
-# (one round trip while the head, and usually a product, is locked). Parameters: _COLUMNS in
-# order, then the key and its outcome.
+# The audit append and the request key, written as SQL: through the ORM, building the
+# statements cost more CPU than running them (docs/benchmarks.md). Parameters of an event:
+# _COLUMNS in order.
 _COLUMNS = (
     "at",
     "actor_id",
@@ -156,28 +192,33 @@ _COLUMNS = (
     "hash",
 )
 _JSON_COLUMNS = frozenset({"before", "after"})
-_PG_APPEND = """
-WITH event AS (
-    INSERT INTO audit_event (at, actor_id, actor_name, source, action, target, before, after,
-                             correlation_id, prev_hash, hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id
-), head AS (
-    UPDATE audit_head SET last_id = (SELECT id FROM event), last_hash = $11 WHERE id = 1
-)
-"""
-_PG_APPEND_ONLY = _PG_APPEND + "SELECT id FROM event"
-_PG_APPEND_AND_KEY = _PG_APPEND + (
-    "INSERT INTO request_key (key, outcome, created_at) VALUES ($12, $13, $1)"
-)
-# Otherwise a statement each, written here too (as is the look-up of a request key): through
-# the ORM, building them cost more CPU than running them.
 _INSERT_EVENT = (
     f"INSERT INTO audit_event ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)}) RETURNING id"
 )
+AUDIT_HEAD = "SELECT last_id, last_hash FROM audit_head WHERE id = 1"
 _MOVE_HEAD = "UPDATE audit_head SET last_id = ?, last_hash = ? WHERE id = 1"
 _INSERT_KEY = "INSERT INTO request_key (key, outcome, created_at) VALUES (?, ?, ?)"
-_KEY_SEEN = "SELECT 1 FROM request_key WHERE key = ?"
+_KEY_OUTCOME = "SELECT outcome FROM request_key WHERE key = ?"
+# Where one statement may write several tables (db.Dialect.writing_ctes): a change's audit
+# event, the chain's new head and the request key in one round trip while the head (and
+# usually a product) is locked. Parameters: the event's, its hash, then the key's.
+_APPEND_IN_ONE = f"""
+WITH event AS ({_INSERT_EVENT}),
+head AS (UPDATE audit_head SET last_id = (SELECT id FROM event), last_hash = ? WHERE id = 1)
+"""
+_APPEND_ONLY = _APPEND_IN_ONE + "SELECT id FROM event"
+_APPEND_AND_KEY = _APPEND_IN_ONE + _INSERT_KEY
+
+
+async def request_outcome(key: str, conn: BaseDBAsyncClient | None = None) -> tuple[bool, Any]:
+    """Whether the request key was carried out already, and what its change did."""
+    client = conn or db.connection()
+    rows = await client.execute_query_dict(db.sql(_KEY_OUTCOME), [key[:255]])
+    if not rows:
+        return False, None
+    outcome = rows[0]["outcome"]
+    return True, json.loads(outcome) if isinstance(outcome, str) else outcome
 
 
 def _values(row: dict[str, Any]) -> list[Any]:
@@ -198,14 +239,15 @@ async def _finish(
     PostgreSQL's, when the change has locked and read it already."""
     outcome = [e.__dict__ for e in events]
     try:
-        if db.dialect() == "postgres" and len(events) == 1 and head is None:
+        if db.dialect().writing_ctes and len(events) == 1 and head is None:
             _, prev = locked or await _head(conn)
             [row] = _rows(origin, events, prev)
-            values = _values(row)
+            values = [*_values(row), row["hash"]]
             if key is None:
-                await conn.execute_query(_PG_APPEND_ONLY, values)
+                await conn.execute_query(db.sql(_APPEND_ONLY), values)
             else:
-                await conn.execute_query(_PG_APPEND_AND_KEY, [*values, key, _json(outcome)])
+                key_values = [key, _json(outcome), row["at"]]
+                await conn.execute_query(db.sql(_APPEND_AND_KEY), [*values, *key_values])
             return
         if events:
             last_id, prev = head[0] if head is not None else locked or await _head(conn)
@@ -225,9 +267,8 @@ async def _finish(
 
 # Changes of this process inside a transaction at once. Every change appends to the audit chain,
 # so they pass its head one at a time whatever this number; the others wait here instead of at
-# the database, where each release of a row lock wakes every one of its waiters (two bot
-# processes allocating one product on PostgreSQL: ×0.87 of one process with all their turns
-# waiting there, ×1.22–1.35 with this queue).
+# the database, where each release of a row lock wakes every one of its waiters (measured with
+# two bot processes allocating one product: docs/benchmarks.md).
 WRITERS_AT_ONCE = 2
 _writers_at_once = WRITERS_AT_ONCE
 _WRITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -297,12 +338,12 @@ async def change(origin: Origin, *, dry_run: bool = False) -> AsyncIterator[Chan
     key = None if dry_run or not origin.idempotency_key else origin.idempotency_key[:255]
     try:
         if key is not None:
-            _, seen = await db.connection().execute_query(db.sql(_KEY_SEEN), [key])
+            seen, outcome = await request_outcome(key)
             if seen:
-                raise _Replayed()
+                raise Duplicate(origin.idempotency_key or "", outcome)
         async with _writer_place(), db.transaction() as conn:
             head, taken = _SQLITE_HEAD.get(), None
-            if head is None and db.dialect() == "sqlite":
+            if head is None and db.dialect().locks_database_on_write:
                 head = [await _take_write_lock(conn)]
                 taken = _SQLITE_HEAD.set(head)
             try:
@@ -318,8 +359,8 @@ async def change(origin: Origin, *, dry_run: bool = False) -> AsyncIterator[Chan
     except _RollBack:
         return
     except _Replayed:
-        row = await RequestKey.get_or_none(key=key or "")
-        raise Duplicate(origin.idempotency_key or "", row.outcome if row else None) from None
+        _, outcome = await request_outcome(key or "")
+        raise Duplicate(origin.idempotency_key or "", outcome) from None
     except IntegrityError as exc:
         # Two changes raced past the same "already exists?" check; the database kept one.
         raise Conflict(CLASH) from exc

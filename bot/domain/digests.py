@@ -46,6 +46,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
+from tortoise.expressions import Q
 from tortoise.functions import Count
 
 from bot.domain.change import Origin, change
@@ -74,10 +75,9 @@ FORECAST_MIN_POINTS = 3
 # list is counted, not shown).
 LIST_LIMIT = 10
 # Delivery states of a DigestDelivery row.
-PENDING, SENT, FAILED, REMOVED, SKIPPED = "pending", "sent", "failed", "removed", "skipped"
+PENDING, SENT, FAILED, REMOVED = "pending", "sent", "failed", "removed"
 
-_TIME = re.compile(r"([01]?\d|2[0-3])[:.h]([0-5]\d)")
-_CRON_FIELD = re.compile(r"[0-9A-Za-z*/,\-?LW#]+")
+_TIME = re.compile(r"([01]?[0-9]|2[0-3])[:.h]([0-5][0-9])")
 # Far enough either side of a moment to cover any DST shift when iterating wall-clock slots.
 _MARGIN = timedelta(hours=3)
 
@@ -204,14 +204,109 @@ def parse_schedule(kind: str, at: str | None = None, zone: str | None = None) ->
     return Schedule(check_cron(word), tz, f"cron {' '.join(word.split())} {tz}")
 
 
+CRON_RULE = (
+    "Standard cron: 5 fields, minute (0-59) hour (0-23) day-of-month (1-31) month (1-12 or "
+    "JAN-DEC) day-of-week (0-7, 0 and 7 are Sunday, or SUN-SAT); each field is *, a number, a "
+    "range a-b, a step */n or a-b/n, or a list of these joined by commas. Not accepted: ?, L, W, "
+    "#, @daily and steps longer than the field."
+)
+# (name, lowest, highest, names for the values)
+_CRON_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    (
+        "month",
+        1,
+        12,
+        {
+            m: i
+            for i, m in enumerate(
+                (
+                    "JAN",
+                    "FEB",
+                    "MAR",
+                    "APR",
+                    "MAY",
+                    "JUN",
+                    "JUL",
+                    "AUG",
+                    "SEP",
+                    "OCT",
+                    "NOV",
+                    "DEC",
+                ),
+                1,
+            )
+        },
+    ),
+    (
+        "day of week",
+        0,
+        7,
+        {d: i for i, d in enumerate(("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"))},
+    ),
+)
+_CRON_ITEM = re.compile(
+    r"(?P<start>\*|[0-9]{1,2}|[A-Za-z]{3})(?:-(?P<end>[0-9]{1,2}|[A-Za-z]{3}))?"
+    r"(?:/(?P<step>[0-9]{1,2}))?",
+    re.ASCII,
+)
+
+
+def _cron_value(text: str, field: tuple[str, int, int, dict[str, int]]) -> int:
+    name, lowest, highest, names = field
+    if text.isalpha():
+        if text.upper() not in names:
+            raise InvalidInput(f"{name} {text!r}: names are allowed only for months and days.")
+        return names[text.upper()]
+    value = int(text)
+    if not lowest <= value <= highest:
+        raise InvalidInput(
+            f"not a valid cron expression: the {name} {value} is outside {lowest}-{highest}."
+        )
+    return value
+
+
+def _check_cron_field(text: str, field: tuple[str, int, int, dict[str, int]]) -> None:
+    name, lowest, highest, _ = field
+    for item in text.split(","):
+        m = _CRON_ITEM.fullmatch(item)
+        if m is None:
+            raise InvalidInput(f"The {name} field {text!r} is not standard cron.")
+        start, end, step = m.group("start"), m.group("end"), m.group("step")
+        if start == "*":
+            if end is not None:
+                raise InvalidInput(f"The {name} field {text!r} is not standard cron.")
+        else:
+            first = _cron_value(start, field)
+            if end is not None and _cron_value(end, field) < first:
+                raise InvalidInput(
+                    f"The {name} range {item!r} runs backwards; write it from low to high."
+                )
+            if step is not None and end is None:
+                raise InvalidInput(
+                    f"The {name} step {item!r} needs * or a range before it (*/n or a-b/n)."
+                )
+        if step is not None and not 1 <= int(step) <= highest - lowest:
+            raise InvalidInput(
+                f"The {name} step {item!r} must be between 1 and {highest - lowest}."
+            )
+
+
 def check_cron(expression: str) -> str:
     parts = expression.split()
-    if len(parts) != 5 or not all(_CRON_FIELD.fullmatch(p) for p in parts):
+    if len(parts) != 5:
         raise InvalidInput(
             f"{expression[:100]!r} is not a schedule: say DAILY or WEEKLY, or give a cron "
             "expression of 5 fields in quotes, minute hour day-of-month month day-of-week, "
             'e.g. "0 8 * * 1-5" (08:00 on weekdays).'
         )
+    try:
+        for part, field in zip(parts, _CRON_FIELDS, strict=True):
+            _check_cron_field(part, field)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{exc.message} {CRON_RULE}") from None
     cron = " ".join(parts)
     try:
         minutes = croniter(cron).expanded[0]
@@ -282,7 +377,7 @@ async def subscribe(
             cron=schedule.cron,
             timezone=schedule.timezone,
             description=schedule.description[:200],
-            created_by=(origin.actor_name or origin.actor_id)[:255],
+            created_by=origin.actor_name or origin.actor_id,
         )
         after = {
             "schedule": schedule.description,
@@ -358,6 +453,166 @@ async def last_sent_to(conversation_id: str) -> datetime | None:
         .first()
     )
     return row.slot if row else None
+
+
+# ----- deliveries: one claim per digest slot --------------------------------------------
+#
+# Each digest slot is sent **once**: before posting, an instance claims the slot by inserting
+# its `digest_delivery` row (unique on digest + slot); whoever fails that insert does not post.
+# So even two leaders at once (a paused process whose lease ran out) cannot post a slot twice.
+# A claim left pending by an instance that died mid-send is taken over once it is older than
+# `STALE_CLAIM` (longer than a send may take: the sender gives up within minutes); that is the
+# one case where a digest may be posted twice — it was posted but the crash came before the row
+# said so.
+#
+# A slot missed while no instance was running is posted once when one starts, if it is still
+# recent: within half the schedule's period and at most `MAX_CATCH_UP`; older slots are skipped
+# (never a burst of stale digests). A slot earlier than the subscription itself is never sent.
+# Conversations where the bot was removed are skipped.
+
+MAX_CATCH_UP = timedelta(hours=12)
+STALE_CLAIM = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A digest slot this instance holds the claim to: post it, then `record_delivery`."""
+
+    subscription: DigestSubscription
+    slot: datetime
+    since: datetime  # the digest reports changes since this moment (its last posted slot)
+
+    @property
+    def digest_id(self) -> int:
+        return self.subscription.id
+
+
+@dataclass
+class DueSlots:
+    claims: list[Claim]
+    # The earliest slot after now of any active digest (when the next claim may be due).
+    next_slot: datetime | None
+
+
+def _due_slot(
+    sub: DigestSubscription, now: datetime, cache: dict[Any, Any]
+) -> tuple[datetime | None, datetime]:
+    """The slot of `sub` due at `now` (None if none is), and its next slot after `now`."""
+    key = (sub.cron, sub.timezone)
+    if key not in cache:
+        schedule = schedule_of(sub)
+        slot = schedule.latest_at_or_before(now)
+        window = MAX_CATCH_UP
+        if slot is not None:
+            before = schedule.latest_at_or_before(slot - timedelta(microseconds=1))
+            if before is not None:
+                window = min(window, (slot - before) / 2)
+        cache[key] = (slot, window, schedule.next_after(now))
+    slot, window, nxt = cache[key]
+    if slot is None or slot < now - window or slot < sub.created_at:
+        return None, nxt
+    return slot, nxt
+
+
+async def claim_due(holder: str, now: datetime) -> DueSlots:
+    """Claim every due slot of an active digest that nobody has claimed (one unique row each);
+    return the claims `holder` now holds, with what each digest reports changes since."""
+    subs = await DigestSubscription.filter(active=True, conversation__active=True).select_related(
+        "conversation"
+    )
+    cache: dict[Any, Any] = {}
+    due: list[tuple[DigestSubscription, datetime]] = []
+    next_slot: datetime | None = None
+    for sub in subs:
+        slot, nxt = _due_slot(sub, now, cache)
+        next_slot = nxt if next_slot is None or nxt < next_slot else next_slot
+        if slot is not None:
+            due.append((sub, slot))
+    if not due:
+        return DueSlots([], next_slot)
+    mine = await _claim(holder, due, now)
+    since = await _since(mine)
+    return DueSlots([Claim(sub, slot, since[sub.id]) for sub, slot in mine], next_slot)
+
+
+async def _claim(
+    holder: str, due: list[tuple[DigestSubscription, datetime]], now: datetime
+) -> list[tuple[DigestSubscription, datetime]]:
+    ids = [s.id for s, _ in due]
+    first = min(slot for _, slot in due)
+    rows = await DigestDelivery.filter(digest_id__in=ids, slot__gte=first).values(
+        "id", "digest_id", "slot", "status", "claimed_at"
+    )
+    existing = {(r["digest_id"], r["slot"]): r for r in rows}
+    fresh = [
+        DigestDelivery(digest_id=s.id, slot=slot, status=PENDING, claimed_by=holder, claimed_at=now)
+        for s, slot in due
+        if (s.id, slot) not in existing
+    ]
+    if fresh:
+        # A row another instance inserted first stays theirs (the insert is skipped).
+        await DigestDelivery.bulk_create(fresh, ignore_conflicts=True)
+    for r in existing.values():
+        stale = r["claimed_at"] is None or r["claimed_at"] < now - STALE_CLAIM
+        if r["status"] == PENDING and stale:
+            # Left pending by an instance that died mid-send: take it over.
+            await DigestDelivery.filter(
+                Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - STALE_CLAIM),
+                id=r["id"],
+                status=PENDING,
+            ).update(claimed_by=holder, claimed_at=now)
+    mine = set(
+        await DigestDelivery.filter(
+            digest_id__in=ids, slot__gte=first, status=PENDING, claimed_by=holder
+        ).values_list("digest_id", "slot")
+    )
+    return [(s, slot) for s, slot in due if (s.id, slot) in mine]
+
+
+async def _since(claimed: list[tuple[DigestSubscription, datetime]]) -> dict[int, datetime]:
+    """Changes are reported since the digest's last posted slot, or one period back."""
+    last = await last_sent([s.id for s, _ in claimed])
+    out: dict[int, datetime] = {}
+    before: dict[tuple[str, str, datetime], datetime | None] = {}
+    for sub, slot in claimed:
+        if sub.id in last:
+            out[sub.id] = last[sub.id]
+            continue
+        key = (sub.cron, sub.timezone, slot)
+        if key not in before:
+            before[key] = schedule_of(sub).latest_at_or_before(slot - timedelta(microseconds=1))
+        out[sub.id] = before[key] or slot - timedelta(days=1)
+    return out
+
+
+async def record_delivery(
+    holder: str,
+    claim: Claim,
+    status: str,
+    *,
+    attempts: int = 0,
+    error: str | None = None,
+    activity_id: str | None = None,
+    at: datetime | None = None,
+) -> None:
+    """What became of a claimed slot: SENT, REMOVED (the bot is gone) or FAILED (why)."""
+    if status not in (SENT, REMOVED, FAILED):
+        raise ValueError(f"not a final delivery status: {status!r}")
+    await DigestDelivery.filter(
+        digest_id=claim.digest_id, slot=claim.slot, claimed_by=holder
+    ).update(
+        status=status,
+        attempts=attempts,
+        sent_at=(at or datetime.now(UTC)) if status == SENT else None,
+        error=error[:500] if error else None,
+        activity_id=activity_id[:255] if activity_id else None,
+    )
+
+
+async def release_claims(holder: str, claims: list[Claim], why: str) -> None:
+    """Nothing was sent: record the failure so the rows do not look in flight."""
+    for claim in claims:
+        await record_delivery(holder, claim, FAILED, error=why)
 
 
 # ----- snapshots -------------------------------------------------------------------------

@@ -96,7 +96,7 @@ async def add_account(
 ) -> Outcome:
     """Add a Teams user or a resource account to a subscription."""
     key = check_upn(upn)
-    name = check_free_text(display_name, "display name", 255) if display_name is not None else ""
+    name = check_free_text(display_name, "display name", 256) if display_name is not None else ""
     async with change(origin, dry_run=dry_run) as ch:
         sub = await find_subscription(subscription_code, ch.conn)
         existing = await by_upn(key).using_db(ch.conn).prefetch_related("subscription").first()

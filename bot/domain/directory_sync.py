@@ -40,7 +40,7 @@ from bot.domain.models import Account, AccountKind, Subscription
 
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 MAX_LABEL = 255
-MAX_DISPLAY_NAME = 255
+MAX_DISPLAY_NAME = 256  # Entra's displayName limit (the column holds it)
 CHUNK = 500
 _VIEW_KEYS = {
     "upn": "upn",

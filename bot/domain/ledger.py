@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, TypeVar
 
 from tortoise.backends.base.client import BaseDBAsyncClient
-from tortoise.functions import Sum
 from tortoise.models import Model
 
 from bot.domain import db
-from bot.domain.change import Origin, change
+from bot.domain.change import AUDIT_HEAD, Origin, change
 from bot.domain.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from bot.domain.models import (
     Allocation,
@@ -32,12 +31,6 @@ from bot.domain.models import (
 from bot.domain.naming import check_country, check_free_text, check_name, check_quantity
 from bot.domain.usage import in_use
 
-TECHNICAL_KINDS = (
-    ProductKind.NUMBERS,
-    ProductKind.TEAMS_SEATS,
-    ProductKind.SIP_CHANNELS,
-    ProductKind.CUSTOM,
-)
 # One active pool per consumer: numbers of a country and type, Teams seats, SIP channels.
 SINGLE_POOL_KINDS = (ProductKind.TEAMS_SEATS, ProductKind.SIP_CHANNELS)
 DEFAULT_UNITS = {
@@ -79,111 +72,94 @@ def product_view(p: Product) -> dict[str, Any]:
 
 # ----- look-ups --------------------------------------------------------------------------
 
+# Each look-up by name is one statement of its own SQL, case-insensitive: through the ORM,
+# building the query cost more CPU than running it, and `allocate` runs one under the product's
+# lock (figures in docs/benchmarks.md).
+M = TypeVar("M", bound=Model)
+
+
+def _by_name(model: type[Model], column: str) -> str:
+    columns = ", ".join(model._meta.fields_db_projection.values())
+    return f"SELECT {columns} FROM {model._meta.db_table} WHERE UPPER({column}) = UPPER(?)"
+
+
+_PRODUCT_BY_NAME = _by_name(Product, "name")
+_SUBSCRIPTION_BY_CODE = _by_name(Subscription, "code")
+_CUSTOMER_BY_NAME = _by_name(Customer, "name")
+
 
 async def _names(model: type[Model], field: str, conn: BaseDBAsyncClient | None) -> list[str]:
     """Every value of a name column: the candidates for "did you mean"."""
     return [str(v) for v in await model.all().using_db(conn).values_list(field, flat=True)]
 
 
-async def find_product(name: str, conn: BaseDBAsyncClient | None = None) -> Product:
-    product = await Product.filter(name__iexact=name).using_db(conn).first()
+async def _lookup(
+    model: type[M], statement: str, value: str, conn: BaseDBAsyncClient | None, lock: bool
+) -> M | None:
+    query = statement + (db.dialect().row_lock if lock else "")
+    rows = await (conn or db.connection()).execute_query_dict(db.sql(query), [value])
+    return model._init_from_db(**rows[0]) if rows else None
+
+
+async def find_product(
+    name: str, conn: BaseDBAsyncClient | None = None, *, lock: bool = False
+) -> Product:
+    """The product called `name`; with `lock`, its row locked to the end of the transaction
+    (SQLite has no row locks: its transactions hold the database's write lock from the start)."""
+    product = await _lookup(Product, _PRODUCT_BY_NAME, name, conn, lock)
     if product is None:
         raise NotFound("product", name, await _names(Product, "name", conn))
     return product
 
 
 async def find_subscription(code: str, conn: BaseDBAsyncClient | None = None) -> Subscription:
-    sub = await Subscription.filter(code__iexact=code).using_db(conn).first()
+    sub = await _lookup(Subscription, _SUBSCRIPTION_BY_CODE, code, conn, False)
     if sub is None:
         raise NotFound("subscription", code, await _names(Subscription, "code", conn))
     return sub
 
 
 async def find_customer(name: str, conn: BaseDBAsyncClient | None = None) -> Customer:
-    customer = await Customer.filter(name__iexact=name).using_db(conn).first()
+    customer = await _lookup(Customer, _CUSTOMER_BY_NAME, name, conn, False)
     if customer is None:
         raise NotFound("customer", name, await _names(Customer, "name", conn))
     return customer
 
 
-async def allocated_total(conn: BaseDBAsyncClient, product_id: int) -> int:
-    # Summed by the database: one row back however many subscriptions hold the product.
-    totals = (
-        await Allocation.filter(product_id=product_id)
-        .using_db(conn)
-        .annotate(total=Sum("quantity"))
-        .values_list("total", flat=True)
-    )
-    return int(cast(int, totals[0]) or 0) if totals else 0
+# ----- allocation totals -----------------------------------------------------------------
 
-
-# `allocate` is the change made most, and the one every allocation of a product queues for:
-# its statements are written out. Through the ORM, building each cost more CPU than running it
-# (an allocation on SQLite, with the audit append: 3.0 → 1.5–1.8 ms), most of them under the
-# product's lock.
-_SUBSCRIPTION_BY_CODE = "SELECT id, code FROM subscription WHERE UPPER(code) = UPPER(?)"
-_PRODUCT_BY_NAME = (
-    "SELECT id, name, unit, status, capacity FROM product WHERE UPPER(name) = UPPER(?)"
+_ALLOCATION_TOTALS = (
+    "SELECT COALESCE(SUM(quantity), 0) AS total, "
+    "COALESCE(SUM(CASE WHEN subscription_id = ? THEN quantity ELSE 0 END), 0) AS own "
+    "FROM allocation WHERE product_id = ?"
 )
-_ALLOCATION_TOTALS = """
-SELECT SUM(quantity), SUM(CASE WHEN subscription_id = ? THEN quantity ELSE 0 END)
-FROM allocation WHERE product_id = ?
-"""
 _GROW_ALLOCATION = (
     "UPDATE allocation SET quantity = quantity + ? WHERE subscription_id = ? AND product_id = ?"
 )
-# PostgreSQL, where several bot processes queue for a product's row lock: once it is held, one
-# statement reads the totals, grows the subscription's row if the capacity allows, and locks and
-# reads the audit chain's head that the change appends to next — 3 round trips under the lock
-# (this, the append, COMMIT) instead of 5. The statement starts after the lock was granted, so
-# it sees every allocation of the product committed before.
-_PG_TOTALS_AND_GROWTH = """
-WITH totals AS (
-    SELECT COALESCE(SUM(quantity), 0) AS total,
-           COALESCE(SUM(quantity) FILTER (WHERE subscription_id = $1), 0) AS own
-    FROM allocation WHERE product_id = $2
-), grown AS (
-    UPDATE allocation SET quantity = quantity + $3
-    WHERE subscription_id = $1 AND product_id = $2 AND (SELECT total FROM totals) + $3 <= $4
-    RETURNING 1
-), head AS (
-    SELECT last_id, last_hash FROM audit_head WHERE id = 1 FOR UPDATE
-)
+# Where one statement may write (db.Dialect.writing_ctes: PostgreSQL, where several bot
+# processes queue for a product's row lock): once the lock is held, one statement reads the
+# totals, grows the subscription's row if the capacity allows, and locks and reads the audit
+# chain's head that the change appends to next — 3 round trips under the lock (this, the
+# append, COMMIT) instead of 5. It starts after the lock was granted, so it sees every
+# allocation of the product committed before. Parameters: the totals', the growth's, the
+# quantity and the capacity.
+_TOTALS_GROWTH_AND_HEAD = f"""
+WITH totals AS ({_ALLOCATION_TOTALS}),
+grown AS ({_GROW_ALLOCATION} AND (SELECT total FROM totals) + ? <= ? RETURNING 1),
+head AS ({AUDIT_HEAD} FOR UPDATE)
 SELECT totals.total, totals.own, (SELECT COUNT(*) FROM grown), head.last_id, head.last_hash
 FROM totals, head
 """
 
 
-class LockedProduct(NamedTuple):
-    id: int
-    name: str
-    unit: str
-    status: ProductStatus
-    capacity: int
-
-
 async def allocation_totals(
-    conn: BaseDBAsyncClient, product_id: int, subscription_id: int
+    conn: BaseDBAsyncClient, product_id: int, subscription_id: int | None = None
 ) -> tuple[int, int]:
-    """(all allocated of the product, what the subscription holds of it): one statement."""
+    """(all allocated of the product, what `subscription_id` holds of it), summed by the
+    database: one row back however many subscriptions hold the product."""
     _, rows = await conn.execute_query(db.sql(_ALLOCATION_TOTALS), [subscription_id, product_id])
     total, own = rows[0] if rows else (0, 0)
     return int(total or 0), int(own or 0)
-
-
-async def find_and_lock_product(name: str, conn: BaseDBAsyncClient) -> LockedProduct:
-    """The product called `name`, its row locked to the end of the transaction: one statement
-    (SQLite has no row locks: its transactions hold the database's write lock from the start)."""
-    query = _PRODUCT_BY_NAME + (" FOR UPDATE" if db.dialect() == "postgres" else "")
-    _, rows = await conn.execute_query(db.sql(query), [name])
-    if not rows:
-        raise NotFound("product", name, await _names(Product, "name", conn))
-    id_, name_, unit, status, capacity = rows[0]
-    return LockedProduct(int(id_), name_, unit, ProductStatus(status), int(capacity))
-
-
-async def lock_product(conn: BaseDBAsyncClient, product_id: int) -> Product:
-    return await Product.filter(id=product_id).select_for_update().using_db(conn).get()
 
 
 async def lock_allocation(
@@ -291,9 +267,8 @@ async def set_capacity(
 ) -> Outcome:
     check_quantity(capacity, "capacity", allow_zero=True)
     async with change(origin, dry_run=dry_run) as ch:
-        found = await find_product(name, ch.conn)
-        product = await lock_product(ch.conn, found.id)
-        allocated = await allocated_total(ch.conn, product.id)
+        product = await find_product(name, ch.conn, lock=True)
+        allocated, _ = await allocation_totals(ch.conn, product.id)
         if capacity < allocated:
             raise Conflict(
                 f"Capacity of {product.name} cannot go below what is allocated: "
@@ -315,8 +290,7 @@ async def set_capacity(
 
 async def retire_product(origin: Origin, name: str, *, dry_run: bool = False) -> Outcome:
     async with change(origin, dry_run=dry_run) as ch:
-        found = await find_product(name, ch.conn)
-        product = await lock_product(ch.conn, found.id)
+        product = await find_product(name, ch.conn, lock=True)
         if product.status is ProductStatus.RETIRED:
             raise Conflict(f"{product.name} is already retired.")
         before = {"status": product.status.value}
@@ -336,8 +310,7 @@ async def retire_product(origin: Origin, name: str, *, dry_run: bool = False) ->
 async def delete_product(origin: Origin, name: str, *, dry_run: bool = False) -> Outcome:
     """Only a product nothing refers to can go; anything in use must be retired instead."""
     async with change(origin, dry_run=dry_run) as ch:
-        found = await find_product(name, ch.conn)
-        product = await lock_product(ch.conn, found.id)
+        product = await find_product(name, ch.conn, lock=True)
         if (
             await Allocation.filter(product_id=product.id, quantity__gt=0)
             .using_db(ch.conn)
@@ -404,30 +377,29 @@ async def allocate(
     check_quantity(quantity)
     # Read before the transaction: a subscription's code and id never change, and one that is
     # removed meanwhile fails the allocation's foreign key (a clash, nothing changed).
-    _, subs = await db.connection().execute_query(
-        db.sql(_SUBSCRIPTION_BY_CODE), [subscription_code]
-    )
+    sub = await _lookup(Subscription, _SUBSCRIPTION_BY_CODE, subscription_code, None, False)
     async with change(origin, dry_run=dry_run) as ch:
         # Few statements while the product's row is locked: every allocation of the product
         # waits for it, in every process. Its allocation rows change only under that lock.
-        product = await find_and_lock_product(product_name, ch.conn)
-        if not subs:
+        product = await find_product(product_name, ch.conn, lock=True)
+        if sub is None:
             raise NotFound(
                 "subscription", subscription_code, await _names(Subscription, "code", ch.conn)
             )
-        sub_id, sub_code = int(subs[0][0]), str(subs[0][1])
         if product.status is ProductStatus.RETIRED:
             raise Conflict(f"{product.name} is retired: nothing more can be allocated from it.")
         grown: int | None = None
-        if db.dialect() == "postgres":
+        if db.dialect().writing_ctes:
+            growth = [quantity, sub.id, product.id]
             _, rows = await ch.conn.execute_query(
-                _PG_TOTALS_AND_GROWTH, [sub_id, product.id, quantity, product.capacity]
+                db.sql(_TOTALS_GROWTH_AND_HEAD),
+                [sub.id, product.id, *growth, quantity, product.capacity],
             )
             total, old, grown, head_id, head_hash = rows[0]
             total, old, grown = int(total), int(old), int(grown)
             ch.head = (int(head_id), str(head_hash))
         else:
-            total, old = await allocation_totals(ch.conn, product.id, sub_id)
+            total, old = await allocation_totals(ch.conn, product.id, sub.id)
         free = product.capacity - total
         if quantity > free:
             raise Conflict(
@@ -436,22 +408,22 @@ async def allocate(
             )
         if grown is None:
             grown, _ = await ch.conn.execute_query(
-                db.sql(_GROW_ALLOCATION), [quantity, sub_id, product.id]
+                db.sql(_GROW_ALLOCATION), [quantity, sub.id, product.id]
             )
         if not grown:
             await Allocation.create(
-                using_db=ch.conn, subscription_id=sub_id, product_id=product.id, quantity=quantity
+                using_db=ch.conn, subscription_id=sub.id, product_id=product.id, quantity=quantity
             )
         before = {"allocated": old, "product_allocated": total}
         after = {"allocated": old + quantity, "product_allocated": total + quantity}
-        ch.record("allocation.allocate", f"allocation:{sub_code}/{product.name}", before, after)
+        ch.record("allocation.allocate", f"allocation:{sub.code}/{product.name}", before, after)
     return Outcome(
         "allocation.allocate",
-        f"{product.name} → {sub_code}",
+        f"{product.name} → {sub.code}",
         before,
         after,
         dry_run,
-        f"Allocated {quantity} {product.unit}(s) of {product.name} to {sub_code}: "
+        f"Allocated {quantity} {product.unit}(s) of {product.name} to {sub.code}: "
         f"{old} → {old + quantity}.",
     )
 
@@ -466,9 +438,8 @@ async def release(
 ) -> Outcome:
     check_quantity(quantity)
     async with change(origin, dry_run=dry_run) as ch:
-        found = await find_product(product_name, ch.conn)
+        product = await find_product(product_name, ch.conn, lock=True)
         sub = await find_subscription(subscription_code, ch.conn)
-        product = await lock_product(ch.conn, found.id)
         allocation = await lock_allocation(ch.conn, sub.id, product.id)
         old = allocation.quantity if allocation else 0
         if allocation is None or quantity > old:
@@ -481,7 +452,7 @@ async def release(
                 f"{sub.code} uses {used} of {product.name}: the allocation cannot go below that "
                 f"({old} allocated, releasing {quantity} would leave {old - quantity})."
             )
-        total = await allocated_total(ch.conn, product.id)
+        total, _ = await allocation_totals(ch.conn, product.id)
         await Allocation.filter(id=allocation.id).using_db(ch.conn).update(quantity=old - quantity)
         before = {"allocated": old, "product_allocated": total, "in_use": used}
         after = {"allocated": old - quantity, "product_allocated": total - quantity, "in_use": used}

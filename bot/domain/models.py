@@ -145,7 +145,7 @@ class Account(Model):
     id = fields.IntField(primary_key=True)
     upn = fields.CharField(max_length=255, unique=True)
     object_id = fields.CharField(max_length=64, null=True, unique=True)
-    display_name = fields.CharField(max_length=255, default="")
+    display_name = fields.CharField(max_length=256, default="")  # Entra's displayName limit
     kind = fields.CharEnumField(AccountKind, max_length=20, default=AccountKind.USER)
     subscription: fields.ForeignKeyRelation[Subscription] = fields.ForeignKeyField(
         "models.Subscription", related_name="accounts", on_delete=fields.RESTRICT
@@ -252,13 +252,13 @@ class ApprovalRequest(Model):
     summary = fields.CharField(max_length=500)
     before: Any = fields.JSONField(null=True)
     after: Any = fields.JSONField(null=True)
-    requester_id = fields.CharField(max_length=64)
-    requester_name = fields.CharField(max_length=255, default="")
+    requester_id = fields.CharField(max_length=255)
+    requester_name = fields.CharField(max_length=256, default="")
     status = fields.CharEnumField(ApprovalStatus, max_length=20, default=ApprovalStatus.PENDING)
     created_at = fields.DatetimeField(auto_now_add=True)
     expires_at = fields.DatetimeField()
-    decided_by_id = fields.CharField(max_length=64, null=True)
-    decided_by_name = fields.CharField(max_length=255, null=True)
+    decided_by_id = fields.CharField(max_length=255, null=True)
+    decided_by_name = fields.CharField(max_length=256, null=True)
     decided_at = fields.DatetimeField(null=True)
     reason = fields.CharField(max_length=500, null=True)
     conversation_id = fields.CharField(max_length=512, null=True)
@@ -274,7 +274,7 @@ class AuditEvent(Model):
     id = fields.BigIntField(primary_key=True)
     at = fields.DatetimeField()
     actor_id = fields.CharField(max_length=255)
-    actor_name = fields.CharField(max_length=255, default="")
+    actor_name = fields.CharField(max_length=256, default="")
     source = fields.CharField(max_length=20)
     action = fields.CharField(max_length=60)
     target = fields.CharField(max_length=255)
@@ -302,7 +302,10 @@ class AuditHead(Model):
 class RequestKey(Model):
     """An activity id or card submission already carried out: the same one again has no effect."""
 
-    key = fields.CharField(max_length=255, primary_key=True)
+    # `activity:` + the hash of tenant, conversation and activity id (bot.teams.bot), or
+    # `form:` + a card form's id; `legacy:` + a bare activity id written before migration 0005.
+
+    key = fields.CharField(max_length=300, primary_key=True)
     outcome: Any = fields.JSONField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 
@@ -333,7 +336,7 @@ class DigestSubscription(Model):
     cron = fields.CharField(max_length=100)
     timezone = fields.CharField(max_length=64, default="UTC")
     description = fields.CharField(max_length=200, default="")
-    created_by = fields.CharField(max_length=255, default="")
+    created_by = fields.CharField(max_length=256, default="")
     active = fields.BooleanField(default=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 

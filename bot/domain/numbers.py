@@ -218,7 +218,7 @@ def _free(now: datetime) -> Q:
 
 def _lock(query: QuerySet[PhoneNumber], *, skip_locked: bool) -> QuerySet[PhoneNumber]:
     # On PostgreSQL, rows another admin is picking right now are skipped rather than waited for.
-    return query.select_for_update(skip_locked=skip_locked and db.dialect() == "postgres")
+    return query.select_for_update(skip_locked=skip_locked and db.dialect().skip_locked)
 
 
 def number_view(n: PhoneNumber, now: datetime | None = None) -> dict[str, Any]:
@@ -491,10 +491,8 @@ async def lock_pool(conn: BaseDBAsyncClient, country: str, number_type: NumberTy
     not keep; taking turns makes "only N available" exact. Taken after the allocation rows and
     before any number row (SQLite runs one writer at a time already).
     """
-    if db.dialect() != "postgres":
-        return
     key = zlib.crc32(f"{country}:{number_type.value}".encode()) & 0x7FFFFFFF
-    await conn.execute_query("SELECT pg_advisory_xact_lock($1, $2)", [_POOL_LOCK_SPACE, key])
+    await db.advisory_lock(conn, _POOL_LOCK_SPACE, key)
 
 
 async def assign_number(

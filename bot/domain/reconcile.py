@@ -299,7 +299,8 @@ async def linked_subscriptions() -> list[Subscription]:
 
 
 async def tenant_of(subscription_code: str) -> tuple[Subscription, str]:
-    sub = await find_subscription(subscription_code)
+    found = await find_subscription(subscription_code)
+    sub = await Subscription.get(id=found.id)  # the look-up's row has no customer reference
     customer = await Customer.get(id=sub.customer_id)
     if not customer.tenant_id:
         raise Conflict(

@@ -11,63 +11,93 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
 from bot.domain import db
-from bot.domain.models import (
-    AccountKind,
-    LicenseAssignment,
-    NumberState,
-    PhoneNumber,
-    Product,
-    ProductKind,
-    SipTrunk,
-)
+from bot.domain.models import AccountKind, NumberState, Product, ProductKind
 
 HELD_STATES = (NumberState.RESERVED, NumberState.ASSIGNED)
 
 
+# In use, one statement per kind of product, as SQL: the same statement counts for one
+# subscription (inside a change, under the allocation's lock) and for the whole report (every
+# subscription, in one UNION ALL). Through the ORM, building the queries cost more CPU than
+# running them (docs/benchmarks.md). Each gives (kind, subscription, country, number type,
+# product, units); the typed NULLs let PostgreSQL join the branches in any order. `{where}`
+# takes the conditions of `_conditions`.
+_IN_USE: dict[ProductKind, str] = {
+    ProductKind.NUMBERS: """
+SELECT 'numbers', subscription_id, country, number_type, 0, COUNT(*)
+FROM phone_number WHERE state IN (?, ?) AND subscription_id IS NOT NULL{where}
+GROUP BY subscription_id, country, number_type""",
+    ProductKind.TEAMS_SEATS: """
+SELECT 'teams-seats', h.subscription_id,
+       CAST(NULL AS VARCHAR(20)), CAST(NULL AS VARCHAR(20)), 0, COUNT(*)
+FROM phone_number n JOIN account h ON h.id = n.holder_id
+WHERE n.state = ? AND h.kind = ?{where}
+GROUP BY h.subscription_id""",
+    ProductKind.SIP_CHANNELS: """
+SELECT 'sip-channels', subscription_id,
+       CAST(NULL AS VARCHAR(20)), CAST(NULL AS VARCHAR(20)), 0, SUM(channels)
+FROM sip_trunk WHERE 1 = 1{where}
+GROUP BY subscription_id""",
+    ProductKind.LICENSE: """
+SELECT 'license', a.subscription_id,
+       CAST(NULL AS VARCHAR(20)), CAST(NULL AS VARCHAR(20)), l.product_id, COUNT(*)
+FROM license_assignment l JOIN account a ON a.id = l.account_id WHERE 1 = 1{where}
+GROUP BY l.product_id, a.subscription_id""",
+}
+_KIND_VALUES: dict[ProductKind, list[Any]] = {
+    ProductKind.NUMBERS: [s.value for s in HELD_STATES],
+    ProductKind.TEAMS_SEATS: [NumberState.ASSIGNED.value, AccountKind.USER.value],
+    ProductKind.SIP_CHANNELS: [],
+    ProductKind.LICENSE: [],
+}
+# The column holding the subscription, per kind.
+_SUBSCRIPTION_COLUMN = {
+    ProductKind.NUMBERS: "subscription_id",
+    ProductKind.TEAMS_SEATS: "h.subscription_id",
+    ProductKind.SIP_CHANNELS: "subscription_id",
+    ProductKind.LICENSE: "a.subscription_id",
+}
+
+
+def _in_use_statement(
+    kind: ProductKind,
+    *,
+    subscription_id: int | None = None,
+    product: Product | None = None,
+    license_id: int | None = None,
+) -> tuple[str, list[Any]]:
+    """One kind's in-use statement and its parameters: every subscription, or just one (and,
+    for numbers, one product's country and type); for licenses, one product's if asked."""
+    where, values = "", list(_KIND_VALUES[kind])
+    if subscription_id is not None:
+        where += f" AND {_SUBSCRIPTION_COLUMN[kind]} = ?"
+        values.append(subscription_id)
+    if kind is ProductKind.NUMBERS and product is not None:
+        where += " AND country = ? AND number_type = ?"
+        values += [product.country, product.number_type.value if product.number_type else None]
+    if kind is ProductKind.LICENSE and license_id is not None:
+        where += " AND l.product_id = ?"
+        values.append(license_id)
+    return _IN_USE[kind].format(where=where), values
+
+
 async def in_use(conn: BaseDBAsyncClient | None, subscription_id: int, product: Product) -> int:
     """Units of `product` that `subscription_id` uses now (inside the caller's transaction)."""
-    if product.kind is ProductKind.NUMBERS:
-        return (
-            await PhoneNumber.filter(
-                subscription_id=subscription_id,
-                country=product.country,
-                number_type=product.number_type,
-                state__in=HELD_STATES,
-            )
-            .using_db(conn)
-            .count()
-        )
-    if product.kind is ProductKind.TEAMS_SEATS:
-        return (
-            await PhoneNumber.filter(
-                state=NumberState.ASSIGNED,
-                holder__kind=AccountKind.USER,
-                holder__subscription_id=subscription_id,
-            )
-            .using_db(conn)
-            .count()
-        )
-    if product.kind is ProductKind.SIP_CHANNELS:
-        rows = (
-            await SipTrunk.filter(subscription_id=subscription_id)
-            .using_db(conn)
-            .values_list("channels", flat=True)
-        )
-        return sum(int(cast(int, c)) for c in rows)
-    if product.kind is ProductKind.LICENSE:
-        return (
-            await LicenseAssignment.filter(
-                product_id=product.id, account__subscription_id=subscription_id
-            )
-            .using_db(conn)
-            .count()
-        )
-    return 0
+    if product.kind not in _IN_USE:
+        return 0
+    statement, values = _in_use_statement(
+        product.kind,
+        subscription_id=subscription_id,
+        product=product,
+        license_id=product.id if product.kind is ProductKind.LICENSE else None,
+    )
+    _, rows = await (conn or db.connection()).execute_query(db.sql(statement), values)
+    return sum(int(row[5] or 0) for row in rows)
 
 
 @dataclass
@@ -122,8 +152,7 @@ class ProductUsage:
 
 
 # The report reads everything it shows in two statements of its own SQL: through the ORM it
-# was five queries and ~2.8 ms of CPU for a 15-product, 48-row catalog (a third of a `usage`
-# turn), mostly building the queries and model objects; this is ~0.9 ms.
+# was five queries and several times the CPU (docs/benchmarks.md).
 _PRODUCT_ROWS = """
 SELECT p.id, p.name, p.category, p.kind, p.unit, p.status, p.capacity, p.country,
        p.number_type, a.subscription_id, a.quantity, s.code
@@ -133,30 +162,6 @@ LEFT JOIN subscription s ON s.id = a.subscription_id
 {where}
 ORDER BY p.category, p.kind, p.name
 """
-#: In use per subscription, one branch per kind of product: (kind, subscription, country,
-#: number type, product, units). The typed NULLs let PostgreSQL join the branches in any order.
-_IN_USE: dict[ProductKind, str] = {
-    ProductKind.NUMBERS: """
-SELECT 'numbers', subscription_id, country, number_type, 0, COUNT(*)
-FROM phone_number WHERE state IN (?, ?) AND subscription_id IS NOT NULL
-GROUP BY subscription_id, country, number_type""",
-    ProductKind.TEAMS_SEATS: """
-SELECT 'teams-seats', h.subscription_id,
-       CAST(NULL AS VARCHAR(20)), CAST(NULL AS VARCHAR(20)), 0, COUNT(*)
-FROM phone_number n JOIN account h ON h.id = n.holder_id
-WHERE n.state = ? AND h.kind = ?
-GROUP BY h.subscription_id""",
-    ProductKind.SIP_CHANNELS: """
-SELECT 'sip-channels', subscription_id,
-       CAST(NULL AS VARCHAR(20)), CAST(NULL AS VARCHAR(20)), 0, SUM(channels)
-FROM sip_trunk GROUP BY subscription_id""",
-    ProductKind.LICENSE: """
-SELECT 'license', a.subscription_id,
-       CAST(NULL AS VARCHAR(20)), CAST(NULL AS VARCHAR(20)), l.product_id, COUNT(*)
-FROM license_assignment l JOIN account a ON a.id = l.account_id
-{license_filter}
-GROUP BY l.product_id, a.subscription_id""",
-}
 
 
 async def usage_report(
@@ -185,18 +190,14 @@ async def usage_report(
     if kinds:
         branches: list[str] = []
         values: list[Any] = []
+        # One product asked for: only its license assignments are counted.
+        one = next(iter(products)) if product_name is not None else None
         for kind in kinds:
-            branch = _IN_USE[kind]
-            if kind is ProductKind.NUMBERS:
-                values += [s.value for s in HELD_STATES]
-            elif kind is ProductKind.TEAMS_SEATS:
-                values += [NumberState.ASSIGNED.value, AccountKind.USER.value]
-            elif kind is ProductKind.LICENSE and product_name is None:
-                branch = branch.format(license_filter="")
-            elif kind is ProductKind.LICENSE:  # one product: its assignments only
-                branch = branch.format(license_filter="WHERE l.product_id = ?")
-                values += list(products)
+            branch, params = _in_use_statement(
+                kind, license_id=one if kind is ProductKind.LICENSE else None
+            )
             branches.append(branch)
+            values += params
         _, counted = await conn.execute_query(db.sql(" UNION ALL ".join(branches)), values)
         for k, sub, country, number_type, product_id, n in counted:
             used_by[(k, sub, country or "", number_type or "", product_id)] = int(n or 0)

@@ -2,8 +2,8 @@
 
 A typed message has the bot's @mention stripped and runs through the one command dispatcher;
 a card button (Action.Execute invoke, or the Action.Submit fallback that arrives as a message
-with a `value`) goes to `bot.teams.cards`. The caller is built from the authenticated activity
-(Entra object id, name, tenant, conversation), never from card data. Turns keep the stored
+with a `value`) goes to `bot.teams.card_actions`. The caller is built from the authenticated
+activity (Entra object id, name, tenant, conversation), never from card data. Turns keep the stored
 conversation reference that proactive posts (digests, approvals) use up to date: a turn whose
 conversation, sender and service URL look as they did on a turn of the last minute skips the
 database (most turns do); anything new, and every conversation at least once a minute, is
@@ -12,6 +12,8 @@ stored (which also makes a conversation marked inactive active again).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -30,14 +32,16 @@ from botbuilder.schema import (
 
 from bot.auth.actor import Actor
 from bot.auth.policy import Policy
-from bot.auth.sso import SsoRejected, TeamsSso
 from bot.commands.dispatch import run_text
-from bot.commands.registry import Context
+from bot.commands.registry import Context, Services
 from bot.commands.reply import Reply
 from bot.config import Settings
 from bot.domain import conversations
-from bot.teams.cards import after_reply, card_activity, handle_card_action, same_answer
+from bot.teams.approval_cards import after_reply, card_activity
+from bot.teams.card_actions import handle_card_action, same_answer
 from bot.teams.render import render
+from bot.teams.sso import INVOKES as SSO_INVOKES
+from bot.teams.sso import SsoFlow, needs_groups
 
 log = logging.getLogger("bot.teams.bot")
 
@@ -45,8 +49,8 @@ log = logging.getLogger("bot.teams.bot")
 REFERENCE_FRESH_SECONDS = 60.0
 #: Conversations whose last stored reference this process remembers.
 REFERENCES_KEPT = 10_000
-#: The invoke in which Teams hands the bot the user's SSO token.
-TOKEN_EXCHANGE = "signin/tokenExchange"
+#: Idempotency keys of activities (card forms have `form:` keys of their own).
+ACTIVITY_KEY_PREFIX = "activity:"
 
 
 class CardInPlace:
@@ -89,6 +93,18 @@ def tenant_of(activity: Activity) -> str | None:
     return found if isinstance(found, str) and found else None
 
 
+def activity_key(activity: Activity) -> str | None:
+    """What makes an activity the same one again: Teams redelivers an activity it got no answer
+    for with the same id, but message ids are unique only within a conversation. So the key is
+    the tenant, the conversation and the id together, hashed (fixed length, whatever the
+    lengths of the three: a cut-off key could make two activities one)."""
+    if not activity.id:
+        return None
+    conversation = activity.conversation.id if activity.conversation else None
+    scope = json.dumps([tenant_of(activity) or "", conversation or "", str(activity.id)])
+    return ACTIVITY_KEY_PREFIX + hashlib.sha256(scope.encode()).hexdigest()
+
+
 def actor_from(activity: Activity, source: str) -> Actor:
     """Who is calling, from the authenticated activity."""
     sender = activity.from_property
@@ -98,8 +114,9 @@ def actor_from(activity: Activity, source: str) -> Actor:
         tenant_id=tenant_of(activity),
         source=source,
         correlation_id=activity.id,
-        # Teams redelivers an activity it got no answer for: the same id has one effect.
-        idempotency_key=activity.id,
+        # The same activity delivered again has one effect (a card submission's form key
+        # replaces this one: `bot.teams.cards`).
+        idempotency_key=activity_key(activity),
         conversation_id=activity.conversation.id if activity.conversation else None,
     )
 
@@ -129,8 +146,8 @@ class FusionBot(ActivityHandler):
         self,
         settings: Settings,
         policy: Policy,
-        services: dict[str, Any],
-        sso: TeamsSso | None = None,
+        services: Services,
+        sso: SsoFlow | None = None,
     ) -> None:
         self._settings = settings
         self._policy = policy
@@ -139,9 +156,13 @@ class FusionBot(ActivityHandler):
         # conversation id -> (what its stored reference was made from, when it was stored)
         self._stored: dict[str, tuple[tuple[Any, ...], float]] = {}
 
-    def _context(self, actor: Actor, **turn_services: Any) -> Context:
-        services = {**self._services, **turn_services} if turn_services else self._services
-        return Context(actor=actor, settings=self._settings, policy=self._policy, services=services)
+    def _context(self, actor: Actor, services: Services | None = None) -> Context:
+        return Context(
+            actor=actor,
+            settings=self._settings,
+            policy=self._policy,
+            services=services or self._services,
+        )
 
     def _actor(self, activity: Activity, source: str) -> Actor:
         """The caller, with the groups their last valid Teams SSO token listed (if remembered)."""
@@ -165,8 +186,12 @@ class FusionBot(ActivityHandler):
             await handle_card_action(turn_context, actor, self._context(actor))
             return
         actor = self._actor(activity, "chat")
+        if self._sso is not None and needs_groups(text):
+            if self._policy.tenant_allowed(actor).allowed:
+                await self._sso.offer(turn_context, actor)  # Teams SSO: an OAuth card, once
         card = CardInPlace(turn_context)
-        reply = await run_text(text, self._context(actor, progress=card.show_progress))
+        services = replace(self._services, progress=card.show_progress)
+        reply = await run_text(text, self._context(actor, services))
         reply = await same_answer(reply)  # a redelivered activity: what the first one did
         await after_reply(turn_context, reply, await card.show(reply))
 
@@ -177,34 +202,24 @@ class FusionBot(ActivityHandler):
         return await handle_card_action(turn_context, actor, self._context(actor))
 
     async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse | None:
-        if turn_context.activity.name == TOKEN_EXCHANGE:
-            return await self._exchange_token(turn_context.activity)
+        if turn_context.activity.name in SSO_INVOKES:
+            return await self._sign_in(turn_context.activity)
         return await super().on_invoke_activity(turn_context)
 
-    async def _exchange_token(self, activity: Activity) -> InvokeResponse:
-        """Teams SSO: remember the groups a valid token lists (200); anything else 412, which
-        tells Teams the exchange failed, and nothing is remembered. Identity stays the
-        authenticated activity's: a token for anyone else does not count."""
-        value = activity.value if isinstance(activity.value, Mapping) else {}
-        token = value.get("token")
-        try:
-            if self._sso is None:
-                raise SsoRejected("this bot does not use Teams SSO (local development mode)")
-            if not isinstance(token, str) or not token:
-                raise SsoRejected("no token")
-            actor = actor_from(activity, "chat")
-            await self._sso.exchange(token, object_id=actor.object_id, tenant_id=actor.tenant_id)
-        except SsoRejected as exc:
-            log.warning("SSO token refused: %s", exc)
+    async def _sign_in(self, activity: Activity) -> InvokeResponse:
+        """Teams SSO's invokes (bot/teams/sso.py); identity stays the authenticated activity's."""
+        if self._sso is None:
+            log.warning("SSO invoke refused: local development mode")
+            value = activity.value if isinstance(activity.value, Mapping) else {}
             return InvokeResponse(
                 status=int(HTTPStatus.PRECONDITION_FAILED),
                 body={
                     "id": value.get("id"),
                     "connectionName": value.get("connectionName"),
-                    "failureDetail": f"The token could not be used: {exc}",
+                    "failureDetail": "This bot does not use Teams SSO (local development mode).",
                 },
             )
-        return InvokeResponse(status=int(HTTPStatus.OK))
+        return await self._sso.invoke(activity, actor_from(activity, "chat"))
 
     @staticmethod
     def _create_invoke_response(body: object = None) -> InvokeResponse:

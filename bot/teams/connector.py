@@ -10,8 +10,10 @@ reply — and signs each request with a blocking msal call on the event loop. He
   a token is asked for or a byte is sent.
 - `ConnectorPool` is the `ConnectorFactory` the adapter uses for replies and proactive sends:
   one `ConnectorClient` per service URL, made once and reused, whose pipeline checks every
-  request URL against the trusted bases, then attaches the bot's cached token, then sends it
-  on the app's shared aiohttp session (kept-alive connections, TLS trust from the environment).
+  request URL against the trusted bases and hands it to the process's one `ProactiveSender`,
+  which counts it against Teams' rate limits, signs it with the bot's cached token, sends it
+  on the app's shared aiohttp session (kept-alive connections, TLS trust from the environment)
+  and retries a 429 after its Retry-After within the turn's time budget.
   Its serializer hands an activity's cards over as the JSON they already are and skips msrest's
   rebuilding and validating of the activity: msrest would walk every node of every card three
   times (the largest single cost of a reply in the profile).
@@ -19,14 +21,13 @@ reply — and signs each request with a blocking msal call on the event loop. He
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
-import aiohttp
 from botframework.connector import models
 from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import ConnectorFactory, MicrosoftAppCredentials
@@ -42,12 +43,11 @@ from msrest.universal_http.async_abc import AsyncClientResponse
 from multidict import CIMultiDict
 from yarl import URL
 
+from bot.config import is_loopback
+from bot.teams.proactive import ProactiveSender, SendOutcome, SendResult
 from bot.teams.render import Card, dumps
 
 log = logging.getLogger("bot.teams.connector")
-
-# An async callable giving the bot's Bot Connector token (None: local development, no token).
-TokenSource = Callable[[], Awaitable[str]]
 
 USER_AGENT = "FusionProductsBot (botbuilder-python 4.17.1)"
 MAX_CLIENTS = 64  # distinct service URLs kept; Teams uses a handful of regional ones
@@ -92,15 +92,6 @@ def _locate(url: str) -> _Location | None:
     return _Location(parsed.scheme, parsed.host.lower(), parsed.port, path)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class TrustedServiceUrls:
     """The Bot Connector bases replies may go to (scheme, host, port, path prefix)."""
 
@@ -119,7 +110,7 @@ class TrustedServiceUrls:
         where = _locate(url) if isinstance(url, str) else None
         if where is None:
             return False
-        if self._allow_loopback and _is_loopback(where.host):
+        if self._allow_loopback and is_loopback(where.host):
             return True
         return any(where.within(base) for base in self._bases)
 
@@ -129,46 +120,55 @@ class TrustedServiceUrls:
         return url
 
 
-class _TrustedBearer(AsyncHTTPPolicy):  # type: ignore[misc]
-    """Refuses a request to an untrusted URL, then signs it with the bot's token."""
+class _TrustedOnly(AsyncHTTPPolicy):  # type: ignore[misc]
+    """Refuses a request to an untrusted URL before it reaches the transport."""
 
-    def __init__(self, trusted: TrustedServiceUrls, token: TokenSource | None) -> None:
+    def __init__(self, trusted: TrustedServiceUrls) -> None:
         super().__init__()
         self._trusted = trusted
-        self._token = token
 
     async def send(self, request: Request, **kwargs: Any) -> Response:
-        http: ClientRequest = request.http_request
-        self._trusted.require(http.url)
-        if self._token is not None:
-            http.headers["Authorization"] = f"Bearer {await self._token()}"
+        self._trusted.require(request.http_request.url)
         assert self.next is not None  # the pipeline links a sender after this policy
         return await self.next.send(request, **kwargs)
 
 
-class _SessionResponse(AsyncClientResponse):  # type: ignore[misc]
-    """A fully read response (msrest's own aiohttp response refuses an empty body)."""
+class ConnectorUnavailable(Exception):
+    """The Bot Connector gave no answer to hand back (unreachable, no token, or the rate
+    limit would hold the send past its time budget); nothing more is retried."""
 
-    def __init__(
-        self, request: ClientRequest, response: aiohttp.ClientResponse, body: bytes
-    ) -> None:
-        super().__init__(request, response)
-        self.status_code = response.status
-        self.headers = CIMultiDict(response.headers)
-        self.reason = response.reason
-        self._body = body
+
+class _Answer(AsyncClientResponse):  # type: ignore[misc]
+    """The Bot Connector's answer as the sender read it (status, headers, body)."""
+
+    def __init__(self, request: ClientRequest, result: SendResult) -> None:
+        super().__init__(request, None)
+        assert result.status is not None
+        self.status_code = result.status
+        self.headers = CIMultiDict(result.headers)
+        self.reason = _reason(result.status)
+        self._body = result.body
 
     def body(self) -> bytes:
         return self._body
 
 
-class _SessionSender(AsyncHTTPSender):  # type: ignore[misc]
-    """Sends on the app's shared aiohttp session (the app opens and closes it, not msrest)."""
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self._session = session
 
-    async def __aenter__(self) -> _SessionSender:
+class _LimitedSender(AsyncHTTPSender):  # type: ignore[misc]
+    """The connector clients' transport: the process's one `ProactiveSender`, so replies are
+    rate-limited, signed and retried (429 after Retry-After, within the turn's budget) like
+    every other send, and a 403 marks the conversation inactive."""
+
+    def __init__(self, sender: ProactiveSender) -> None:
+        self._sender = sender
+
+    async def __aenter__(self) -> _LimitedSender:
         return self
 
     async def __aexit__(self, *exc_details: object) -> None:
@@ -176,16 +176,14 @@ class _SessionSender(AsyncHTTPSender):  # type: ignore[misc]
 
     async def send(self, request: Request, **config: Any) -> Response:
         http: ClientRequest = request.http_request
-        async with self._session.request(
-            http.method,
-            http.url,
-            data=http.data,
-            headers=dict(http.headers),
-            # A redirect could carry the bot's token to another host.
-            allow_redirects=False,
-        ) as resp:
-            body = await resp.read()
-        return Response(request, _SessionResponse(http, resp, body))
+        data = http.data
+        body = data.encode() if isinstance(data, str) else data
+        result = await self._sender.exchange(http.method, http.url, body, dict(http.headers))
+        if result.outcome is SendOutcome.REFUSED:
+            raise UntrustedServiceUrl(http.url)
+        if result.status is None:
+            raise ConnectorUnavailable(result.error or "no answer from the Bot Connector")
+        return Response(request, _Answer(http, result))
 
 
 @contextmanager
@@ -236,15 +234,9 @@ class _ActivitySerializer(Serializer):  # type: ignore[misc]
 class ConnectorPool(ConnectorFactory):
     """Connector clients for trusted service URLs, one per URL, made once and reused."""
 
-    def __init__(
-        self,
-        trusted: TrustedServiceUrls,
-        session: aiohttp.ClientSession,
-        token: TokenSource | None,
-    ) -> None:
+    def __init__(self, trusted: TrustedServiceUrls, sender: ProactiveSender) -> None:
         self.trusted = trusted
-        self._session = session
-        self._token = token
+        self.sender = sender
         self._clients: dict[str, ConnectorClient] = {}
 
     async def create(self, service_url: str, audience: str | None = None) -> ConnectorClient:
@@ -264,15 +256,11 @@ class ConnectorPool(ConnectorFactory):
     def _new_client(self, service_url: str) -> ConnectorClient:
         def pipeline(config: BotFrameworkConnectorConfiguration) -> AsyncPipeline:
             return AsyncPipeline(
-                [
-                    config.user_agent_policy,
-                    _TrustedBearer(self.trusted, self._token),
-                    RawDeserializer(),
-                ],
-                _SessionSender(self._session),
+                [config.user_agent_policy, _TrustedOnly(self.trusted), RawDeserializer()],
+                _LimitedSender(self.sender),
             )
 
-        # The pipeline signs requests; msrest's credentials slot gets an inert placeholder.
+        # The sender signs requests; msrest's credentials slot gets an inert placeholder.
         config = BotFrameworkConnectorConfiguration(
             MicrosoftAppCredentials.empty(), service_url, pipeline_type=pipeline
         )

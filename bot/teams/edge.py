@@ -23,14 +23,14 @@ to listen anywhere but loopback in that mode.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from http import HTTPStatus
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import jwt
@@ -52,19 +52,28 @@ from botframework.connector.auth import (
 )
 from botframework.connector.auth.jwt_token_extractor import JwtTokenExtractor, _OpenIdMetadata
 from botframework.connector.skills import BotFrameworkClient
-from msrest.exceptions import DeserializationError
+from msrest.exceptions import DeserializationError, HttpOperationError
 from msrest.serialization import Model
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from bot.auth.credentials import ClientCredentials
 from bot.auth.graph import GraphClient
 from bot.auth.membership import GraphPolicy
 from bot.auth.policy import DevPolicy, Policy
-from bot.auth.sso import TeamsSso
+from bot.commands.registry import Services
 from bot.config import Settings
-from bot.teams.bot import FusionBot
-from bot.teams.connector import ConnectorPool, TrustedServiceUrls, UntrustedServiceUrl
+from bot.logs import CORRELATION_ID
+from bot.teams.bot import FusionBot, tenant_of
+from bot.teams.connector import (
+    ConnectorPool,
+    ConnectorUnavailable,
+    TrustedServiceUrls,
+    UntrustedServiceUrl,
+)
 from bot.teams.gate import TurnGate
+from bot.teams.proactive import TURN, ProactiveSender, TurnBudget
 from bot.teams.render import dumps
+from bot.teams.sso import sso_flow
 
 log = logging.getLogger("bot.teams.edge")
 
@@ -74,8 +83,9 @@ CLOCK_SKEW_SECONDS = 300
 #: Distinct (token, channel, service URL) triples remembered as checked.
 CHECKED_TOKENS = 256
 
-#: The id of the activity being served: the correlation id of every log line of its turn.
-CORRELATION_ID: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+#: Seconds a turn's replies may take, retries included, from the moment its activity is read:
+#: the Bot Connector gives up on a bot that has not answered in 15 s (and Teams redelivers).
+TURN_BUDGET = 10.0
 
 
 class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
@@ -100,21 +110,71 @@ class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
         JwtTokenExtractor.metadataCache[url] = keys
         return keys
 
+    async def load(self) -> bool:
+        """Fetch the keys now unless some are loaded (readiness); whether any are."""
+        if not self.keys:
+            await self._refresh()
+        return bool(self.keys)
+
     async def _refresh(self) -> None:
         stale_since = self.last_updated
         async with self._lock:
             if self.last_updated != stale_since:
                 return  # another request refreshed while this one waited
             timeout = aiohttp.ClientTimeout(total=KEYS_TIMEOUT_SECONDS)
-            async with self._session.get(self.url, timeout=timeout) as resp:
-                resp.raise_for_status()
-                metadata = await resp.json(content_type=None)
-            async with self._session.get(metadata["jwks_uri"], timeout=timeout) as resp:
-                resp.raise_for_status()
-                keys = (await resp.json(content_type=None))["keys"]
+            metadata = await self._document(self.url, OpenIdMetadata, timeout)
+            published = await self._document(metadata.jwks_uri, SigningKeySet, timeout)
+            keys = [key.model_dump(exclude_none=True) for key in published.keys]
             self.keys = keys
             self.last_updated = datetime.now()
             log.info("signing keys refreshed", extra={"keys": len(keys), "metadata_url": self.url})
+
+    async def _document(self, url: str, model: type[P], limit: aiohttp.ClientTimeout) -> P:
+        """A document of the signing-key chain, read as the model says or refused: a malformed
+        one leaves the keys as they were (none at first), so tokens are refused (401) and the
+        log says why."""
+        async with self._session.get(url, timeout=limit) as resp:
+            resp.raise_for_status()
+            raw = await resp.read()
+        try:
+            return model.model_validate_json(raw)
+        except (ValidationError, RecursionError) as exc:
+            log.error("signing keys not refreshed: %s from %s is malformed", model.__name__, url)
+            raise MalformedKeys(f"{model.__name__} from {url} is malformed: {exc}") from None
+
+
+class MalformedKeys(Exception):
+    """The OpenID metadata or its key set is not what the OpenID specifications document."""
+
+
+class _Published(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+P = TypeVar("P", bound=_Published)
+
+
+class OpenIdMetadata(_Published):
+    """The Bot Framework OpenID metadata: where the signing keys are."""
+
+    jwks_uri: StrictStr = Field(pattern=r"^https?://")
+
+
+class SigningKey(_Published):
+    """One JSON Web Key as botbuilder reads it (RSA, with the channels that endorse it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kty: StrictStr
+    kid: StrictStr = Field(min_length=1)
+    n: StrictStr | None = None
+    e: StrictStr | None = None
+    x5c: list[StrictStr] | None = None
+    endorsements: list[StrictStr] | None = None
+
+
+class SigningKeySet(_Published):
+    keys: list[SigningKey] = Field(min_length=1)
 
 
 class _NotAChannelToken(Exception):
@@ -181,9 +241,14 @@ class ChannelAuthentication(BotFrameworkAuthentication):
             if scheme != "Bearer" or not token:
                 raise PermissionError("no bearer token")
             # Only channel tokens: emulator and skill tokens (other issuers) are not accepted.
-            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            unverified = jwt.decode(token, options={"verify_signature": False})
+            issuer = unverified.get("iss")
             if issuer != self._settings.channel_issuer:
                 raise _NotAChannelToken(f"issuer {issuer!r}")
+            # PyJWT checks `exp` only when it is present: a token without one would never expire.
+            exp = unverified.get("exp")
+            if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+                raise PermissionError("the token has no expiry (exp)")
             # Without these botbuilder skips the serviceurl and endorsement checks.
             if not activity.service_url or not activity.channel_id:
                 raise PermissionError("activity without serviceUrl or channelId")
@@ -265,11 +330,13 @@ class Edge:
     bot: Bot
     # Outbound: trusted service URLs + reused connector clients (replies, adapter proactive).
     connectors: ConnectorPool
-    # The bot's own tokens (None in local development mode); proactive senders use
-    # `credentials.connector_token` with `connectors.trusted.trusts`.
+    # The process's one Bot Connector sender: the connector clients' transport, and what the
+    # scheduler, the approvals channel and provisioning post and update cards with.
+    sender: ProactiveSender
+    # The bot's own tokens (None in local development mode).
     credentials: ClientCredentials | None = None
     signing_keys: SigningKeys | None = None
-    services: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=Services)
     gate: TurnGate = field(default_factory=lambda: TurnGate(0))
 
     async def receive(self, request: web.Request) -> web.StreamResponse:
@@ -278,24 +345,26 @@ class Edge:
         Authentication failures answer 401; an untrusted serviceUrl 403 (before anything runs);
         a body that is not an activity 400 / 415.
         """
-        if not self.settings.dev_mode and not request.headers.get("Authorization", "").startswith(
-            "Bearer "
-        ):
+        authorization = request.headers.getall("Authorization", [])
+        if len(authorization) > 1:
+            # Which one counts would depend on who reads the headers; neither does.
+            log.warning("inbound request refused: %d Authorization headers", len(authorization))
+            raise web.HTTPUnauthorized()
+        if not self.settings.dev_mode and not (authorization or [""])[0].startswith("Bearer "):
             log.warning("inbound request refused: no bearer token")
             raise web.HTTPUnauthorized()
         if "application/json" not in request.headers.get("Content-Type", ""):
             raise web.HTTPUnsupportedMediaType()
-        try:
-            body = await request.json()
-            activity = Activity().deserialize(body) if isinstance(body, dict) else None
-        except (ValueError, DeserializationError):
-            activity = None
-        if activity is None or not activity.type:
-            raise web.HTTPBadRequest(text="the body is not a Bot Framework activity")
+        activity = await read_activity(request)
         correlation = CORRELATION_ID.set(str(activity.id)[:200] if activity.id else None)
         try:
             async with self.gate.place():
-                return await self._turn(request, activity)
+                # The turn's replies are retried (429, 5xx) only while the channel still waits.
+                budget = TURN.set(TurnBudget(tenant_of(activity), time.monotonic() + TURN_BUDGET))
+                try:
+                    return await self._turn(request, activity)
+                finally:
+                    TURN.reset(budget)
         finally:
             CORRELATION_ID.reset(correlation)
 
@@ -326,13 +395,44 @@ class Edge:
         return web.Response(status=HTTPStatus.CREATED)
 
 
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body, or a 400 for any body that cannot be read as JSON.
+
+    Beside malformed text this catches what the parser cannot take: nesting deep enough to
+    exhaust the recursion limit (`RecursionError`, not a `ValueError`), bytes that are not
+    UTF-8, and a body over the app's size limit (413 stays 413).
+    """
+    try:
+        raw = await request.read()
+        return json.loads(raw)
+    except web.HTTPException:
+        raise
+    except (ValueError, RecursionError, MemoryError):
+        raise web.HTTPBadRequest(text="the body is not JSON this bot can read") from None
+
+
+async def read_activity(request: web.Request) -> Activity:
+    """The body as a Bot Framework activity, or a 400: nothing else runs for it."""
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        # msrest would make a string of any `type` (a list, a number) rather than refuse it.
+        raise web.HTTPBadRequest(text="the body is not a Bot Framework activity")
+    try:
+        activity = Activity().deserialize(body)
+    except (ValueError, TypeError, AttributeError, RecursionError, DeserializationError):
+        activity = None
+    if activity is None or not isinstance(activity.type, str) or not activity.type:
+        raise web.HTTPBadRequest(text="the body is not a Bot Framework activity")
+    return activity
+
+
 async def _on_turn_error(turn_context: TurnContext, error: Exception) -> None:
     """A turn failed outside the command layer (which answers its own errors): log it, and tell
     the user something went wrong if the connector still works."""
     activity = turn_context.activity
     log.error("turn failed", exc_info=error)
-    if isinstance(error, UntrustedServiceUrl):
-        return
+    if isinstance(error, (UntrustedServiceUrl, ConnectorUnavailable)) or _unsendable(error):
+        return  # the connector cannot take a message now: telling the user would fail too
     text = (
         "Something went wrong and the request may not have been completed. "
         f"Reference: {activity.id or '-'}."
@@ -358,6 +458,16 @@ async def _on_turn_error(turn_context: TurnContext, error: Exception) -> None:
         log.warning("could not tell the user about the failure", exc_info=True)
 
 
+def _unsendable(error: Exception) -> bool:
+    """The Bot Connector refused the turn's reply as one more would be: 403 (the bot was
+    removed or blocked) or 429 beyond the turn's budget."""
+    response = getattr(error, "response", None)
+    return isinstance(error, HttpOperationError) and getattr(response, "status_code", None) in (
+        403,
+        429,
+    )
+
+
 def build_policy(settings: Settings, graph: GraphClient | None) -> Policy:
     """Local development: the listed dev admins. Otherwise tenants from settings and group
     administrators through Entra ID."""
@@ -366,17 +476,33 @@ def build_policy(settings: Settings, graph: GraphClient | None) -> Policy:
     return GraphPolicy(settings, graph)
 
 
+def build_sender(
+    settings: Settings, session: aiohttp.ClientSession, credentials: ClientCredentials | None
+) -> ProactiveSender:
+    """The process's one Bot Connector sender (replies, card updates, proactive posts)."""
+    trusted = TrustedServiceUrls(settings.trusted_service_urls, allow_loopback=settings.dev_mode)
+    return ProactiveSender(
+        session,
+        token=credentials.connector_token if credentials else None,
+        is_trusted=trusted.trusts,
+    )
+
+
 def build_edge(
     settings: Settings,
     session: aiohttp.ClientSession,
     credentials: ClientCredentials | None,
-    services: dict[str, Any] | None = None,
+    services: Services | None = None,
+    sender: ProactiveSender | None = None,
 ) -> Edge:
-    """Adapter, authentication, connectors and bot, made once for the app's lifetime."""
+    """Adapter, authentication, connectors and bot, made once for the app's lifetime.
+
+    `sender` is the process's one Bot Connector sender (made here if not given): the
+    connector clients send through it, so replies share its rate limiter with every other send.
+    """
     trusted = TrustedServiceUrls(settings.trusted_service_urls, allow_loopback=settings.dev_mode)
-    connectors = ConnectorPool(
-        trusted, session, credentials.connector_token if credentials else None
-    )
+    sender = sender or build_sender(settings, session, credentials)
+    connectors = ConnectorPool(trusted, sender)
     keys = (
         None
         if settings.dev_mode
@@ -385,10 +511,10 @@ def build_edge(
     adapter = CloudAdapter(ChannelAuthentication(settings, connectors, keys))
     adapter.on_turn_error = _on_turn_error
     graph = GraphClient(session, settings, credentials.graph_token) if credentials else None
-    front_door = dict(services or {})
+    front_door = services or Services()
     if graph is not None:
-        front_door["graph"] = graph
-    sso = None if settings.dev_mode else TeamsSso(settings, session)
+        front_door = replace(front_door, graph=graph)
+    sso = None if settings.dev_mode else sso_flow(settings, session, credentials)
     bot = FusionBot(settings, build_policy(settings, graph), front_door, sso)
     gate = TurnGate(settings.max_concurrent_turns)
-    return Edge(settings, adapter, bot, connectors, credentials, keys, front_door, gate)
+    return Edge(settings, adapter, bot, connectors, sender, credentials, keys, front_door, gate)

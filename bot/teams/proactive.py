@@ -19,8 +19,11 @@ a second per app per tenant. Going over is answered HTTP 429. So:
 - nothing is sent, and no token is asked for, unless the service URL is trusted
   (FUSION_TRUSTED_SERVICE_URLS); redirects are not followed, so the token goes nowhere else.
 
-The limits are counted per process: digests are posted by the one scheduler leader, so that is
-where the volume is; replies to typed commands go through the edge's connector, not here.
+The limits are counted per process, and every send of the process is counted: the app makes
+one `ProactiveSender`, and the edge's connector clients use it as their transport, so a turn's
+replies and card updates, approval copies, and the scheduler's digests all pass the one
+limiter. A send made inside a turn (its reply) is retried only within the turn's time budget
+(`TURN`, set by the edge): Teams redelivers an activity that got no answer in 15 s.
 
 Each send is one request after another, never two copies of the same activity in flight. A
 request that timed out may still have been delivered (HTTP gives no way to know); it is
@@ -37,15 +40,18 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from yarl import URL
 
+from bot import metrics
 from bot.domain import conversations
 from bot.domain.models import ConversationRef
 from bot.teams.render import attachment
@@ -56,6 +62,7 @@ log = logging.getLogger("bot.teams.proactive")
 TokenSource = Callable[[], Awaitable[str]]
 RETRYABLE = frozenset({412, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 600.0  # a longer Retry-After gives up instead of holding a digest for ages
+TURN_GRACE = 1.0  # seconds a send may wait for the limiter even after its turn's deadline
 
 
 class Window(NamedTuple):
@@ -96,15 +103,19 @@ class RateLimiter:
                 wait = max(wait, history[len(history) - limit] + seconds - now)
         return wait
 
-    def delay(self, conversation_id: str, tenant_id: str | None) -> float:
+    @staticmethod
+    def _keys(conversation_id: str | None, tenant_id: str | None) -> tuple[tuple[str, str], ...]:
+        # A request that addresses no conversation (creating one) counts for its tenant only.
+        tenant = ("t", tenant_id or "-")
+        return (("c", conversation_id), tenant) if conversation_id else (tenant,)
+
+    def delay(self, conversation_id: str | None, tenant_id: str | None) -> float:
         """Seconds until one more send to this conversation and tenant is allowed."""
         now = self._clock()
-        keys = (("c", conversation_id), ("t", tenant_id or "-"))
-        return max(
-            self._held.get(conversation_id, 0.0) - now, *(self._wait(k, now) for k in keys), 0.0
-        )
+        held = self._held.get(conversation_id, 0.0) - now if conversation_id else 0.0
+        return max(held, *(self._wait(k, now) for k in self._keys(conversation_id, tenant_id)), 0.0)
 
-    async def acquire(self, conversation_id: str, tenant_id: str | None) -> float:
+    async def acquire(self, conversation_id: str | None, tenant_id: str | None) -> float:
         """Wait until a send is allowed, then count it. Returns the seconds waited."""
         waited = 0.0
         while True:
@@ -114,7 +125,7 @@ class RateLimiter:
             await asyncio.sleep(delay)
             waited += delay
         now = self._clock()
-        for key in (("c", conversation_id), ("t", tenant_id or "-")):
+        for key in self._keys(conversation_id, tenant_id):
             self._sent.setdefault(key, []).append(now)
         self._calls += 1
         if self._calls % 1000 == 0:
@@ -166,6 +177,9 @@ class SendResult:
     status: int | None = None
     error: str | None = None
     waited: float = 0.0  # seconds spent waiting for rate limits and retries
+    # The last answer as it came (what a connector client deserializes).
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    body: bytes = field(default=b"", repr=False)
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -188,9 +202,10 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
     return max(0.0, seconds)
 
 
-def activities_url(service_url: str, conversation_id: str) -> URL:
-    base = service_url if service_url.endswith("/") else service_url + "/"
-    return URL(f"{base}v3/conversations/{quote(conversation_id, safe='')}/activities", encoded=True)
+def activities_url(target: Target) -> URL:
+    base = target.service_url if target.service_url.endswith("/") else target.service_url + "/"
+    cid = quote(target.conversation_id, safe="")
+    return URL(f"{base}v3/conversations/{cid}/activities", encoded=True)
 
 
 def card_activity(card: Mapping[str, Any], summary: str | None = None) -> dict[str, Any]:
@@ -200,8 +215,38 @@ def card_activity(card: Mapping[str, Any], summary: str | None = None) -> dict[s
     return activity
 
 
+@dataclass(frozen=True)
+class TurnBudget:
+    """What the turn being served allows its own sends (its replies)."""
+
+    tenant_id: str | None
+    deadline: float  # time.monotonic() by which the turn must have answered
+
+
+#: Set by the edge while it serves a turn: a send made inside it (a reply, a card update) is
+#: counted against the turn's tenant and retried only until the turn's deadline.
+TURN: ContextVar[TurnBudget | None] = ContextVar("turn_budget", default=None)
+
+
+def conversation_of(url: str) -> str | None:
+    """The conversation a Bot Connector request addresses (`…/v3/conversations/{id}/…`)."""
+    parts = URL(url, encoded=True).raw_parts
+    for i, part in enumerate(parts[:-1]):
+        if part == "conversations" and i > 0 and parts[i - 1] == "v3":
+            return unquote(parts[i + 1]) or None
+    return None
+
+
 class ProactiveSender:
-    """Posts activities to stored conversations, within Teams' limits (see the module docstring)."""
+    """Every request this process makes to the Bot Connector: proactive posts, card updates,
+    and (as the transport under the adapter's connector clients) the replies of turns. One per
+    process, so one `RateLimiter` sees every send (see the module docstring).
+
+    The doors other modules use: `post(target, activity)` / `post_card(target, card)` send to
+    a conversation, `update(target, activity_id, activity)` / `update_card(...)` replace an
+    activity the bot posted; `exchange(...)` is the raw request the connector clients use.
+    None raises for an HTTP failure: the `SendResult` says what happened.
+    """
 
     def __init__(
         self,
@@ -242,39 +287,84 @@ class ProactiveSender:
     ) -> SendResult:
         return await self.post(target, card_activity(card, summary))
 
-    async def update_card(
-        self, target: Target, activity_id: str, card: Mapping[str, Any], summary: str | None = None
-    ) -> SendResult:
-        """Replace a posted card in place (PUT …/activities/{id}), within the same limits."""
-        return await self.post(target, card_activity(card, summary), replace=activity_id)
+    async def post(self, target: Target, activity: Mapping[str, Any]) -> SendResult:
+        """Send one activity to the conversation; retried as the module docstring says."""
+        return await self._send("POST", target, activities_url(target), activity)
 
-    async def post(
-        self, target: Target, activity: Mapping[str, Any], *, replace: str | None = None
+    async def update_card(
+        self, target: Target, activity_id: str, card: Mapping[str, Any]
     ) -> SendResult:
-        """Send one activity (or, with `replace`, update that posted activity); retried as the
-        module docstring says; never raises for HTTP."""
+        return await self.update(target, activity_id, card_activity(card))
+
+    async def update(
+        self, target: Target, activity_id: str, activity: Mapping[str, Any]
+    ) -> SendResult:
+        """Replace the activity `activity_id` the bot posted in the conversation (a card
+        updated for everyone who sees it)."""
+        url = activities_url(target) / activity_id
+        return await self._send("PUT", target, url, {**activity, "id": activity_id})
+
+    async def _send(
+        self, method: str, target: Target, url: URL, activity: Mapping[str, Any]
+    ) -> SendResult:
         if not self._is_trusted(target.service_url):
-            log.warning(
-                "proactive send refused: untrusted service URL",
-                extra={
-                    "conversation_id": target.conversation_id,
-                    "service_url": target.service_url,
-                },
-            )
-            return SendResult(SendOutcome.REFUSED, error="the service URL is not trusted")
-        url = activities_url(target.service_url, target.conversation_id)
-        if replace is not None:
-            url = URL(f"{url}/{quote(replace, safe='')}", encoded=True)
+            return self._refused(str(url), target.conversation_id)
         body = json.dumps(activity, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        result = await self.exchange(method, url, body, headers, target.tenant_id)
+        if result.outcome is SendOutcome.SENT:
+            result.activity_id = _activity_id(result.body)
+        return result
+
+    def _refused(self, url: str, conversation_id: str | None) -> SendResult:
+        log.warning(
+            "send refused: untrusted service URL",
+            extra={"conversation_id": conversation_id, "url": url},
+        )
+        return SendResult(SendOutcome.REFUSED, error="the service URL is not trusted")
+
+    async def exchange(
+        self,
+        method: str,
+        url: URL | str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        tenant_id: str | None = None,
+    ) -> SendResult:
+        """One request to the Bot Connector, within the limits and retried as the module
+        docstring says; the answer's status, headers and body are in the result.
+
+        Inside a turn (`TURN` set by the edge) the turn's tenant is counted and retries end
+        at the turn's deadline; elsewhere they end after `give_up_after` seconds.
+        """
+        where = url if isinstance(url, URL) else URL(url, encoded=True)
+        conversation_id = conversation_of(str(where))
+        if not self._is_trusted(str(where)):
+            return self._refused(str(where), conversation_id)
+        turn = TURN.get()
+        tenant = tenant_id or (turn.tenant_id if turn else None)
+        started = time.monotonic()
+        deadline = started + self._give_up_after
+        if turn is not None:
+            # A turn that has used its budget (a long bulk operation) may still wait a moment
+            # for a rate window; only retries and long holds are cut short.
+            deadline = min(deadline, max(turn.deadline, started + TURN_GRACE))
         result = SendResult(SendOutcome.FAILED)
         throttled = server_errors = 0
-        started = time.monotonic()
         while True:
-            result.waited += await self.limiter.acquire(target.conversation_id, target.tenant_id)
-            headers = {"Content-Type": "application/json; charset=utf-8"}
+            held = self.limiter.delay(conversation_id, tenant)
+            if time.monotonic() + held > deadline:
+                result.error = (
+                    f"{result.error + '; ' if result.error else ''}the rate limit holds this "
+                    f"conversation {held:.1f} s, past the time this send may take"
+                )
+                return result
+            result.waited += await self.limiter.acquire(conversation_id, tenant)
+            sending = dict(headers)
+            sending.pop("Authorization", None)
             if self._token is not None:
                 try:
-                    headers["Authorization"] = f"Bearer {await self._token()}"
+                    sending["Authorization"] = f"Bearer {await self._token()}"
                 except Exception as exc:  # noqa: BLE001 - any token failure ends this send
                     result.error = f"no token for the Bot Connector: {exc}"
                     return result
@@ -282,32 +372,36 @@ class ProactiveSender:
             retry_after: float | None = None
             try:
                 async with self._session.request(
-                    "PUT" if replace is not None else "POST",
-                    url,
+                    method,
+                    where,
                     data=body,
-                    headers=headers,
+                    headers=sending,
+                    # A redirect could carry the bot's token to another host.
                     allow_redirects=False,
                     timeout=self._timeout,
                 ) as resp:
                     result.status = resp.status
+                    result.headers = dict(resp.headers)
+                    metrics.connector_answered(resp.status)
                     retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
-                    text = await resp.text(errors="replace")
+                    result.body = await resp.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                result.status, text = None, ""
+                result.status, result.body, result.headers = None, b"", {}
                 result.error = f"{type(exc).__name__}: {exc}"[:500]
             status = result.status
             if status is not None and 200 <= status < 300:
                 result.outcome, result.error = SendOutcome.SENT, None
-                result.activity_id = _activity_id(text)
+                result.body = _resource_answer(result.body, str(where))
                 return result
+            text = result.body.decode("utf-8", "replace")
             if status == 403:
                 result.outcome, result.error = SendOutcome.REMOVED, _error_text(status, text)
                 log.info(
                     "bot removed or blocked: conversation marked inactive",
-                    extra={"conversation_id": target.conversation_id},
+                    extra={"conversation_id": conversation_id},
                 )
-                if self._on_removed is not None:
-                    await self._on_removed(target.conversation_id)
+                if self._on_removed is not None and conversation_id:
+                    await self._on_removed(conversation_id)
                 return result
             if status == 429:
                 throttled += 1
@@ -318,7 +412,8 @@ class ProactiveSender:
                     delay = retry_after * (1 + 0.1 * self._rng.random())
                 else:
                     delay = self._backoff(throttled)
-                self.limiter.hold(target.conversation_id, delay)
+                if conversation_id:
+                    self.limiter.hold(conversation_id, delay)
             elif status is None or status in RETRYABLE:
                 server_errors += 1
                 if status is not None:
@@ -329,7 +424,7 @@ class ProactiveSender:
             else:
                 result.error = _error_text(status, text)
                 return result
-            if time.monotonic() - started + delay > self._give_up_after:
+            if time.monotonic() + delay > deadline:
                 result.error = f"{result.error}; gave up after {result.attempts} attempts"
                 return result
             result.waited += await _sleep_at_least(delay)
@@ -357,13 +452,33 @@ async def _sleep_at_least(delay: float) -> float:
     return delay
 
 
-def _activity_id(text: str) -> str | None:
+class ResourceAnswer(BaseModel):
+    """What the Bot Connector answers a send or an update with (ResourceResponse; a new
+    conversation's answer has more fields)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: str | None = Field(default=None, max_length=255)
+
+
+def _resource_answer(body: bytes, url: str) -> bytes:
+    """The answer to a send that went through, checked before anything reads it. A malformed
+    one (not JSON, not an object, an id that is not text) is logged and read as an answer
+    without an id: the activity was delivered (2xx), so nothing is sent again and the turn
+    goes on; only a later update of that activity is not possible."""
+    if not body.strip():
+        return b"{}"
     try:
-        body = json.loads(text) if text else None
-    except ValueError:
-        return None
-    found = body.get("id") if isinstance(body, dict) else None
-    return str(found)[:255] if found else None
+        ResourceAnswer.model_validate_json(body)
+    except (ValidationError, RecursionError):
+        log.warning("the Bot Connector's answer is malformed; read as one without an id: %s", url)
+        return b"{}"
+    return body
+
+
+def _activity_id(text: bytes) -> str | None:
+    found = ResourceAnswer.model_validate_json(text or b"{}").id
+    return found or None
 
 
 def _error_text(status: int | None, text: str) -> str:
@@ -373,6 +488,6 @@ def _error_text(status: int | None, text: str) -> str:
         error = body.get("error") if isinstance(body, dict) else None
         if isinstance(error, dict):
             code = f" {error.get('code') or ''}: {error.get('message') or ''}".rstrip(": ")
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     return f"HTTP {status}{code}"[:500]

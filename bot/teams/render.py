@@ -22,7 +22,6 @@ import json
 import re
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -40,8 +39,9 @@ from bot.commands.reply import (
     Reply,
     Table,
 )
+from bot.resources import cards_folder
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "cards"
+TEMPLATES = cards_folder()
 #: SPEC §4: a card stays well under the Teams message limit.
 MAX_CARD_BYTES = 36_864
 CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"

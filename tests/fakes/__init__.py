@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         FakeIdentityProvider,
         SigningKey,
     )
+    from .managed_identity import FakeManagedIdentityEndpoint
     from .network_guard import (
         NonLoopbackConnectionError,
         install_loopback_guard,
@@ -44,6 +45,7 @@ _WHERE = {
     "BOT_FRAMEWORK_TENANT_ID": "identity",
     "FakeIdentityProvider": "identity",
     "SigningKey": "identity",
+    "FakeManagedIdentityEndpoint": "managed_identity",
     "NonLoopbackConnectionError": "network_guard",
     "install_loopback_guard": "network_guard",
     "is_loopback_host": "network_guard",
@@ -63,6 +65,7 @@ __all__ = [
     "FakeBotConnector",
     "FakeGraph",
     "FakeIdentityProvider",
+    "FakeManagedIdentityEndpoint",
     "GraphGroup",
     "GraphUser",
     "NonLoopbackConnectionError",

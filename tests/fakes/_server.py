@@ -61,6 +61,13 @@ class Failure:
     status: int
     retry_after: float | None = None
     body: dict[str, Any] | None = None
+    # Sent as it is instead of `body` (a malformed answer: any bytes, any status).
+    raw: bytes | None = None
+
+    @classmethod
+    def malformed(cls, raw: bytes, status: int = 200) -> Failure:
+        """An answer of the wrong shape (`"value": null`, a number, not JSON at all...)."""
+        return cls(status, None, None, raw)
 
     @classmethod
     def throttled(cls, retry_after: float = 1.0) -> Failure:
@@ -83,6 +90,10 @@ class Failure:
     def response(self) -> web.Response:
         """This failure as an aiohttp response (Retry-After formatted with ``:g``: 1.0 -> "1")."""
         headers = {"Retry-After": f"{self.retry_after:g}"} if self.retry_after is not None else None
+        if self.raw is not None:
+            return web.Response(
+                body=self.raw, status=self.status, headers=headers, content_type="application/json"
+            )
         return web.json_response(self.body or {}, status=self.status, headers=headers)
 
 

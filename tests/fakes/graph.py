@@ -311,6 +311,11 @@ class FakeGraph(LicensesMixin, HandChanges, ThreadedServer):
             for n, t in self.teams_numbers(tenant).items()
             if t.target_id and t.activation_state == "activated"
         }
+    def answer_malformed(self, count: int, raw: bytes, status: int = 200) -> None:
+        """Answer the next ``count`` calls ``status`` with the body ``raw`` (not what the API
+        documents: ``{"value": null}``, a number, a string, not JSON)."""
+        with self._dir_lock:
+            self._failures.extend(Failure.malformed(raw, status) for _ in range(count))
 
     def count(self, kind: str | None = None) -> int:
         """Calls received, failed ones included (``kind``: checkMemberGroups, getMemberGroups,

@@ -154,7 +154,7 @@ class FakeIdentityProvider(ThreadedServer):
         self.default_kid = next(iter(self.channel_keys))
         self.rogue_key = SigningKey("rogue", _new_rsa(), [])  # never published
         self.entra_key = SigningKey(f"entra-{self.instance_id}", _new_rsa(), [])
-        self._token_failures: deque[tuple[int, dict[str, Any]]] = deque()
+        self._token_failures: deque[tuple[int, Any]] = deque()
 
     # -- configuration -----------------------------------------------------------------------
     def register_app(
@@ -187,6 +187,12 @@ class FakeIdentityProvider(ThreadedServer):
     ) -> None:
         """Answer the next ``count`` token requests with ``status`` and an OAuth error body."""
         body = {"error": error, "error_description": f"AADSTS90000: scripted failure ({status})"}
+        with self._cfg_lock:
+            self._token_failures.extend((status, body) for _ in range(count))
+
+    def answer_token_requests(self, count: int, body: Any, status: int = 200) -> None:
+        """Answer the next ``count`` token requests ``status`` with ``body`` as JSON, whatever
+        it is (a malformed token response: no ``access_token``, a number, a string...)."""
         with self._cfg_lock:
             self._token_failures.extend((status, body) for _ in range(count))
 

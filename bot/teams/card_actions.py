@@ -6,12 +6,10 @@ values (validated by the command's Args model through `run_fields`, the one auth
 gate); who is acting comes only from the authenticated activity (`actor`). Approval requests
 are looked up server-side by their opaque id and re-checked.
 
-The edge calls:
-- `handle_card_action(turn_context, actor, ctx)` for an `adaptiveCard/action` invoke (return
-  its result as the invoke response) or a message whose `value` is a dict (returns None; the
-  answer has been sent, by updating the card in place where possible);
-- `after_reply(turn_context, reply, activity_id)` after posting any reply, so an approval card
-  is remembered for in-place updates and a decision typed as text updates the request's card.
+The edge calls `handle_card_action(turn_context, actor, ctx)` for an `adaptiveCard/action`
+invoke (return its result as the invoke response) or a message whose `value` is a dict
+(returns None; the answer has been sent, by updating the card in place where possible).
+Approval cards are kept up to date by `bot.teams.approval_cards`.
 """
 
 from __future__ import annotations
@@ -22,28 +20,20 @@ from dataclasses import replace
 from typing import Any
 
 from botbuilder.core import TurnContext
-from botbuilder.schema import (
-    Activity,
-    ActivityTypes,
-    AdaptiveCardInvokeResponse,
-    Attachment,
-    ConversationAccount,
-)
+from botbuilder.schema import Activity, ActivityTypes, AdaptiveCardInvokeResponse
 
 from bot.auth.actor import Actor
-from bot.commands.approvals import CHANNEL_SERVICE, ApprovalGate, approval_reply
-from bot.commands.dispatch import run_fields, run_text
+from bot.commands.approvals import approval_reply
+from bot.commands.dispatch import failed, refusal, run_fields, run_text
 from bot.commands.forms import build_form
 from bot.commands.grammar import UsageError, tokenize
-from bot.commands.registry import REGISTRY, Context, find
+from bot.commands.registry import REGISTRY, Access, Context, find
 from bot.commands.reply import Approval, Changed, Error, Form, Message, Reply
-from bot.config import Settings
-from bot.domain import approvals, conversations
-from bot.domain.change import OUTAGE
+from bot.domain import approvals
 from bot.domain.db import is_outage
 from bot.domain.errors import DomainError
 from bot.teams import provisioning as job_cards
-from bot.teams.proactive import ProactiveSender, SendOutcome, Target
+from bot.teams.approval_cards import after_reply, card_activity, clicked_card
 from bot.teams.render import (
     CONTENT_TYPE,
     CONTROL_KEYS,
@@ -55,7 +45,7 @@ from bot.teams.render import (
     render,
 )
 
-log = logging.getLogger("bot.teams.cards")
+log = logging.getLogger("bot.teams.card_actions")
 
 INVOKE_NAME = "adaptiveCard/action"
 _FORM_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -93,22 +83,11 @@ async def handle_card_action(
     try:
         reply, actionable = await run_action(verb, data, ctx)
     except Exception as exc:  # never a stack trace on a card; nothing half-done (one transaction)
-        if is_outage(exc):
-            log.warning("card action %r: database unavailable: %r", verb, exc)
-            reply = Error(title="Try again", text=OUTAGE, code="unavailable")
-        else:
-            log.exception("card action %r failed", verb)
-            reply = Error(
-                title="Something went wrong",
-                text="The action could not be completed and nothing was changed. "
-                f"Reference: {actor.correlation_id or '-'}.",
-                code="internal",
-            )
-        actionable = False
+        reply, actionable = failed(exc, "action", f"card action {verb!r}", actor), False
     card = render(reply, actionable=actionable)
     if invoke:
         # The response card takes the place of the clicked one.
-        shown_in = _card_id(turn_context)
+        shown_in = clicked_card(turn_context)
         response = AdaptiveCardInvokeResponse(status_code=200, type=CONTENT_TYPE, value=card)
     else:
         shown_in = await _answer_submit(turn_context, card)
@@ -253,11 +232,10 @@ async def same_answer(
 
 
 async def _may_view(ctx: Context) -> tuple[bool, bool]:
-    """(may see approval requests, may decide them), from the policy — never from card data."""
-    if not ctx.policy.tenant_allowed(ctx.actor).allowed:
-        return False, False
-    approver = (await ctx.policy.is_approver(ctx.actor)).allowed
-    admin = approver or (await ctx.policy.is_admin(ctx.actor)).allowed
+    """(may see approval requests, may decide them), from the one authorization gate — never
+    from card data. Administrators see them; approvers decide them."""
+    approver = await refusal(Access.APPROVER, ctx) is None
+    admin = approver or await refusal(Access.ADMIN, ctx) is None
     return admin, approver
 
 
@@ -305,7 +283,7 @@ async def _decide(verb: str, data: dict[str, Any], ctx: Context) -> tuple[Reply,
 
 
 def _not_requester(ctx: Context, request: Any) -> bool:
-    return bool(ctx.actor.origin().actor_id != request.requester_id)
+    return not approvals.is_requester(request, ctx.actor.origin().actor_id)
 
 
 async def _refresh(data: dict[str, Any], ctx: Context) -> tuple[Reply, bool]:
@@ -329,27 +307,14 @@ async def _refresh(data: dict[str, Any], ctx: Context) -> tuple[Reply, bool]:
     return approval_reply(request), may_decide and _not_requester(ctx, request)
 
 
-# ----- keeping cards up to date ------------------------------------------------------------
-
-
-def _card_id(turn_context: TurnContext) -> str | None:
-    """The message holding the card that was clicked."""
-    return turn_context.activity.reply_to_id or None
-
-
-def card_activity(card: dict[str, Any], activity_id: str | None = None) -> Activity:
-    return Activity(
-        type=ActivityTypes.message,
-        id=activity_id,
-        attachments=[Attachment(content_type=CONTENT_TYPE, content=card)],
-    )
+# ----- answering a Submit --------------------------------------------------------------------
 
 
 async def _answer_submit(turn_context: TurnContext, card: dict[str, Any]) -> str | None:
     """Action.Submit has no response card: replace the clicked card, else post the answer.
 
     Returns the id of the message now showing the answer."""
-    clicked = _card_id(turn_context)
+    clicked = clicked_card(turn_context)
     if clicked:
         try:
             await turn_context.update_activity(card_activity(card, clicked))
@@ -360,98 +325,3 @@ async def _answer_submit(turn_context: TurnContext, card: dict[str, Any]) -> str
             )
     sent = await turn_context.send_activity(card_activity(card))
     return sent.id if sent is not None else None
-
-
-async def update_request_card(
-    turn_context: TurnContext, request_id: str, *, skip: str | None = None
-) -> bool:
-    """Update the request's posted card in place, for everyone who sees it.
-
-    The card is in this conversation, or in another one reached through the same Bot Connector
-    (the request made in a chat, decided in the approvals channel). Copies elsewhere (the
-    approvals channel's) catch up through their refresh action.
-    """
-    try:
-        request = await approvals.find(request_id)
-    except DomainError:
-        return False
-    if not request.card_activity_id or request.card_activity_id == skip:
-        return False
-    here = turn_context.activity.conversation.id if turn_context.activity.conversation else None
-    card = render(approval_reply(request), actionable=False)
-    update = card_activity(card, request.card_activity_id)
-    try:
-        if not request.conversation_id or request.conversation_id == here:
-            await turn_context.update_activity(update)
-            return True
-        ref = await conversations.find(request.conversation_id)
-        if ref is None or not ref.active or ref.service_url != turn_context.activity.service_url:
-            return False  # another connector: only this turn's (checked, trusted) one is used
-        update.conversation = ConversationAccount(id=request.conversation_id)
-        update.service_url = ref.service_url
-        await turn_context.adapter.update_activity(turn_context, update)
-    except Exception:
-        log.warning("could not update the card of approval request %s", request_id, exc_info=True)
-        return False
-    return True
-
-
-async def after_reply(turn_context: TurnContext, reply: Reply, activity_id: str | None) -> None:
-    """Call after posting `reply` as message `activity_id` in this turn's conversation."""
-    await job_cards.remember(turn_context, reply, activity_id)
-    if not isinstance(reply, Approval) or not reply.request_id:
-        return
-    here = turn_context.activity.conversation.id if turn_context.activity.conversation else None
-    if reply.status == "pending":
-        request = await approvals.find(reply.request_id)
-        if activity_id and not request.card_activity_id:
-            await approvals.set_card(request.id, here, activity_id)
-        return
-    # A decision typed as text (`approve ID`): bring the request's own card up to date too.
-    await update_request_card(turn_context, reply.request_id, skip=activity_id)
-
-
-# ----- the approvals channel ---------------------------------------------------------------
-
-
-class ApprovalsChannel:
-    """Posts a copy of each new approval request to `settings.approvals_channel` (SPEC §5).
-
-    The channel must be one the bot is in (its conversation reference is stored on any turn
-    there). The copy carries the card's refresh action, so it shows the outcome once decided.
-    """
-
-    def __init__(self, conversation_id: str, sender: ProactiveSender) -> None:
-        self.conversation_id = conversation_id
-        self._sender = sender
-
-    async def __call__(self, reply: Approval) -> None:
-        request = await approvals.find(reply.request_id)
-        if request.conversation_id == self.conversation_id:
-            return  # asked in the approvals channel itself: the card is already there
-        ref = await conversations.find(self.conversation_id)
-        if ref is None or not ref.active:
-            log.warning(
-                "approvals channel %s is unknown to the bot (not installed there?); "
-                "request %s not posted there",
-                self.conversation_id,
-                request.id,
-            )
-            return
-        result = await self._sender.post_card(
-            Target.of(ref), render(reply, actionable=True), summary=reply.title
-        )
-        if result.outcome is not SendOutcome.SENT:
-            log.warning(
-                "approval request %s not posted to the approvals channel: %s",
-                request.id,
-                result.error or result.outcome,
-            )
-
-
-def front_door_services(settings: Settings, sender: ProactiveSender | None) -> dict[str, Any]:
-    """The services the Teams front door puts into every command Context for approvals."""
-    services: dict[str, Any] = {"approvals": ApprovalGate()}
-    if settings.approvals_channel and sender is not None:
-        services[CHANNEL_SERVICE] = ApprovalsChannel(settings.approvals_channel, sender)
-    return services

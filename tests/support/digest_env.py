@@ -2,7 +2,7 @@
 bot's own `ClientCredentials`), the fake Bot Connector, and the bot's `ProactiveSender` wired the
 way the app wires it (trusted service URLs, shared aiohttp session).
 
-Import the fixtures into a test module: `from tests.digest_env import connector, ...`.
+Import the fixtures into a test module: `from tests.support.digest_env import connector, ...`.
 """
 
 from __future__ import annotations

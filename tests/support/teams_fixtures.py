@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider
-from tests.teams_env import bot_connector, graph_directory, identity_provider
+from tests.support.teams_env import bot_connector, graph_directory, identity_provider
 
 
 @pytest.fixture(scope="module")

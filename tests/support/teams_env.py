@@ -27,7 +27,6 @@ from bot.config import Settings
 from bot.domain import ledger
 from bot.domain.change import Origin
 from bot.domain.models import ProductKind
-from bot.domain.naming import set_naming_rule
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity, shared_tls
 from tests.fakes._server import ThreadedServer
 
@@ -145,7 +144,6 @@ class RunningBot:
 
 @asynccontextmanager
 async def running_bot(settings: Settings) -> AsyncIterator[RunningBot]:
-    set_naming_rule(settings.naming_rule)
     server = TestServer(create_app(settings), host="127.0.0.1", port=0)
     await server.start_server()
     try:

@@ -1,6 +1,6 @@
 """One OS process of the concurrency proof (tests/test_ledger_concurrency.py launches several).
 
-    python tests/concurrency_worker.py DATABASE_URL WORKER_NAME < plan.json
+    python tests/support/concurrency_worker.py DATABASE_URL WORKER_NAME < plan.json
 
 The plan on standard input is a JSON list of attempts, e.g.
 `{"op": "allocate", "quantity": 1, "product": "P", "subscription": "S"}`,
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bot.domain import db, ledger  # noqa: E402
 from bot.domain.change import Origin, limit_writers  # noqa: E402

@@ -1,0 +1,2 @@
+"""Helpers the tests share (fixtures, environments, state snapshots, a worker process): not
+tests themselves."""
