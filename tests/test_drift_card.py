@@ -1,5 +1,5 @@
 """The reconcile card (bot.teams.drift_card): valid Adaptive Card 1.5 with Universal Actions,
-its buttons work through the card door (bot.teams.card_actions.run_action) with one effect per click,
+its buttons work through the card door (bot.teams.card_actions.run_action), one effect a click,
 "all of a kind" shows a dry run that offers to go ahead with exactly it; rendered by the
 official renderer in Chromium at 400 px and full width (screenshots in test-artifacts/cards/)."""
 
@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bot.teams.card_actions import run_action
 
 from bot.commands.dispatch import run_text
 from bot.commands.reconcile import DriftReport
 from bot.commands.reply import Changed
 from bot.domain import numbers
 from bot.domain.models import JobAction, ProvisioningJob
+from bot.teams.card_actions import run_action
 from bot.teams.render import render
 from tests import cardcheck
 from tests import licensing_env as env

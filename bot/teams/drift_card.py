@@ -4,8 +4,9 @@ words, with its two buttons — "Fix Teams" (make Teams match the ledger: a prov
 break) — and, per kind, "all of them" buttons that first show a dry run whose card offers to go
 ahead with exactly what it showed.
 
-Buttons are form submissions of `reconcile fix` / `reconcile fix-all` (bot.teams.card_actions runs them
-through the command gate, with the form id as idempotency key: a second click has no effect).
+Buttons are form submissions of `reconcile fix` / `reconcile fix-all` (bot.teams.card_actions
+runs them through the command gate, with the form id as idempotency key: a second click has no
+effect).
 The card reads at 360–450 px: one difference a block, the buttons under it, short titles.
 """
 
