@@ -35,6 +35,7 @@ from bot.logs import configure_logging
 from bot.scheduler import run_scheduler
 from bot.teams.approvals_channel import ApprovalsChannel
 from bot.teams.edge import Edge, build_edge, build_sender
+from bot.teams.provisioning import JobCards
 
 log = logging.getLogger("bot.app")
 
@@ -204,13 +205,19 @@ async def _scheduler(app: web.Application) -> None:
     await run_scheduler(app[SETTINGS], app[EDGE].sender)
 
 
+def apply_settings(settings: Settings) -> None:
+    """The settings that hold for the whole process: the naming convention and how many changes
+    may be in a transaction at once."""
+    set_naming_rule(settings.naming_rule)
+    change.limit_writers(settings.max_concurrent_changes)
+
+
 async def _provisioning(app: web.Application) -> None:
     """This instance's provisioning worker (every instance runs one; SPEC §9)."""
     from bot.provisioning.teams_numbers import TenantPace
     from bot.provisioning.tenant_graph import TenantGraph
     from bot.provisioning.tokens import TenantTokens
     from bot.provisioning.worker import Worker
-    from bot.teams.provisioning import JobCards
 
     settings = app[SETTINGS]
     tokens = TenantTokens(settings)
@@ -240,20 +247,13 @@ async def _provisioning(app: web.Application) -> None:
         tokens.close()
 
 
-def apply_settings(settings: Settings) -> None:
-    """The settings that hold for the whole process: the naming convention and how many changes
-    may be in a transaction at once."""
-    set_naming_rule(settings.naming_rule)
-    change.limit_writers(settings.max_concurrent_changes)
-
-
 def create_app(
     settings: Settings, *, schedule: bool = False, provision: bool | None = None
 ) -> web.Application:
     """The bot's web app, with every setting applied (an app built in a test behaves like the
     running bot). `schedule` runs the scheduler beside it, `provision` the provisioning worker
-    (default: with the scheduler, when the settings turn provisioning on). `python app.py` runs
-    both; an app embedded in a test runs no background work unless it asks."""
+    (default: with the scheduler, when the settings turn provisioning on). `python app.py`
+    runs both; an app embedded in a test runs no background work unless it asks."""
     apply_settings(settings)
     app = web.Application()
     app[SETTINGS] = settings

@@ -235,6 +235,15 @@ class Settings:
     # (webApplicationInfo.resource in the app package). Default api://botid-APP_ID, as
     # Microsoft's bot SSO docs name it.
     sso_resource: str = ""
+    # The Azure Bot's OAuth connection for Teams SSO; empty: no OAuth card is sent.
+    sso_connection: str = ""
+    token_service_url: str = CLOUDS["public"].token_service_url
+    # Networks (CIDR) besides loopback that may read GET /metrics.
+    metrics_networks: tuple[str, ...] = ()
+    # Logs: `json` (one object per line) or `text` (readable, for local development).
+    log_format: str = "json"
+    # Empty: each front door's own (the bot and scheduler INFO, the CLI WARNING).
+    log_level: str = ""
     # Provisioning into customers' Teams tenants (SPEC §9): off by default (ledger only).
     provisioning: bool = False
     # The Entra app whose tokens are asked for in each customer tenant (default: the bot's own).
@@ -263,21 +272,17 @@ class Settings:
                 "Provisioning into Teams is off: Microsoft Graph's Teams number management exists "
                 f"in the global cloud only, and this bot runs in FUSION_CLOUD={self.cloud}."
             )
+        if self.managed_identity and not self.provisioning_app_id:
+            return (
+                "Provisioning into Teams is off: a managed identity gets no tokens in customers' "
+                "tenants; name a multi-tenant app in FUSION_PROVISIONING_APP_ID and its password."
+            )
         if not (self.provisioning_app_id or self.app_id):
             return (
                 "Provisioning into Teams is off: it needs an Entra app (MicrosoftAppId and "
                 "MicrosoftAppPassword, or FUSION_PROVISIONING_APP_ID and its password)."
             )
         return ""
-    # The Azure Bot's OAuth connection for Teams SSO; empty: no OAuth card is sent.
-    sso_connection: str = ""
-    token_service_url: str = CLOUDS["public"].token_service_url
-    # Networks (CIDR) besides loopback that may read GET /metrics.
-    metrics_networks: tuple[str, ...] = ()
-    # Logs: `json` (one object per line) or `text` (readable, for local development).
-    log_format: str = "json"
-    # Empty: each front door's own (the bot and scheduler INFO, the CLI WARNING).
-    log_level: str = ""
 
     @property
     def dev_mode(self) -> bool:
@@ -370,6 +375,13 @@ class Settings:
             max_concurrent_turns=_int(env, "FUSION_MAX_CONCURRENT_TURNS", 8, minimum=0),
             max_concurrent_changes=_int(env, "FUSION_MAX_CONCURRENT_CHANGES", 2, minimum=0),
             sso_resource=sso_resource,
+            sso_connection=(env.get("FUSION_SSO_CONNECTION") or "").strip(),
+            token_service_url=(
+                env.get("FUSION_TOKEN_SERVICE_URL") or cloud.token_service_url
+            ).rstrip("/"),
+            metrics_networks=_networks(env, "FUSION_METRICS_NETWORKS"),
+            log_format=_choice(env, "FUSION_LOG_FORMAT", LOG_FORMATS, "json"),
+            log_level=_choice(env, "FUSION_LOG_LEVEL", LOG_LEVELS, "").upper(),
             provisioning=_bool(env, "FUSION_PROVISIONING", False),
             provisioning_app_id=(env.get("FUSION_PROVISIONING_APP_ID") or "").strip(),
             provisioning_app_password=env.get("FUSION_PROVISIONING_APP_PASSWORD") or "",
@@ -380,13 +392,6 @@ class Settings:
             provisioning_lease_seconds=_int(env, "FUSION_PROVISIONING_LEASE_SECONDS", 60, 6),
             provisioning_tenant_rps=_int(env, "FUSION_PROVISIONING_TENANT_RPS", 30),
             reconcile_at=_reconcile_at(env.get("FUSION_RECONCILE_AT", "02:00")),
-            sso_connection=(env.get("FUSION_SSO_CONNECTION") or "").strip(),
-            token_service_url=(
-                env.get("FUSION_TOKEN_SERVICE_URL") or cloud.token_service_url
-            ).rstrip("/"),
-            metrics_networks=_networks(env, "FUSION_METRICS_NETWORKS"),
-            log_format=_choice(env, "FUSION_LOG_FORMAT", LOG_FORMATS, "json"),
-            log_level=_choice(env, "FUSION_LOG_LEVEL", LOG_LEVELS, "").upper(),
         )
         settings.check()
         return settings

@@ -30,7 +30,6 @@ from tests.support.teams_env import (
     message,
     running_bot,
     seed_ledger,
-    table,
     texts,
     the_card,
     trust_fakes,
@@ -111,20 +110,22 @@ async def test_list_products(turns: Turns) -> None:
     assert_bot_token(turns, reply)
     card = the_card(reply)
     assert texts(card)[0] == "Products"
-    rows = table(card)
-    assert rows[0][:4] == ["Name", "Kind", "Country/type", "Capacity"]
-    assert ["SIP-CHANNELS", "sip-channels", "30"] == [rows[1][0], rows[1][1], rows[1][3]]
-    assert ["TEAMS-SEATS", "teams-seats", "10"] == [rows[2][0], rows[2][1], rows[2][3]]
+    # One record per product: its name, then a detail line (narrow first: no table).
+    said = texts(card)
+    sip, seats = said.index("**SIP-CHANNELS**"), said.index("**TEAMS-SEATS**")
+    assert sip < seats
+    assert said[sip + 1] == "sip-channels · capacity 30 · allocated 0 · active"
+    assert said[seats + 1] == "teams-seats · capacity 10 · allocated 0 · active"
 
 
 async def test_usage_after_a_change(turns: Turns) -> None:
     await turns.say("allocate 3 TEAMS-SEATS to ACME-01")
     card = the_card(await turns.say("usage"))
-    rows = table(card)
-    header = rows[0]
-    seats = next(r for r in rows if r[0] == "TEAMS-SEATS")
-    assert seats[header.index("Capacity")] == "10"
-    assert seats[header.index("Allocated")] == "3"
+    said = texts(card)
+    seats = said.index("**TEAMS-SEATS**")
+    grid = said[seats + 2 : seats + 10]  # after "30 % allocated": label, figure, ...
+    assert grid[:4] == ["Capacity", "10", "Allocated", "3"]
+    assert grid[4:8] == ["Unallocated", "7", "In use", "0"]
 
 
 async def test_change_is_made_audited_and_shown_before_after(turns: Turns) -> None:
@@ -133,7 +134,7 @@ async def test_change_is_made_audited_and_shown_before_after(turns: Turns) -> No
     assert_bot_token(turns, reply)
     card = the_card(reply)
     assert facts(card)["Target"] == "TEAMS-SEATS → ACME-01"
-    assert ["Allocated", "0", "4"] in table(card)
+    assert facts(card)["Allocated"] == "0 → **4**"
     allocation = await Allocation.get(product__name="TEAMS-SEATS", subscription__code="ACME-01")
     assert allocation.quantity == 4
     event = await AuditEvent.get(correlation_id=activity_id)
@@ -247,7 +248,7 @@ async def test_form_submitted_through_action_execute(turns: Turns) -> None:
     assert resp.status == 200
     assert resp.body["statusCode"] == 200
     assert resp.body["type"] == "application/vnd.microsoft.card.adaptive"
-    assert ["Allocated", "0", "5"] in table(resp.body["value"])
+    assert facts(resp.body["value"])["Allocated"] == "0 → **5**"
     allocation = await Allocation.get(product__name="TEAMS-SEATS", subscription__code="ACME-01")
     assert allocation.quantity == 5
     event = await AuditEvent.get(action="allocation.allocate")
@@ -266,7 +267,7 @@ async def test_form_submitted_through_action_submit_fallback(turns: Turns) -> No
     # The answer replaces the clicked form card.
     [update] = await turns.connector.wait_for_async(1, kind="update")
     assert update.activity_id == form.activity_id
-    assert ["Allocated", "0", "6"] in table(update.activity["attachments"][0]["content"])
+    assert facts(update.activity["attachments"][0]["content"])["Allocated"] == "0 → **6**"
 
 
 async def test_another_tenant_is_refused_politely(

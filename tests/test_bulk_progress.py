@@ -60,6 +60,9 @@ async def test_pack_assignment_updates_its_card_as_it_goes(
 
     sent = [a for a in connector.activities if a.kind in ("reply", "send", "update")]
     first, *updates = sent
+    # Teams' typing indicator, if the turn took long enough before its first card, comes
+    # first and once; never after the progress card is showing.
+    assert len(connector.typing) <= 1 and all(t.at <= first.at for t in connector.typing)
     # One card posted, then updated in place: the same activity every time.
     assert first.kind in ("reply", "send")
     assert len(updates) >= 2 and {u.kind for u in updates} == {"update"}
@@ -70,3 +73,20 @@ async def test_pack_assignment_updates_its_card_as_it_goes(
     assert any(f"of {USERS}" in t for t in running), running
     final = " ".join(texts(the_card(updates[-1])))
     assert "AUDIO-CONF" in final and "user000@contoso.example" in final, final
+
+
+async def test_a_turn_that_takes_a_while_shows_the_typing_indicator_first(
+    empty_db_url: str, connector: FakeBotConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.teams import bot as teams_bot
+
+    # Every turn "takes a while" from its first instant: the indicator goes before the answer.
+    monkeypatch.setattr(teams_bot, "TYPING_AFTER_SECONDS", 0.0)
+    async with running_bot(dev_settings(empty_db_url, connector)) as bot:
+        posted = await bot.post(message("products", connector.service_url))
+        assert posted.status in (200, 201)
+        await connector.wait_for_async(1, timeout=20)
+    [typing] = connector.typing
+    [answer] = [a for a in connector.activities if a.kind in ("reply", "send")]
+    assert typing.at <= answer.at and typing.kind == "reply"
+    assert not typing.activity.get("attachments") and answer.activity["attachments"]

@@ -279,9 +279,10 @@ def test_good_card_passes() -> None:
         # unknown properties, wrong top level
         (("body.0.colour", "good"), ["$.body[0] (TextBlock): unknown property 'colour'"]),
         (
-            ("body.3.targetWidth", "wide"),
-            ["$.body[3] (Table): unknown property 'targetWidth'"],
-        ),  # 1.6 only
+            # Teams' responsive layout is accepted (see test_teams_extensions_…), a bad value not.
+            ("body.3.targetWidth", "huge"),
+            ['$.body[3].targetWidth: "huge" is not a Teams width'],
+        ),
         (("version", "1.6"), ['$.version: must be "1.5"']),
         (("version", 1.5), ['$.version: must be "1.5"']),
         (("type", "Card"), ['$.type: must be "AdaptiveCard"']),
@@ -499,3 +500,84 @@ def test_render_cli_reports_unreadable_json(renderer: None, tmp_path: Path) -> N
     report = json.loads(proc.stdout)
     assert report["broken.json"]["screenshot"] is None
     assert report["broken.json"]["errors"][0].startswith("cannot read card JSON")
+
+
+# --------------------------------------------------------------------------- narrow first
+
+
+def _card(*body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "AdaptiveCard",
+        "version": "1.5",
+        "msteams": {"width": "Full"},
+        "body": list(body),
+    }
+
+
+def test_teams_extensions_are_checked_then_seen_as_a_1_5_client_sees_them() -> None:
+    chart = {
+        "type": "Chart.Line",
+        "data": [{"legend": "A", "values": [{"x": "1 Nov", "y": 3}]}],
+        "fallback": {"type": "TextBlock", "text": "A: 3", "wrap": True},
+    }
+    narrow = {"type": "TextBlock", "text": "x", "targetWidth": "atMost:Narrow"}
+    assert problems(_card(chart, narrow)) == []
+    assert problems(_card({**narrow, "targetWidth": "tiny"})) == [
+        '$.body[0].targetWidth: "tiny" is not a Teams width'
+    ]
+    no_fallback = {k: v for k, v in chart.items() if k != "fallback"}
+    assert problems(_card(no_fallback)) == [
+        "$.body[0]: Chart.Line needs a fallback element for clients without charts"
+    ]
+    # The fallback itself is held to the schema.
+    bad = {**chart, "fallback": {"type": "TextBlock", "text": "x", "size": "huge"}}
+    assert problems(_card(bad)) != []
+
+
+@pytest.mark.browser
+def test_the_renderer_sees_broken_words_sideways_overflow_and_target_widths(
+    renderer: None,
+) -> None:
+    word = "SUPERCALIFRAGILISTICEXPIALIDOCIOUS-" * 3
+    cards = {
+        "fine": _card({"type": "TextBlock", "text": "TEAMS-\u2060SEATS " * 30, "wrap": True}),
+        # One long word in a narrow column: the renderer breaks it inside.
+        "broken": _card(
+            {
+                "type": "ColumnSet",
+                "columns": [
+                    {
+                        "type": "Column",
+                        "width": 1,
+                        "items": [
+                            {"type": "TextBlock", "text": "NUMBERS-GB-GEOGRAPHIC", "wrap": True}
+                        ],
+                    },
+                    {
+                        "type": "Column",
+                        "width": 4,
+                        "items": [{"type": "TextBlock", "text": "x", "wrap": True}],
+                    },
+                ],
+            }
+        ),
+        # A line that may not wrap, wider than the card.
+        "clipped": _card({"type": "TextBlock", "text": word, "wrap": False}),
+        "responsive": _card(
+            {"type": "TextBlock", "text": "PHONE-LAYOUT", "targetWidth": "atMost:Narrow"},
+            {"type": "TextBlock", "text": "DESK-LAYOUT", "targetWidth": "atLeast:Standard"},
+        ),
+    }
+    report = cardcheck.render_cards(cards, ARTIFACTS / "narrow-first", widths=(400, 800))
+    found = cardcheck.layout_problems(report)
+    assert "fine" not in found and "responsive" not in found, found
+    assert any("word broken across lines" in p for p in found["broken"]), found
+    assert any("overflows sideways" in p for p in found["clipped"]), found
+    for name in cards:
+        for width in ("400", "800"):
+            assert Path(report[name]["widths"][width]["screenshot"]).is_file()
+    # Each width gets the elements that target it, as in Teams.
+    at = report["responsive"]["widths"]
+    assert "PHONE-LAYOUT" in at["400"]["text"] and "DESK-LAYOUT" not in at["400"]["text"]
+    assert "DESK-LAYOUT" in at["800"]["text"] and "PHONE-LAYOUT" not in at["800"]["text"]
+    assert report["responsive"]["errors"] == []

@@ -39,11 +39,13 @@ from bot.commands.reply import (
     Progress,
     Reply,
     Table,
+    Usage,
 )
 from bot.config import DEFAULT_NAMING_RULE, Settings
 from bot.domain import approvals, db, ledger
 from bot.domain.models import ApprovalRequest, NumberType, ProductKind
 from bot.domain.naming import set_naming_rule
+from bot.domain.usage import ProductUsage, SubscriptionUsage
 from bot.teams import render as r
 from bot.teams.card_actions import run_action
 from tests import cardcheck
@@ -51,6 +53,8 @@ from tests.support import dbutil
 from tests.support.ledger_state import origin
 
 SETTINGS = Settings(approval_threshold=100)
+#: Teams on a phone or beside a meeting (about 360–450 px), and a full-width desktop card.
+NARROW_AND_FULL = (400, 800)
 POLICY = DevPolicy(("ada", "bob"))
 _ids = itertools.count(1)
 
@@ -133,6 +137,36 @@ async def approval_in(status: str) -> Approval:
     return done
 
 
+async def busy_digest() -> Reply:
+    """`digest now` over 15 pools with four weeks of daily snapshots: pools near exhaustion
+    with a forecast, a trend, changes and pending approvals."""
+    from datetime import date
+
+    from bot.domain.models import Product, UsageSnapshot
+
+    ops = origin()
+    for i in range(15):
+        name = f"POOL-{i:02}-{['GB-GEO', 'SIP', 'SEATS'][i % 3]}"
+        await ledger.add_product(ops, name, ProductKind.CUSTOM, 1_000)
+        await ledger.allocate(ops, 50 + 65 * i, name, "FAB-01")
+    today = date.today()
+    rows = []
+    for product in await Product.filter(name__startswith="POOL-"):
+        final = 50 + 65 * int(product.name[5:7])
+        for back in range(28, 0, -1):
+            rows.append(
+                UsageSnapshot(
+                    day=today - timedelta(days=back),
+                    product_id=product.id,
+                    capacity=1_000,
+                    allocated=max(0, final - 6 * back),
+                    in_use=0,
+                )
+            )
+    await UsageSnapshot.bulk_create(rows)
+    return await say("digest now")
+
+
 def every_reply_type() -> dict[str, Reply]:
     """One constructed reply of each type (also the ones no command produces yet)."""
     return {
@@ -172,6 +206,22 @@ def every_reply_type() -> dict[str, Reply]:
             failed=[
                 ("user12@contoso.com", "no Teams seat left in ACME-01"),
                 ("user13@contoso.com", "no such user"),
+            ],
+        ),
+        "type-usage": Usage(
+            title="Usage",
+            products=[
+                ProductUsage(
+                    "NUMBERS-GB-GEOGRAPHIC",
+                    "technical",
+                    "numbers",
+                    "numbers",
+                    "active",
+                    1_750,
+                    1_400,
+                    612,
+                    [SubscriptionUsage("CONTOSO-01", 1_400, 612)],
+                )
             ],
         ),
         "type-progress-done": Progress(
@@ -254,6 +304,15 @@ async def gallery() -> dict[str, dict[str, Any]]:
     )
     assert isinstance(again, Message) and again.data["duplicate"]
     out["allocate-duplicate-delivery"] = again
+    out["numbers-add"] = await say("numbers add +442071234000-+442071234009")
+    out["user-add"] = await say(
+        'user add ada.lovelace@contoso.example --subscription ACME-01 --name "Ada Lovelace"'
+    )
+    out["number-assign"] = await say("number assign next GB to ada.lovelace@contoso.example")
+    out["numbers"] = await say("numbers")
+    out["users"] = await say("users")
+    out["digest-now"] = await say("digest now")
+    out["digest-15-products"] = await busy_digest()
     out["audit"] = await say("audit --limit 15")
     out["audit-verify"] = await say("audit verify")
     out.update(every_reply_type())
@@ -307,12 +366,12 @@ async def test_every_card_renders_in_the_adaptivecards_renderer(
 ) -> None:
     cards = await gallery()
     report = await asyncio.to_thread(
-        cardcheck.check_cards,
-        cards,
-        render=True,
-        conventions=True,
-        out_dir=cardcheck.ARTIFACTS_DIR,
+        cardcheck.render_cards, cards, cardcheck.ARTIFACTS_DIR, widths=NARROW_AND_FULL
     )
+    # Read as a person would, on a phone and at full width: no word broken across lines,
+    # nothing wider than the card.
+    problems = cardcheck.layout_problems(report)
+    assert problems == {}, json.dumps(problems, indent=1, ensure_ascii=False)
     assert set(report) == set(cards)
     sizes = await asyncio.to_thread(
         lambda: {
@@ -351,7 +410,7 @@ def test_long_answers_are_cut_to_stay_under_the_limit() -> None:
     card = r.render(big)
     assert r.card_size(card) <= cardcheck.MAX_CARD_BYTES
     assert cardcheck.card_problems(card) == []
-    assert "more rows are not shown" in json.dumps(card)
+    assert "more are not shown" in json.dumps(card)
     busy = Progress(
         title="Bulk",
         done=5000,
@@ -373,3 +432,44 @@ def test_user_text_is_inserted_as_text_never_read_as_a_template() -> None:
     assert card["body"][1]["text"] == "${title} and ${tone}"
     assert card["body"][2]["facts"] == [{"title": "${text}", "value": "${facts}"}]
     assert "actions" not in card
+
+
+async def test_a_dry_run_goes_ahead_with_exactly_the_change_it_showed(ledger_db: None) -> None:
+    await seed()
+    preview = await say("allocate 25 SIP-CHANNELS to ACME-01 --dry-run")
+    assert isinstance(preview, Changed) and preview.dry_run
+    card = r.render(preview)
+    (button,) = [a for a in card["actions"] if a["title"] == "Go ahead"]
+    assert button["verb"] == r.VERB_FORM_SUBMIT and button["fallback"]["data"] == button["data"]
+    data = {k: v for k, v in button["data"].items() if k != "verb"}
+    assert data["dry_run"] is False and data["command"] == "allocate"
+    assert {k: data[k] for k in ("quantity", "product", "subscription")} == {
+        "quantity": "25",
+        "product": "SIP-CHANNELS",
+        "subscription": "ACME-01",
+    }
+    # The values stay in a form under the preview, to change and dry-run again.
+    (edit,) = [a for a in card["actions"] if a["type"] == "Action.ShowCard"]
+    values = {i["id"]: i.get("value") for i in edit["card"]["body"] if "id" in i}
+    assert values["product"] == "SIP-CHANNELS" and values["subscription"] == "ACME-01"
+    assert values["quantity"] == 25
+    assert [a["title"] for a in edit["card"]["actions"]] == ["Submit", "Dry run"]
+    done, _ = await run_action(r.VERB_FORM_SUBMIT, data, context())
+    assert isinstance(done, Changed) and not done.dry_run
+    assert done.after == {**(preview.after or {})}
+    # A second click on the same button changes nothing again.
+    again, _ = await run_action(r.VERB_FORM_SUBMIT, data, context())
+    assert not (isinstance(again, Changed) and not again.dry_run and again.after != done.after)
+    product = await ledger.find_product("SIP-CHANNELS")
+    assert (await ledger.allocation_totals(db.connection(), product.id))[0] == 40 + 25
+    # Above the approval threshold the go-ahead still becomes a request.
+    big = await say("allocate 150 TEAMS-SEATS to ACME-01 --dry-run")
+    assert isinstance(big, Changed) and big.go_ahead, big
+    assert "will wait for an approver" in big.text
+    command, fields = big.go_ahead
+    held, _ = await run_action(
+        r.VERB_FORM_SUBMIT,
+        {**fields, "command": command, "form_id": "go-ahead-test-1", "dry_run": False},
+        context(),
+    )
+    assert isinstance(held, Approval), held

@@ -89,5 +89,6 @@ async def test_digest_here_in_a_channel_then_posted_there_on_schedule(
     lines = texts(the_card(digest))
     assert lines[0].startswith("Usage digest")
     assert any(line.startswith("**TEAMS-SEATS**") for line in lines)
-    assert any("digest.subscribe" in line for line in lines)  # the change since the last one
+    # The change since the last one, said as a sentence (no event code).
+    assert any("subscribed a conversation to digest" in line for line in lines), lines
     assert (row.slot, row.status, row.activity_id) == (slot, "sent", digest.activity_id)

@@ -52,7 +52,12 @@ def actions(node: Any) -> list[dict[str, Any]]:
 
 def texts(node: Any) -> list[str]:
     if isinstance(node, dict):
-        own = [node["text"]] if node.get("type") == "TextBlock" else []
+        # As a reader sees it: without the joiners that keep numbers and codes unbroken.
+        own = (
+            [node["text"].replace("\u2060", "").replace("\xa0", " ")]
+            if node.get("type") == "TextBlock"
+            else []
+        )
         return own + [t for v in node.values() for t in texts(v)]
     if isinstance(node, list):
         return [t for v in node for t in texts(v)]

@@ -98,10 +98,11 @@ async def test_a_license_is_held_once_and_a_second_assignment_changes_nothing() 
     await licensing.assign_license(OPS, "M365-E5", ["alice@contoso.com"])
     before = await state()
     out = await licensing.assign_license(OPS, "M365-E5", ["ALICE@contoso.com"])
-    assert out.succeeded == []
-    assert out.failed == [
-        ("ALICE@contoso.com", "alice@contoso.com already holds M365-E5; nothing to add.")
-    ]
+    # Already done: not a failure, and nothing changes.
+    assert out.failed == []
+    assert out.succeeded == ["ALICE@contoso.com"] and out.added == {"ALICE@contoso.com": []}
+    assert out.notes == {"ALICE@contoso.com": licensing.ALREADY_HELD}
+    assert "assigned to 0 of 1 account(s); 1 already held it" in out.message
     assert await state() == before
 
 
@@ -201,12 +202,8 @@ async def test_a_pack_is_all_or_nothing_per_account() -> None:
     assert await holds("carol@contoso.com") == []
     assert await holds("bob@contoso.com") == ["M365-E5", "TEAMS-PHONE"]
     again = await licensing.assign_pack(OPS, "VOICE", ["alice@contoso.com"])
-    assert again.failed == [
-        (
-            "alice@contoso.com",
-            "alice@contoso.com already holds every license of VOICE; nothing to add.",
-        )
-    ]
+    assert again.failed == []
+    assert again.notes == {"alice@contoso.com": licensing.ALREADY_HELD}
     await check_invariants()
 
 

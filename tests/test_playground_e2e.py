@@ -159,7 +159,7 @@ STEPS = [
     {
         "name": "help",
         "send": "help",
-        "expect": ["product add NAME", "allocate N PRODUCT to SUBSCRIPTION", "usage"],
+        "expect": ["Catalog", "product add", "Allocations", "allocate", "usage"],
     },
     {
         "name": "product-add",
@@ -232,22 +232,20 @@ def test_playground_drives_the_bot_in_headless_chromium(
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and [s["name"] for s in summary["steps"]] == [s["name"] for s in STEPS]
-    cards = {s["name"]: _cells(s["card"]) for s in summary["steps"]}
+    cards = {s["name"]: _cells(s["card"].replace("\u2060", "")) for s in summary["steps"]}
+    # Every card as the Playground shows it (about 446 px): no word broken, nothing sideways.
+    assert {s["name"]: s["layout"] for s in summary["steps"] if s["layout"]} == {}
 
-    # Shown in the chat: the product as added, the allocation before → after, the usage table.
-    assert _row(cards["product-add"], "Capacity", 3) == ["Capacity", "—", "250"]
+    # Shown in the chat: the product as added, the allocation before → after, the usage grid.
+    assert _row(cards["product-add"], "Capacity", 2) == ["Capacity", "250"]
     assert "0 → 40" in " ".join(cards["allocate"])
-    # Usage columns: product, capacity, allocated, in use, free, used; then per subscription.
-    assert _row(cards["usage"], "FR-GEO-NUMBERS", 6) == [
-        "FR-GEO-NUMBERS",
-        "250",
-        "40",
-        "0",
-        "210",
-        "16%",
-    ]
-    assert _row(cards["usage"], "FR-GEO-NUMBERS", 10)[6:] == ["└ CONTOSO-01", "40", "0", "40"]
-    assert _row(cards["usage"], "GB-GEO-NUMBERS", 6)[1:4] == ["500", "100", "3"]  # the demo seed
+    # Usage: the product, its share, then capacity, allocated, unallocated and in use.
+    fr = _row(cards["usage"], "FR-GEO-NUMBERS", 10)
+    assert fr[1] == "16\u00a0% allocated", fr
+    assert fr[2:10] == ["Capacity", "250", "Allocated", "40", "Unallocated", "210", "In use", "0"]
+    assert "CONTOSO-01: 40 allocated, 0 in use, 40 free" in cards["usage"]
+    gb = _row(cards["usage"], "GB-GEO-NUMBERS", 10)  # the demo seed
+    assert gb[3] == "500" and gb[5] == "100" and gb[9] == "3", gb
 
     # And in the ledger: one allocation, audited as a chat change by the Playground's user.
     cli = _cli(database_url, tmp_path)

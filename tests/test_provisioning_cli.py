@@ -95,8 +95,7 @@ def test_link_assign_list_and_retry(
         [failed] = ok(url, tmp_path, "provisioning", "--state", "failed")["jobs"]
         assert "not in the tenant's inventory" in failed["reason"]
         text = cli(url, tmp_path, "provisioning", "--state", "failed")
-        # The text is wrapped to the terminal's width (main's CLI): read it as words.
-        words = " ".join(text.stdout.split())
+        words = " ".join(text.stdout.split())  # the CLI wraps text to the terminal's width
         assert text.returncode == 0 and "not in the tenant's inventory" in words
         retried = ok(url, tmp_path, "provisioning", "retry", "1")
         assert retried["after"] == {"state": "pending", "reason": None}
@@ -131,3 +130,29 @@ def test_a_dry_run_says_what_teams_would_get_and_writes_no_job(
         assert shown["dry_run"] is True and "provisioning" not in shown
         assert shown["after"]["teams"] == "would be set up"
         assert ok(url, tmp_path, "provisioning")["total"] == 0
+
+
+def test_why_provisioning_is_off() -> None:
+    from bot.config import Settings
+
+    tenant = "11111111-2222-4333-8444-555555555555"
+    on = Settings(app_id=env.APP_ID, app_password="s", app_tenant_id=tenant, provisioning=True)
+    assert on.provisioning_off_reason == ""
+    off = Settings(app_id=env.APP_ID, app_password="s")
+    assert "FUSION_PROVISIONING=off" in off.provisioning_off_reason
+    gov = Settings(app_id=env.APP_ID, app_password="s", provisioning=True, cloud="dod")
+    assert "global cloud only" in gov.provisioning_off_reason
+    msi = Settings(
+        app_id=env.APP_ID, app_type="UserAssignedMSI", app_tenant_id=tenant, provisioning=True
+    )
+    assert "managed identity" in msi.provisioning_off_reason
+    with_app = Settings(
+        app_id=env.APP_ID,
+        app_type="UserAssignedMSI",
+        app_tenant_id=tenant,
+        provisioning=True,
+        provisioning_app_id=env.APP_ID,
+        provisioning_app_password="s",
+    )
+    assert with_app.provisioning_off_reason == ""
+    assert "needs an Entra app" in Settings(provisioning=True).provisioning_off_reason

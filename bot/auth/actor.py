@@ -24,6 +24,8 @@ class Actor:
     sso_groups_overage: bool = False
     # The conversation the request came from (for approval cards and digests).
     conversation_id: str | None = None
+    # The reader's IANA time zone (Teams' clientInfo entity), for the dates answers show.
+    timezone: str | None = None
 
     def origin(self) -> Origin:
         return Origin(

@@ -11,8 +11,9 @@ already-decided requests, and carries the change out in the same transaction as 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
+from bot.commands import words
 from bot.commands.answers import changed, paged
 from bot.commands.args import Args, Quantity, Text
 from bot.commands.registry import Access, Context, command
@@ -25,7 +26,8 @@ log = logging.getLogger("bot.approvals")
 
 
 def when(at: datetime | None) -> str | None:
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else None
+    """A request's time as people read it (2 Dec 08:00 UTC)."""
+    return words.when(at) if at else None
 
 
 def approval_reply(request: ApprovalRequest, text: str = "") -> Approval:
@@ -43,6 +45,7 @@ def approval_reply(request: ApprovalRequest, text: str = "") -> Approval:
         data=approvals.view(request),
         ok=request.status is not ApprovalStatus.FAILED,
         request_id=request.id,
+        short_id=approvals.short_id(request),
         summary=request.summary,
         requester=request.requester_name or request.requester_id,
         status=status,
@@ -50,7 +53,11 @@ def approval_reply(request: ApprovalRequest, text: str = "") -> Approval:
         after=request.after,
         decided_by=request.decided_by_name or request.decided_by_id,
         decided_at=when(request.decided_at),
-        expires_at=when(request.expires_at),
+        expires_at=(
+            f"{when(request.expires_at)} ({words.relative(request.expires_at)})"
+            if request.status is ApprovalStatus.PENDING
+            else when(request.expires_at)
+        ),
         reason=request.reason,
         text=text,
     )
@@ -75,11 +82,13 @@ async def answer_change(ctx: Context, result: Outcome | approvals.Held) -> Reply
         )
         return preview
     request = result.request
+    if result.already_pending:
+        return approval_reply(request, f"{result.already_pending} Nothing was requested again.")
+    typed = approvals.short_id(request)
     reply = approval_reply(
         request,
         f"More than {result.threshold:,} units: this change waits for an approver. "
-        "Approvers can use the buttons or type "
-        f"`approve {request.id}` / `reject {request.id}`.",
+        f"Approvers can use the buttons or type `approve {typed}` / `reject {typed}`.",
     )
     post = ctx.services.approvals_channel
     if post is not None:
@@ -109,7 +118,7 @@ async def approvals_list(ctx: Context, args: ApprovalsArgs) -> Reply:
     found = await (approvals.recent(200) if args.all else approvals.pending())
     rows = [
         [
-            r.id,
+            approvals.short_id(r),
             r.summary,
             r.requester_name or r.requester_id,
             when(r.created_at) or "",

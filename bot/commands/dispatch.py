@@ -16,7 +16,7 @@ from bot.commands import catalog as _catalog  # noqa: F401  (registers every com
 from bot.commands.args import describe_errors
 from bot.commands.grammar import Parsed, UsageError, check_words, match, tokenize
 from bot.commands.registry import REGISTRY, Access, CommandSpec, Context, find
-from bot.commands.reply import Error, Form, Message, Reply
+from bot.commands.reply import Changed, Error, Form, Message, Reply
 from bot.domain.change import OUTAGE
 from bot.domain.db import is_outage
 from bot.domain.errors import (
@@ -139,7 +139,16 @@ async def _run(
                 return form
         return usage_error(spec, message)
     try:
-        return await spec.handler(ctx, args)
+        reply = await spec.handler(ctx, args)
+        if isinstance(reply, Changed) and reply.dry_run and spec.form:
+            # What "Go ahead" sends back: the same fields, for real (every rule re-checked).
+            fields = {k: v for k, v in data.items() if k != "dry_run"}
+            reply.go_ahead = (spec.name, fields)
+            # The values typed stay in a form under the preview, to change and try again.
+            from bot.commands.forms import build_form
+
+            reply.form = await build_form(spec, ctx, fields)
+        return reply
     except Duplicate as exc:
         return Message(
             title="Already done",

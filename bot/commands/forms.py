@@ -79,9 +79,11 @@ async def _pending_approvals() -> Choices:
     rows = (
         await ApprovalRequest.filter(status=ApprovalStatus.PENDING)
         .order_by("created_at")
-        .values_list("id", "summary", "requester_name")
+        .values_list("id", "number", "summary", "requester_name")
     )
-    return [(f"{rid}: {summary} — {who}", str(rid)) for rid, summary, who in rows]
+    return [
+        (f"{f'A-{n}' if n else rid}: {summary} — {who}", str(rid)) for rid, n, summary, who in rows
+    ]
 
 
 async def _countries() -> Choices:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
+from bot.commands import words
 from bot.commands.args import Args, Quantity, Text
 from bot.commands.registry import REGISTRY, Access, CommandSpec, Context, command
-from bot.commands.reply import Error, Message, Reply, Table
+from bot.commands.reply import Error, Message, Record, Reply, Table
+from bot.commands.words import event_sentence
 from bot.domain import audit
 
 
@@ -52,8 +56,21 @@ async def help_(ctx: Context, args: HelpArgs) -> Reply:
             )
         rows = [[u, s.summary] for s in matches for u in s.usages]
         data = [_described(s) for s in matches]
+        records = []
+        for s in matches:
+            records.append(Record(title=f"**{s.summary}**", detail="", group=s.name))
+            records += [Record(title=f"`{u}`", detail="") for u in s.usages]
+            records += [Record(title=o, detail=why) for o, why in _options(s)]
+            example = EXAMPLES.get(s.name)
+            if example:
+                records.append(Record(title="Example", detail=f"`{example}`"))
         return Table(
-            title=f"Help: {wanted}", columns=["Usage", "What it does"], rows=rows, data=data
+            title=f"Help: {wanted}",
+            columns=["Usage", "What it does"],
+            rows=rows,
+            data=data,
+            records=records,
+            note=_doors_note(ctx),
         )
     specs = sorted(REGISTRY.values(), key=lambda s: s.name)
     rows = [[s.usage, s.summary] for s in specs]
@@ -63,8 +80,110 @@ async def help_(ctx: Context, args: HelpArgs) -> Reply:
         columns=["Command", "What it does"],
         rows=rows,
         data=data,
-        note="Names with spaces go in quotes. Every change takes --dry-run. "
-        "Type a change command alone to get a form. `help COMMAND` for details.",
+        records=[
+            Record(title=f"**{area}**", detail=" · ".join(f"`{n}`" for n in names))
+            for area, names in _areas(specs)
+        ],
+        note="`help COMMAND` shows how one is used, with an example. " + _doors_note(ctx),
+    )
+
+
+#: The areas of `help`, in the order an administrator meets them.
+AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Catalog", ("products", "product", "customers", "customer", "subscriptions", "subscription")),
+    ("Allocations", ("allocate", "release", "usage")),
+    ("Numbers", ("numbers", "number")),
+    ("Users and licenses", ("users", "user", "resource-account", "license", "packs", "pack")),
+    ("Trunks", ("trunks", "trunk")),
+    ("Approvals", ("approvals", "approve", "reject")),
+    ("Audit", ("audit",)),
+    ("Digests", ("digests", "digest")),
+    ("You", ("help", "whoami")),
+)
+
+EXAMPLES = {
+    "allocate": "allocate 25 TEAMS-SEATS to CONTOSO-01 --dry-run",
+    "release": "release 5 TEAMS-SEATS from CONTOSO-01",
+    "usage": "usage CONTOSO-01",
+    "products": "products technical --country GB",
+    "product add": "product add GB-GEO-NUMBERS --kind numbers --country GB --capacity 1000",
+    "product capacity": "product capacity TEAMS-SEATS 600",
+    "product retire": "product retire OLD-TRUNKS",
+    "customer add": 'customer add "Contoso Ltd"',
+    "subscription add": 'subscription add CONTOSO-01 --customer "Contoso Ltd"',
+    "numbers": "numbers CONTOSO-01 --state available",
+    "numbers add": "numbers add +442071234000-+442071234099",
+    "number reserve": "number reserve 5 GB for CONTOSO-01",
+    "number assign": "number assign +442071234000 to ada@contoso.example",
+    "number assign next": "number assign next GB to ada@contoso.example",
+    "number release": "number release +442071234000",
+    "user add": 'user add ada@contoso.example --subscription CONTOSO-01 --name "Ada Lovelace"',
+    "license assign": "license assign M365-E5 to ada@contoso.example,bob@contoso.example",
+    "pack create": "pack create GOLD M365-E5 TEAMS-PHONE",
+    "pack assign": "pack assign GOLD to ada@contoso.example",
+    "approve": "approve 2mug64eez9 within the Q3 budget",
+    "reject": "reject 2mug64eez9 asked for 30, not 300",
+    "audit": "audit --target TEAMS-SEATS --since 7d",
+    "digest here": "digest here daily at 08:00 Europe/London",
+    "trunk add": "trunk add SBC-LON --subscription CONTOSO-01 --channels 30",
+}
+
+_OPTION = re.compile(r"(--[a-z-]+)(?: ([A-Z][A-Z0-9|:_-]*))?")
+
+
+#: What each option means, wherever it appears.
+OPTION_HELP = {
+    "--kind": "What the product is (numbers, teams-seats, sip-channels, custom, license)",
+    "--country": "Two-letter country code (ISO 3166-1), e.g. GB",
+    "--type": "Number type: geographic, national, mobile or toll-free",
+    "--capacity": "How many units the pool holds",
+    "--sku": "The external reference or Microsoft 365 SKU",
+    "--unit": "What one unit is called",
+    "--license": "The product is a license assigned to users",
+    "--customer": "The customer's name, as `customers` lists it",
+    "--mode": "direct-routing or operator-connect",
+    "--tenant": "The customer's Entra tenant id",
+    "--subscription": "The subscription code, e.g. CONTOSO-01",
+    "--name": "The display name (quote it if it has spaces)",
+    "--channels": "How many SIP channels",
+    "--state": "Only numbers in this state (available, reserved, assigned, quarantined)",
+    "--actor": "Only events by this person (name or id)",
+    "--target": "Only events about this name (product, subscription, number…)",
+    "--since": "Only events this recent: 7d, 12h, 30m or a date",
+    "--limit": "At most this many events (default 20)",
+    "--page": "Which page of a long list",
+    "--all": "Decided and expired requests too, not only pending ones",
+    "--dry-run": "Show before → after and change nothing",
+}
+
+
+def _options(spec: CommandSpec) -> list[tuple[str, str]]:
+    """Each option of the command's usage lines with what it means."""
+    found: dict[str, str] = {}
+    for usage in spec.usages:
+        for option, value in _OPTION.findall(usage):
+            found.setdefault(option, f"`{option} {value}`" if value else f"`{option}`")
+    if spec.mutating:
+        found.setdefault("--dry-run", "`--dry-run`")
+    return [(shown, OPTION_HELP.get(option, "")) for option, shown in found.items()]
+
+
+def _areas(specs: list[CommandSpec]) -> list[tuple[str, list[str]]]:
+    grouped: dict[str, list[str]] = {area: [] for area, _ in AREAS}
+    grouped["More"] = []
+    for spec in specs:
+        first = spec.name.split()[0]
+        area = next((a for a, words in AREAS if first in words), "More")
+        grouped[area].append(spec.name)
+    return [(area, names) for area, names in grouped.items() if names]
+
+
+def _doors_note(ctx: Context) -> str:
+    if ctx.actor.source == "cli":
+        return "Names with spaces go in quotes. Every change takes --dry-run; add --json for JSON."
+    return (
+        "Names with spaces go in quotes. Every change takes --dry-run. "
+        "Type a change command alone to get a form."
     )
 
 
@@ -131,10 +250,18 @@ async def audit_list(ctx: Context, args: AuditArgs) -> Reply:
         ]
         for e in events
     ]
+    records = [
+        Record(
+            title=event_sentence(e.actor_name or e.actor_id, e.action, e.target, e.before, e.after),
+            detail=f"{words.when(e.at, ctx.actor.timezone)} · via {e.source}",
+        )
+        for e in events
+    ]
     return Table(
         title="Audit",
         columns=["When (UTC)", "Who", "Via", "Action", "Target", "Before", "After"],
         rows=rows,
+        records=records,
         data=[audit.event_json(e) for e in events],
         note="" if rows else "No matching events.",
     )
@@ -171,8 +298,5 @@ async def audit_export(ctx: Context, args: Args) -> Reply:
 def _short(value: object) -> str:
     if value is None:
         return ""
-    if isinstance(value, dict):
-        text = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
-    else:
-        text = str(value)
+    text = words.value(value)
     return text if len(text) <= 60 else text[:57] + "…"

@@ -139,6 +139,9 @@ def tokenize(text: str) -> list[str]:
         )
     # Teams and phones turn quotes into typographic ones; treat them as plain quotes.
     text = text.translate(str.maketrans("“”‘\u00a0", '""\' '))
+    # Cards put word joiners (and phones non-breaking hyphens) inside names: pasted back, they
+    # are the plain names.
+    text = text.translate({0x2060: None, 0x2011: "-"})
     text = _CLOSING_QUOTE.sub("'", text)
     words: list[str] = []
     i, n = 0, len(text)

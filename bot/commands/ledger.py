@@ -6,11 +6,11 @@ from typing import Annotated, Literal
 
 from pydantic import model_validator
 
-from bot.commands.answers import changed, paged
+from bot.commands.answers import changed, next_page, paged
 from bot.commands.approvals import answer_change, approval_rule
 from bot.commands.args import Args, Count, Keyword, Quantity, Text
 from bot.commands.registry import Context, command
-from bot.commands.reply import FormField, Reply
+from bot.commands.reply import FormField, Reply, Usage
 from bot.domain import approvals, ledger
 from bot.domain.models import (
     Category,
@@ -20,6 +20,7 @@ from bot.domain.models import (
     Subscription,
     SubscriptionMode,
 )
+from bot.domain.paging import window
 from bot.domain.usage import usage_report
 
 # ----- products --------------------------------------------------------------------------
@@ -380,31 +381,16 @@ async def usage(ctx: Context, args: UsageArgs) -> Reply:
         else:
             product_name = (await ledger.find_product(args.target)).name
     report = await usage_report(product_name, subscription_code)
-    rows: list[list[str]] = []
-    for u in report:
-        # Six narrow columns: the card must read well in a narrow chat pane too.
-        rows.append(
-            [
-                u.name,
-                f"{u.capacity:,}",
-                f"{u.allocated:,}",
-                f"{u.in_use:,}",
-                f"{u.capacity - u.allocated:,}",
-                f"{u.utilisation:.0%}",
-            ]
-        )
-        for s in u.subscriptions:
-            rows.append(
-                [f"  └ {s.code}", "", f"{s.allocated:,}", f"{s.in_use:,}", f"{s.free:,}", ""]
-            )
-    title = "Usage" + (f" of {args.target}" if args.target else "")
-    return paged(
-        title,
-        ["Product / subscription", "Capacity", "Allocated", "In use", "Free", "Used"],
-        rows,
-        [u.as_json() for u in report],
-        args.page,
-        ctx.settings.page_size * 2,
-        f"usage {args.target}" if args.target else "usage",
-        note="" if rows else "Nothing allocated yet.",
+    # One page holds products (with their subscriptions) and reads on a phone.
+    size = ctx.settings.page_size
+    page, pages, start = window(len(report), args.page, size)
+    command = f"usage {args.target}" if args.target else "usage"
+    return Usage(
+        title="Usage" + (f" of {args.target}" if args.target else ""),
+        products=report[start : start + size],
+        data=[u.as_json() for u in report],
+        note="" if report else "Nothing allocated yet.",
+        page=page,
+        pages=pages,
+        next_command=next_page(command, page, pages),
     )

@@ -26,12 +26,26 @@ class Message(Reply):
 
 
 @dataclass
+class Record:
+    """One entry of a list as people read it: a title line, a detail line under it, and the
+    group it belongs to (a heading, shown once before the first record of the group)."""
+
+    title: str
+    detail: str = ""
+    group: str = ""
+    tone: str = ""  # "" | "good" | "warning" | "attention"
+
+
+@dataclass
 class Table(Reply):
-    """A list. `rows` hold display strings; `data` the typed values for --json."""
+    """A list. `rows` hold display strings; `data` the typed values for --json. `records`,
+    when a handler gives them, say each row in words (cards show one block per record; the
+    CLI prints the rows)."""
 
     columns: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     note: str = ""
+    records: list[Record] | None = None
     # Paging: the command to show the next page, if there is one.
     page: int = 1
     pages: int = 1
@@ -47,6 +61,11 @@ class Changed(Reply):
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     dry_run: bool = False
+    #: For a dry run: the command and the fields that carry out exactly the change shown
+    #: (set by the dispatcher; the card's "Go ahead" button sends them back).
+    go_ahead: tuple[str, dict[str, Any]] | None = None
+    #: For a dry run: the command's form with the values it ran with, to change and run again.
+    form: Form | None = None
 
 
 @dataclass
@@ -91,6 +110,8 @@ class Approval(Reply):
     """An approval request (pending or decided), shown as a card with Approve / Reject."""
 
     request_id: str = ""
+    #: What people type and read aloud (A-17); buttons send `request_id`.
+    short_id: str = ""
     summary: str = ""
     requester: str = ""
     status: str = "pending"
@@ -113,6 +134,18 @@ class Progress(Reply):
     failed: list[tuple[str, str]] = field(default_factory=list)  # (item, why)
     finished: bool = True
     text: str = ""
+
+
+@dataclass
+class Usage(Reply):
+    """The `usage` report: per product (a `bot.domain.usage.ProductUsage`) capacity,
+    allocated, unallocated, in use, free and utilisation, and its subscriptions."""
+
+    products: list[Any] = field(default_factory=list)
+    note: str = ""
+    page: int = 1
+    pages: int = 1
+    next_command: str | None = None
 
 
 @dataclass

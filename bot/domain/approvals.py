@@ -15,11 +15,14 @@ requested, approved, rejected, failed, expired — is an audit event.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from tortoise.exceptions import IntegrityError
 
 from bot.domain import ledger
 from bot.domain.change import Origin, change, request_outcome
@@ -41,6 +44,26 @@ SYSTEM = Origin(actor_id="system", actor_name="Fusion bot", source="system")
 # Request ids: opaque, random, easy to type (no 0/o, 1/l/i).
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 _ID_LENGTH = 10
+
+
+#: How people write a request's number: A-17, a17, A 17.
+_SHORT_ID = re.compile(r"(?i)a[-\s]?(\d{1,9})")
+
+
+def short_id(request: ApprovalRequest) -> str:
+    """The id people type and read aloud: A-17 (the opaque id for a request made before
+    requests were numbered)."""
+    return f"A-{request.number}" if request.number else request.id
+
+
+class SameRequestPending(DomainError):
+    """An identical change already waits for approval: it is not requested twice."""
+
+    code = "exists"
+
+    def __init__(self, request: ApprovalRequest) -> None:
+        super().__init__(f"The same change already waits for approval as {short_id(request)}.")
+        self.request = request
 
 
 def new_request_id() -> str:
@@ -110,6 +133,7 @@ def view(request: ApprovalRequest) -> dict[str, Any]:
 
     return {
         "id": request.id,
+        "short_id": short_id(request),
         "action": request.action,
         "payload": request.payload,
         "summary": request.summary,
@@ -146,6 +170,8 @@ class Held:
     threshold: int
     request: ApprovalRequest | None = None
     preview: Outcome | None = None
+    #: The same change already waited for approval: `request` is that one, nothing was asked.
+    already_pending: str | None = None
 
 
 async def allocate(
@@ -198,9 +224,12 @@ async def _hold(
 ) -> Held:
     if dry_run:
         return Held(rule.threshold, preview=await CARRY_OUT[action](origin, payload, True))
-    request = await request_change(
-        origin, action, payload, ttl_hours=rule.ttl_hours, conversation_id=conversation_id
-    )
+    try:
+        request = await request_change(
+            origin, action, payload, ttl_hours=rule.ttl_hours, conversation_id=conversation_id
+        )
+    except SameRequestPending as same:
+        return Held(rule.threshold, request=same.request, already_pending=same.message)
     return Held(rule.threshold, request=request)
 
 
@@ -228,10 +257,42 @@ async def request_change(
     # refused now rather than sent to an approver. The preview is what approving would do.
     preview = await carry_out(origin, payload, True)
     now = _now()
+    for same in await ApprovalRequest.filter(
+        status=ApprovalStatus.PENDING, action=action, expires_at__gt=now
+    ):
+        if same.payload == payload:
+            raise SameRequestPending(same)
+    for attempt in range(NUMBER_ATTEMPTS):
+        try:
+            return await _create_request(
+                origin, action, payload, preview, now, ttl_hours, conversation_id
+            )
+        except IntegrityError:
+            # Another request took the same number at the same moment: take the next one.
+            if attempt == NUMBER_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+#: Tries at a request number when requests are made at the same moment.
+NUMBER_ATTEMPTS = 5
+
+
+async def _create_request(
+    origin: Origin,
+    action: str,
+    payload: dict[str, Any],
+    preview: Outcome,
+    now: datetime,
+    ttl_hours: int,
+    conversation_id: str | None,
+) -> ApprovalRequest:
     async with change(origin) as ch:
+        last = await ApprovalRequest.all().using_db(ch.conn).order_by("-number").first()
         request = await ApprovalRequest.create(
             using_db=ch.conn,
             id=new_request_id(),
+            number=(last.number or 0) + 1 if last else 1,
             action=action,
             payload=payload,
             summary=_summary(action, payload, preview)[:500],
@@ -272,7 +333,11 @@ def _summary(action: str, payload: dict[str, Any], preview: Outcome) -> str:
 async def find(request_id: str) -> ApprovalRequest:
     """A request by id; never lists other ids (they are capabilities, not names)."""
     key = request_id.strip().lower() if isinstance(request_id, str) else ""
-    request = await ApprovalRequest.get_or_none(id=key) if 0 < len(key) <= 16 else None
+    numbered = _SHORT_ID.fullmatch(key)
+    if numbered:
+        request = await ApprovalRequest.get_or_none(number=int(numbered.group(1)))
+    else:
+        request = await ApprovalRequest.get_or_none(id=key) if 0 < len(key) <= 16 else None
     if request is None:
         raise NotFound("approval request", request_id[:40] if isinstance(request_id, str) else "?")
     return request
@@ -289,7 +354,8 @@ async def current(request_id: str, now: datetime | None = None) -> ApprovalReque
 
 async def pending(now: datetime | None = None) -> list[ApprovalRequest]:
     await expire_due(now)
-    return await ApprovalRequest.filter(status=ApprovalStatus.PENDING).order_by("created_at")
+    # Newest first, as `recent` (approvals --all) lists them.
+    return await ApprovalRequest.filter(status=ApprovalStatus.PENDING).order_by("-created_at")
 
 
 async def recent(limit: int = 50, now: datetime | None = None) -> list[ApprovalRequest]:

@@ -733,6 +733,7 @@ class PendingApproval:
     summary: str
     requester: str
     expires_at: datetime
+    short_id: str = ""  # what people type: A-17
 
 
 @dataclass
@@ -750,6 +751,8 @@ class DigestReport:
     changes: list[ChangeLine] = field(default_factory=list)
     changes_total: int = 0
     changes_by_action: dict[str, int] = field(default_factory=dict)
+    #: Pool → its daily allocated figures over the forecast window, oldest first (the trend).
+    trends: dict[str, list[tuple[date, int]]] = field(default_factory=dict)
     # Provisioning jobs still to reach Teams (pending or sent) and failed ones (SPEC §9).
     provisioning_pending: int = 0
     provisioning_failed: int = 0
@@ -826,6 +829,7 @@ class DigestReport:
                 "first": [
                     {
                         "id": a.id,
+                        "short_id": a.short_id or a.id,
                         "summary": a.summary,
                         "requester": a.requester,
                         "expires_at": a.expires_at.isoformat(),
@@ -896,7 +900,13 @@ async def build_report(
     pending = ApprovalRequest.filter(status=ApprovalStatus.PENDING, expires_at__gt=now)
     approvals_total = await pending.count()
     approvals = [
-        PendingApproval(a.id, a.summary, a.requester_name or a.requester_id, a.expires_at)
+        PendingApproval(
+            a.id,
+            a.summary,
+            a.requester_name or a.requester_id,
+            a.expires_at,
+            short_id=f"A-{a.number}" if a.number else a.id,
+        )
         for a in await pending.order_by("expires_at").limit(LIST_LIMIT)
     ]
 
@@ -910,6 +920,11 @@ async def build_report(
         forecasts=forecasts,
         approvals=approvals,
         approvals_total=approvals_total,
+        trends={
+            names[pid]: sorted(points)
+            for pid, points in series.items()
+            if names[pid] in by_name and not by_name[names[pid]].open_capacity
+        },
     )
     jobs = await provisioning_counts()
     report.provisioning_pending = jobs["pending"] + jobs["sent"]

@@ -334,7 +334,7 @@ async def add_customer(
 ) -> Outcome:
     name = check_free_text(name, "customer name")
     if tenant_id is not None:
-        tenant_id = _check_guid(tenant_id, "tenant id")
+        tenant_id = check_guid(tenant_id, "tenant id")
     async with change(origin, dry_run=dry_run) as ch:
         if await Customer.filter(name__iexact=name).using_db(ch.conn).exists():
             raise AlreadyExists(f"A customer named {name!r} already exists.")
@@ -467,7 +467,7 @@ async def release(
     )
 
 
-def _check_guid(value: str, what: str) -> str:
+def check_guid(value: str, what: str) -> str:
     try:
         return str(uuid.UUID(value.strip()))
     except ValueError as exc:

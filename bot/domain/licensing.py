@@ -59,6 +59,14 @@ ProgressCallback = Callable[
 ]
 
 
+class AlreadyHeld(Conflict):
+    """The account already holds what was asked: nothing to do, and nothing went wrong."""
+
+
+#: The note on an account that already held everything asked for.
+ALREADY_HELD = "already held it; nothing changed"
+
+
 @dataclass
 class BulkOutcome:
     """What a bulk assignment did per account (or, for a dry run, would do)."""
@@ -80,7 +88,10 @@ class BulkOutcome:
     @property
     def message(self) -> str:
         what = f"{self.target}" if self.action == "pack.assign" else self.licenses[0]
-        text = f"{what} assigned to {len(self.succeeded)} of {self.total} account(s)"
+        held = sum(1 for u in self.succeeded if self.notes.get(u) == ALREADY_HELD)
+        text = f"{what} assigned to {len(self.succeeded) - held} of {self.total} account(s)"
+        if held:
+            text += f"; {held} already held it"
         if self.failed:
             text += f"; {len(self.failed)} not assigned (nothing changed for them)"
         return text + "."
@@ -302,8 +313,8 @@ async def _grant(
 ) -> list[str]:
     """Give one account every license of `products` it lacks, or raise and give none.
 
-    An account that already holds some of a pack gets the rest; one that holds them all is
-    refused (nothing to do), so "succeeded" always means something was assigned.
+    An account that already holds some of a pack gets the rest; one that holds them all
+    raises AlreadyHeld (nothing to do), which a bulk answer counts as done with a note.
     """
     account = await find_account(upn, ch.conn)
     sub = account.subscription
@@ -317,7 +328,7 @@ async def _grant(
     missing = [p for p in products if p.id not in held]
     if not missing:
         what = f"every license of {pack}" if pack is not None else products[0].name
-        raise Conflict(f"{account.upn} already holds {what}; nothing to add.")
+        raise AlreadyHeld(f"{account.upn} already holds {what}; nothing to add.")
     require_active(sub)
     shortages = []
     for product in missing:
@@ -376,6 +387,11 @@ async def _bulk(
             result.succeeded.append(upn)
             result.added[upn] = []
             result.notes[upn] = "already done by an earlier delivery of this request"
+        except AlreadyHeld:
+            # Already done is not a failure (CLI exit 0, no red card).
+            result.succeeded.append(upn)
+            result.added[upn] = []
+            result.notes[upn] = ALREADY_HELD
         except Unavailable as exc:
             result.failed.append((upn, exc.message))
             return False

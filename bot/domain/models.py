@@ -263,6 +263,8 @@ class ApprovalRequest(Model):
     reason = fields.CharField(max_length=500, null=True)
     conversation_id = fields.CharField(max_length=512, null=True)
     card_activity_id = fields.CharField(max_length=255, null=True)
+    # What people type and read aloud: A-17 (never reused); buttons keep `id`.
+    number = fields.IntField(null=True, unique=True)
 
     class Meta:
         table = "approval_request"

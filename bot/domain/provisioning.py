@@ -24,7 +24,7 @@ from tortoise.functions import Count
 from bot.domain import db
 from bot.domain.change import Change, Origin, change
 from bot.domain.errors import Conflict, InvalidInput, NotFound
-from bot.domain.ledger import Outcome, _check_guid, find_customer, find_subscription
+from bot.domain.ledger import Outcome, check_guid, find_customer, find_subscription
 from bot.domain.models import (
     Account,
     AuditEvent,
@@ -71,7 +71,7 @@ def check_location(value: str | None) -> str | None:
     text = value.strip()
     if len(text) > MAX_LOCATION:
         raise InvalidInput(f"An emergency location id has at most {MAX_LOCATION} characters.")
-    return _check_guid(text, "emergency location id")
+    return check_guid(text, "emergency location id")
 
 
 def _now(now: datetime | None = None) -> datetime:
@@ -172,7 +172,7 @@ async def link_customer(
     dry_run: bool = False,
 ) -> Outcome:
     """Set or change a customer's Microsoft tenant, and/or its provisioning switch."""
-    tenant = _check_guid(tenant_id, "tenant id") if tenant_id is not None else None
+    tenant = check_guid(tenant_id, "tenant id") if tenant_id is not None else None
     if tenant is None and provisioning is None:
         raise InvalidInput("Give the tenant (--tenant TENANT-ID) or --provisioning on|off.")
     async with change(origin, dry_run=dry_run) as ch:

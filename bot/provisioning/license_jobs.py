@@ -16,7 +16,7 @@ bot does not rely on it), and the ledger takes the whole share back (`take_back`
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
 from bot.domain import license_jobs
 from bot.domain import provisioning as jobs
@@ -24,13 +24,12 @@ from bot.domain.models import JobAction, ProvisioningJob
 from bot.provisioning.teams_numbers import Refused, Retryable
 from bot.provisioning.tenant_graph import TenantGraph
 
-if TYPE_CHECKING:
-    from bot.provisioning.worker import Worker
-
 log = logging.getLogger("bot.provisioning.license_jobs")
+# `worker` below is the bot.provisioning.worker.Worker taking the step (not imported: it
+# imports this module).
 
 
-async def step(worker: Worker, job: ProvisioningJob) -> None:
+async def step(worker: Any, job: ProvisioningJob) -> None:
     graph = worker.numbers
     if not isinstance(graph, TenantGraph):
         raise Refused("This bot instance's worker was not given a Microsoft 365 license client.")
@@ -73,7 +72,7 @@ async def step(worker: Worker, job: ProvisioningJob) -> None:
 
 
 async def _refused(
-    worker: Worker, graph: TenantGraph, job: ProvisioningJob, reason: str, adding: bool
+    worker: Any, graph: TenantGraph, job: ProvisioningJob, reason: str, adding: bool
 ) -> None:
     if adding and job.pack:
         await _undo_partial(graph, job)

@@ -17,6 +17,7 @@ from bot.commands.approvals import approval_reply
 from bot.commands.reply import Approval, Reply
 from bot.domain import approvals, conversations
 from bot.domain.errors import DomainError
+from bot.teams import provisioning as job_cards
 from bot.teams.render import CONTENT_TYPE, render
 
 log = logging.getLogger("bot.teams.approval_cards")
@@ -71,8 +72,6 @@ async def update_request_card(
 
 async def after_reply(turn_context: TurnContext, reply: Reply, activity_id: str | None) -> None:
     """Call after posting `reply` as message `activity_id` in this turn's conversation."""
-    from bot.teams import provisioning as job_cards  # its cards import this module's peers
-
     await job_cards.remember(turn_context, reply, activity_id)
     if not isinstance(reply, Approval) or not reply.request_id:
         return

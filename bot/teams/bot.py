@@ -12,6 +12,7 @@ stored (which also makes a conversation marked inactive active again).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -35,6 +36,7 @@ from bot.auth.policy import Policy
 from bot.commands.dispatch import run_text
 from bot.commands.registry import Context, Services
 from bot.commands.reply import Reply
+from bot.commands.words import known_zone
 from bot.config import Settings
 from bot.domain import conversations
 from bot.teams.approval_cards import after_reply, card_activity
@@ -51,6 +53,34 @@ REFERENCE_FRESH_SECONDS = 60.0
 REFERENCES_KEPT = 10_000
 #: Idempotency keys of activities (card forms have `form:` keys of their own).
 ACTIVITY_KEY_PREFIX = "activity:"
+#: A turn still working after this long shows Teams' typing indicator until its answer.
+TYPING_AFTER_SECONDS = 0.5
+
+
+class TypingIndicator:
+    """Teams' typing indicator for a turn that takes longer than `delay` seconds: one typing
+    activity, sent only if no answer went out first. A send once begun is let finish (never
+    cut off mid-request), so the indicator always arrives before the answer."""
+
+    def __init__(self, turn_context: TurnContext, delay: float) -> None:
+        self._turn = turn_context
+        self._sending = False
+        self._task = asyncio.create_task(self._run(delay))
+
+    async def _run(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._sending = True
+        try:
+            await self._turn.send_activity(Activity(type=ActivityTypes.typing))
+        except Exception as exc:  # the answer still goes out; the indicator is a courtesy
+            log.info("typing indicator not sent: %r", exc)
+
+    async def stop(self) -> None:
+        """Before the turn's first card: no indicator after it."""
+        if self._sending:
+            await asyncio.shield(self._task)
+        else:
+            self._task.cancel()
 
 
 class CardInPlace:
@@ -118,7 +148,20 @@ def actor_from(activity: Activity, source: str) -> Actor:
         # replaces this one: `bot.teams.cards`).
         idempotency_key=activity_key(activity),
         conversation_id=activity.conversation.id if activity.conversation else None,
+        timezone=client_timezone(activity),
     )
+
+
+def client_timezone(activity: Activity) -> str | None:
+    """The IANA time zone of the `clientInfo` entity Teams sends with a message, if valid."""
+    for entity in activity.entities if isinstance(activity.entities, list) else []:
+        kind = getattr(entity, "type", None)
+        if not isinstance(kind, str) or kind.lower() != "clientinfo":
+            continue
+        zone = (entity.additional_properties or {}).get("timezone")
+        if isinstance(zone, str) and 0 < len(zone) <= 64 and known_zone(zone):
+            return zone
+    return None
 
 
 def command_text(activity: Activity) -> str:
@@ -190,9 +233,18 @@ class FusionBot(ActivityHandler):
             if self._policy.tenant_allowed(actor).allowed:
                 await self._sso.offer(turn_context, actor)  # Teams SSO: an OAuth card, once
         card = CardInPlace(turn_context)
-        services = replace(self._services, progress=card.show_progress)
-        reply = await run_text(text, self._context(actor, services))
-        reply = await same_answer(reply)  # a redelivered activity: what the first one did
+        typing = TypingIndicator(turn_context, TYPING_AFTER_SECONDS)
+
+        async def progress(report: Reply) -> None:
+            await typing.stop()  # the progress card is showing: no indicator after it
+            await card.show_progress(report)
+
+        services = replace(self._services, progress=progress)
+        try:
+            reply = await run_text(text, self._context(actor, services))
+            reply = await same_answer(reply)  # a redelivered activity: what the first one did
+        finally:
+            await typing.stop()
         await after_reply(turn_context, reply, await card.show(reply))
 
     async def on_adaptive_card_invoke(

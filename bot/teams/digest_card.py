@@ -8,25 +8,33 @@ if a page would not fit, products are dropped from its end and the note says how
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import Any
 
 from bot.commands.reply import Digest
+from bot.commands.words import action_noun, event_sentence, relative, when
 from bot.domain.digests import DigestReport, ProductLine
 from bot.domain.reconcile import drift_lines
-from bot.teams.render import (
+from bot.teams.blocks import (
     MAX_CARD_BYTES,
+    NBSP,
     VERB_PAGE,
-    _cell,
-    _cut,
     bind,
     card_size,
+    cut,
     execute,
+    figure,
+    heading,
+    percent,
+    record,
     template,
+    text,
+    unbroken,
 )
 
 # Bar colours: comfortable, getting full, at or over the alert threshold.
 WARN_FROM = 0.75
+#: Records per list (alerts, changes, approvals): the card reads in about two phone screens.
+LIST_CAP = 5
 
 
 def _tone(share: float, threshold: float) -> str:
@@ -37,184 +45,212 @@ def _tone(share: float, threshold: float) -> str:
     return "good"
 
 
-def _pct(share: float) -> str:
-    return f"{100 * share:.0f} %"
+#: Characters of a utilisation bar (fits 360 px beside its figures' first words).
+BAR_CHARS = 16
+_BAR_COLOR = {"good": "Good", "warning": "Warning", "attention": "Attention"}
 
 
-def _heading(text: str, color: str = "Default") -> dict[str, Any]:
+def bar(share: float, tone: str) -> dict[str, Any]:
+    """A utilisation bar as a text run: █ filled to `share` (0..1), ░ for the rest, coloured
+    by the alert threshold (one line high, unlike styled columns with their padding)."""
+    filled = max(0, min(BAR_CHARS, round(BAR_CHARS * share)))
     return {
-        "type": "TextBlock",
-        "text": text,
-        "weight": "Bolder",
-        "size": "Medium",
-        "color": color,
-        "spacing": "Large",
-        "separator": True,
-        "wrap": True,
+        "type": "TextRun",
+        "text": "█" * filled + "░" * (BAR_CHARS - filled),
+        "fontType": "Monospace",
+        "color": _BAR_COLOR.get(tone, "Default"),
     }
 
 
-def _text(text: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": "TextBlock",
-        "text": _cut(text, 4000),
-        "wrap": True,
-        "spacing": "Small",
-        **extra,
-    }
-
-
-def bar(share: float, style: str) -> dict[str, Any]:
-    """A horizontal bar filled to `share` (0..1): two weighted columns, the filled one coloured."""
-    filled = max(0, min(100, round(100 * share)))
-    columns = [
-        {"type": "Column", "width": filled, "style": style, "minHeight": "8px", "items": []},
+def _product(p: ProductLine, threshold: float, first: bool) -> list[dict[str, Any]]:
+    """A pool: its name, then its bar and figures on one line."""
+    tone = _tone(p.utilisation, threshold)
+    color = {"attention": "Attention", "warning": "Warning"}.get(tone, "Default")
+    figures = (
+        f" {percent(p.utilisation)} · {figure(p.allocated)} of {figure(p.capacity)} allocated · "
+        f"{figure(p.in_use)} in use"
+    )
+    return [
         {
-            "type": "Column",
-            "width": 100 - filled,
-            "style": "emphasis",
-            "minHeight": "8px",
-            "spacing": "None",
-            "items": [],
+            "type": "Container",
+            "spacing": "None" if first else "Small",
+            "items": [
+                text(f"**{p.name}**", spacing="None", color=color),
+                {
+                    "type": "RichTextBlock",
+                    "spacing": "None",
+                    "inlines": [
+                        bar(p.utilisation, tone),
+                        {"type": "TextRun", "text": figures, "isSubtle": True, "size": "Small"},
+                    ],
+                },
+            ],
+        }
+    ]
+
+
+#: Pools drawn in the trend chart (the fullest), and points per line (one a week, or less).
+TREND_POOLS = 4
+TREND_POINTS = 8
+
+
+def _trend(report: DigestReport) -> list[dict[str, Any]]:
+    """The last weeks' utilisation of the fullest pools: a Chart.Line where Teams draws charts,
+    with a sentence per pool (first → last) as its fallback for clients without charts."""
+    by_name = {p.name: p for p in report.products if not p.open_capacity and p.capacity}
+    pools = sorted(
+        (n for n, pts in report.trends.items() if n in by_name and len(pts) >= 2),
+        key=lambda n: (-by_name[n].utilisation, n),
+    )[:TREND_POOLS]
+    if not pools:
+        return []
+    lines, sentences = [], []
+    for name in pools:
+        points = report.trends[name]
+        step = max(1, -(-len(points) // TREND_POINTS))
+        kept = points[::step]
+        if kept[-1] != points[-1]:
+            kept.append(points[-1])
+        capacity = by_name[name].capacity
+        lines.append(
+            {
+                "legend": name,
+                "values": [
+                    {"x": f"{d.day} {d:%b}", "y": round(100 * v / capacity)} for d, v in kept
+                ],
+            }
+        )
+        first, last = points[0], points[-1]
+        sentences.append(
+            f"**{name}**: {percent(first[1] / capacity)} on {first[0].day} {first[0]:%b} → "
+            f"{percent(last[1] / capacity)} on {last[0].day} {last[0]:%b}"
+        )
+    fallback = {
+        "type": "Container",
+        "items": [text(line, spacing="Small") for line in sentences],
+    }
+    return [
+        heading("Trend (allocated ÷ capacity, %)"),
+        {
+            "type": "Chart.Line",
+            "title": "Allocated ÷ capacity (%)",
+            "colorSet": "categorical",
+            "data": lines,
+            "fallback": fallback,
         },
     ]
-    return {
-        "type": "ColumnSet",
-        "spacing": "Small",
-        "minHeight": "8px",
-        "columns": [c for c in columns if c["width"]],
-    }
 
 
-def _product(p: ProductLine, threshold: float) -> list[dict[str, Any]]:
-    if p.open_capacity:
-        figures = f"{p.allocated:,} allocated · open capacity · {p.in_use:,} in use"
-    else:
-        figures = (
-            f"{p.allocated:,} of {p.capacity:,} allocated ({_pct(p.utilisation)}) · "
-            f"{p.in_use:,} in use"
-        )
-    header = {
-        "type": "ColumnSet",
-        "spacing": "Medium",
-        "columns": [
-            {
-                "type": "Column",
-                "width": "stretch",
-                "items": [_text(f"**{p.name}** · {p.kind}", spacing="None")],
-            },
-            {
-                "type": "Column",
-                "width": "auto",
-                "items": [
-                    _text(figures, spacing="None", isSubtle=True, horizontalAlignment="Right")
-                ],
-            },
-        ],
-    }
-    if p.open_capacity:
-        return [header]
-    return [header, bar(p.utilisation, _tone(p.utilisation, threshold))]
-
-
-def _alerts(report: DigestReport, threshold: float) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    if not report.pool_alerts and not report.subscription_alerts_total:
-        return out
-    out.append(_heading(f"Near exhaustion (≥ {report.threshold_percent} %)", "Attention"))
-    if report.pool_alerts:
-        pools = ", ".join(
-            f"**{p.name}** {_pct(p.utilisation)} ({p.capacity - p.allocated:,} left)"
-            for p in report.pool_alerts[:10]
-        )
-        more = len(report.pool_alerts) - 10
-        out.append(_text(f"Pools: {pools}" + (f" and {more} more" if more > 0 else "")))
-    if report.subscription_alerts:
-        rows = [
-            {
-                "type": "TableRow",
-                "style": "emphasis",
-                "cells": [
-                    _cell("Subscription", bold=True),
-                    _cell("Product", bold=True),
-                    _cell("In use", bold=True, right=True),
-                    _cell("Share", bold=True, right=True),
-                ],
-            }
-        ]
-        for a in report.subscription_alerts:
-            rows.append(
-                {
-                    "type": "TableRow",
-                    "cells": [
-                        _cell(a.code),
-                        _cell(a.product),
-                        _cell(f"{a.in_use:,} / {a.allocated:,}", right=True),
-                        _cell(_pct(a.share), right=True),
-                    ],
-                }
-            )
-        out.append(
-            {
-                "type": "Table",
-                "spacing": "Small",
-                "firstRowAsHeader": True,
-                "columns": [{"width": 2}, {"width": 2}, {"width": 2}, {"width": 1}],
-                "rows": rows,
-            }
-        )
-        more = report.subscription_alerts_total - len(report.subscription_alerts)
-        if more > 0:
-            out.append(_text(f"… and {more:,} more subscriptions.", isSubtle=True))
-    return out
-
-
-def _forecasts(report: DigestReport) -> list[dict[str, Any]]:
-    if not report.forecasts:
+def _open_licenses(lines: list[ProductLine]) -> list[dict[str, Any]]:
+    """Licenses without a capacity in one short paragraph: they cannot run out."""
+    if not lines:
         return []
-    lines = [
-        f"- **{f.product}**: about {f.days:,.0f} days left ({f.runs_out_on:%Y-%m-%d}), "
-        f"allocations growing {f.per_day:,.1f} a day, {f.headroom:,} left"
-        for f in report.forecasts[:10]
+    names = ", ".join(
+        f"{p.name} ({figure(p.in_use)})" if p.in_use else p.name for p in lines[: LIST_CAP * 4]
+    )
+    more = len(lines) - min(len(lines), LIST_CAP * 4)
+    return [
+        text(
+            f"**{figure(len(lines))} licenses with open capacity**, "
+            f"{figure(sum(p.in_use for p in lines))} in use",
+            spacing="Medium",
+        ),
+        text(
+            names + (f" and {more:,} more" if more > 0 else ""),
+            isSubtle=True,
+            size="Small",
+            spacing="None",
+        ),
     ]
-    return [_heading("Forecast"), _text("\n".join(lines))]
+
+
+def _alerts(report: DigestReport) -> list[dict[str, Any]]:
+    """The pools and subscriptions near exhaustion, with their forecast, named first."""
+    if not report.pool_alerts and not report.subscription_alerts_total and not report.forecasts:
+        return []
+    out = [heading("Running out", "Attention")]
+    forecast = {f.product: f for f in report.forecasts}
+    named: set[str] = set()
+    for p in report.pool_alerts[:LIST_CAP]:
+        named.add(p.name)
+        f = forecast.get(p.name)
+        left = f"{figure(p.capacity - p.allocated)} left to allocate"
+        soon = f" · runs out in about {figure(round(f.days))} days" if f else ""
+        out.append(
+            record(
+                f"**{p.name}** {percent(p.utilisation)} allocated, over the "
+                f"{report.threshold_percent}{NBSP}% alert",
+                left + soon,
+                first=True,
+            )
+        )
+    for f in report.forecasts[:LIST_CAP]:
+        if f.product in named:
+            continue
+        out.append(
+            record(
+                f"**{f.product}** runs out in about {figure(round(f.days))} days",
+                f"{figure(f.headroom)} left, allocations growing {f.per_day:,.1f} a day "
+                f"(around {f.runs_out_on.day} {f.runs_out_on:%b})",
+                first=True,
+            )
+        )
+    for a in report.subscription_alerts[:LIST_CAP]:
+        out.append(
+            record(
+                f"**{a.code}** {a.product} {percent(a.share)} in use",
+                f"{figure(a.in_use)} of {figure(a.allocated)} allocated in use",
+                first=True,
+            )
+        )
+    more = report.subscription_alerts_total - min(len(report.subscription_alerts), LIST_CAP)
+    if more > 0:
+        out.append(text(f"… and {more:,} more subscriptions.", isSubtle=True))
+    return out
 
 
 def _changes(report: DigestReport) -> list[dict[str, Any]]:
     if report.changes_since is None:
         return []
-    since = f"{report.changes_since.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
-    out = [_heading(f"Changes since {since}")]
+    out = [heading(f"Changes since {when(report.changes_since)}")]
     if not report.changes_total:
-        out.append(_text("No changes.", isSubtle=True))
+        out.append(text("No changes.", isSubtle=True))
         return out
-    by_action = ", ".join(
-        f"{action} ×{n}" for action, n in list(report.changes_by_action.items())[:8]
+    shown = report.changes[:LIST_CAP]
+    kinds = ", ".join(
+        f"{figure(n)} {action_noun(action, n)}"
+        for action, n in list(report.changes_by_action.items())[:6]
     )
-    out.append(_text(f"{report.changes_total:,} changes: {by_action}"))
-    lines = [
-        f"- {c.at.astimezone(UTC):%m-%d %H:%M} {_cut(c.actor, 40)}: {c.action} {_cut(c.target, 80)}"
-        for c in report.changes
-    ]
-    out.append(_text("\n".join(lines), isSubtle=True))
+    out.append(text(f"**{figure(report.changes_total)} changes**: {kinds}", spacing="Small"))
+    for c in shown:
+        sentence = event_sentence(cut(c.actor, 40), c.action, cut(c.target, 80), None, None)
+        out.append(text(sentence, spacing="Small"))
+        out.append(
+            text(f"{when(c.at)} · via {c.source}", isSubtle=True, size="Small", spacing="None")
+        )
+    more = report.changes_total - len(shown)
+    if more > 0:
+        out.append(text(f"… and {more:,} more changes (`audit`).", isSubtle=True))
     return out
 
 
 def _approvals(report: DigestReport) -> list[dict[str, Any]]:
     if not report.approvals_total:
         return []
-    lines = [
-        f"- `{a.id}` {_cut(a.summary, 120)} — {_cut(a.requester, 40)}, "
-        f"expires {a.expires_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
-        for a in report.approvals
-    ]
-    more = report.approvals_total - len(report.approvals)
+    out = [heading(f"Pending approvals ({report.approvals_total:,})", "Warning")]
+    for a in report.approvals[:LIST_CAP]:
+        out.append(
+            record(
+                cut(a.summary, 120),
+                f"{a.short_id or a.id} · asked by {cut(a.requester, 40)} · "
+                f"expires {relative(a.expires_at)}",
+                first=True,
+            )
+        )
+    more = report.approvals_total - min(len(report.approvals), LIST_CAP)
     if more > 0:
-        lines.append(f"- … and {more} more (`approvals`)")
-    return [
-        _heading(f"Pending approvals ({report.approvals_total})", "Warning"),
-        _text("\n".join(lines)),
-    ]
+        out.append(text(f"… and {more:,} more (`approvals`).", isSubtle=True))
+    return out
 
 
 def _provisioning(report: DigestReport) -> list[dict[str, Any]]:
@@ -225,8 +261,8 @@ def _provisioning(report: DigestReport) -> list[dict[str, Any]]:
     if failed:
         parts.append(f"{failed:,} failed (`provisioning --state failed`)")
     return [
-        _heading("Numbers in Teams", "Warning" if failed else "Default"),
-        _text("; ".join(parts) + "."),
+        heading("Numbers in Teams", "Warning" if failed else "Default"),
+        text("; ".join(parts) + "."),
     ]
 
 
@@ -237,8 +273,8 @@ def _drift(report: DigestReport) -> list[dict[str, Any]]:
     codes = sorted(c for c, kinds in report.drift.items() if kinds)
     hint = f"`reconcile {codes[0]}`" if len(codes) == 1 else "`reconcile`"
     return [
-        _heading("Teams and the ledger", "Warning"),
-        _text("; ".join(lines) + f". See and fix each with {hint}."),
+        heading("Teams and the ledger", "Warning"),
+        text("; ".join(lines) + f". See and fix each with {hint}."),
     ]
 
 
@@ -250,12 +286,14 @@ def _card(reply: Digest, keep: int | None) -> dict[str, Any]:
     shown = products if keep is None else products[:keep]
     sections: list[dict[str, Any]] = []
     if reply.page == 1:
-        sections += _alerts(report, threshold) + _forecasts(report)
+        sections += _alerts(report) + _trend(report)
     if shown:
         title = "Products" + (f" (page {reply.page} of {reply.pages})" if reply.pages > 1 else "")
-        sections.append(_heading(title))
-        for p in shown:
-            sections += _product(p, threshold)
+        sections.append(heading(title))
+        pools = [p for p in shown if not p.open_capacity]
+        for i, p in enumerate(pools):
+            sections += _product(p, threshold, i == 0)
+        sections += _open_licenses([p for p in shown if p.open_capacity])
     if reply.page == 1:
         sections += _changes(report) + _approvals(report) + _provisioning(report)
         sections += _drift(report)
@@ -276,17 +314,23 @@ def _card(reply: Digest, keep: int | None) -> dict[str, Any]:
         if reply.next_command
         else []
     )
-    facts = [{"title": k, "value": v} for k, v in reply.facts]
+    over = len(report.pool_alerts) + report.subscription_alerts_total
+    summary = (
+        f"{figure(len(report.products))} products · "
+        + (f"{figure(over)} near exhaustion" if over else "none near exhaustion")
+        + f" · {figure(report.approvals_total)} pending approvals"
+    )
     return bind(
         template("digest"),
         {
             "tone": tone,
-            "title": reply.title,
-            "subtitle": f"Alert threshold {report.threshold_percent} % · "
-            "utilisation is allocated ÷ capacity",
-            "facts": facts if reply.page == 1 else [],
+            "title": f"Usage digest · {when(report.generated_at)}",
+            "subtitle": summary if reply.page == 1 else "",
+            "facts": [],
             "sections": sections,
-            "note": note,
+            "note": note
+            or f"Bars are allocated ÷ capacity, amber from {percent(WARN_FROM)}, red from "
+            f"{report.threshold_percent}{NBSP}%.",
             "paging": f"Page {reply.page} of {reply.pages}" if reply.pages > 1 else "",
             "actions": actions,
         },
@@ -295,9 +339,9 @@ def _card(reply: Digest, keep: int | None) -> dict[str, Any]:
 
 def digest_card(reply: Digest) -> dict[str, Any]:
     """The digest card, never over MAX_CARD_BYTES."""
-    card = _card(reply, None)
+    card = unbroken(_card(reply, None))
     keep = reply.page_size
     while card_size(card) > MAX_CARD_BYTES and keep > 0:
         keep = keep * 3 // 4 if keep > 4 else keep - 1
-        card = _card(reply, keep)
+        card = unbroken(_card(reply, keep))
     return card

@@ -17,7 +17,8 @@ from typing import Any
 from bot.commands.reconcile import SHOWN, DriftReport
 from bot.domain.models import DriftKind
 from bot.domain.reconcile import KIND_WORDS
-from bot.teams.render import VERB_FORM_SUBMIT, _cut, execute
+from bot.teams.blocks import VERB_FORM_SUBMIT, execute
+from bot.teams.blocks import cut as _cut
 
 LEGEND = (
     "Fix Teams: Teams is made to match the ledger. Fix ledger: the ledger is made to match Teams."

@@ -292,9 +292,9 @@ class ProactiveSender:
         return await self._send("POST", target, activities_url(target), activity)
 
     async def update_card(
-        self, target: Target, activity_id: str, card: Mapping[str, Any]
+        self, target: Target, activity_id: str, card: Mapping[str, Any], summary: str | None = None
     ) -> SendResult:
-        return await self.update(target, activity_id, card_activity(card))
+        return await self.update(target, activity_id, card_activity(card, summary))
 
     async def update(
         self, target: Target, activity_id: str, activity: Mapping[str, Any]

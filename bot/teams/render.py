@@ -1,25 +1,17 @@
 """Reply → Adaptive Card 1.5: the one renderer of everything the bot says in Teams.
 
-The card layouts are JSON templates in `cards/` (data, not code). A template is a card with
-placeholders, bound from the Reply:
-
-- a string that is exactly `"${name}"` becomes the value `name` (any JSON: text, list, object);
-  inside a list, a placeholder bound to a list is spliced in, and one bound to nothing is dropped;
-  an object property bound to nothing (None or an empty list) is left out;
-- `"${name}"` inside a longer string is replaced by the value as text;
-- an object with `"$when": "${name}"` is left out when `name` is empty.
-
-Values are inserted, never read as templates again, so text typed by a user cannot reach the
-binder. Every button is an `Action.Execute` (verb + data) with an `Action.Submit` fallback
-carrying the same data, so Teams clients with and without Universal Actions both work. A card
-stays under MAX_CARD_BYTES of JSON: long lists are cut (with a note) rather than sent too big.
+Narrow first: every card reads at 360–450 px (Teams on a phone, a chat beside a meeting) and
+uses the room Teams gives at full width (`msteams.width: Full`). Lists are one block per record
+(a title line and a subtle detail line), never tables wider than a phone; no word breaks at a
+hyphen (see `blocks.unbreakable`). The building blocks and the template binder are in
+`bot/teams/blocks.py`, the digest's layout in `bot/teams/digest_card.py`. A card stays under
+MAX_CARD_BYTES of JSON: long lists are cut (with a note) rather than sent too big.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import re
+import secrets
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -38,129 +30,60 @@ from bot.commands.reply import (
     Progress,
     Reply,
     Table,
+    Usage,
 )
-from bot.resources import cards_folder
+from bot.commands.words import target_name, would
+from bot.teams.blocks import (
+    CONTENT_TYPE,
+    CONTROL_KEYS,
+    MAX_CARD_BYTES,
+    MAX_TEXT,
+    NBSP,
+    VERB_APPROVAL_REFRESH,
+    VERB_APPROVE,
+    VERB_FORM_SUBMIT,
+    VERB_PAGE,
+    VERB_REJECT,
+    Card,
+    bind,
+    card_json,
+    card_size,
+    cut,
+    execute,
+    figure,
+    heading,
+    percent,
+    record,
+    sent_size,
+    template,
+    text,
+    unbroken,
+)
+from bot.teams.digest_card import digest_card
 
-TEMPLATES = cards_folder()
-#: SPEC §4: a card stays well under the Teams message limit.
-MAX_CARD_BYTES = 36_864
-CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
+__all__ = [
+    "CONTENT_TYPE",
+    "CONTROL_KEYS",
+    "MAX_CARD_BYTES",
+    "VERB_APPROVAL_REFRESH",
+    "VERB_APPROVE",
+    "VERB_FORM_SUBMIT",
+    "VERB_PAGE",
+    "VERB_REJECT",
+    "Card",
+    "attachment",
+    "bind",
+    "card_json",
+    "card_size",
+    "dumps",
+    "execute",
+    "render",
+    "show",
+    "template",
+]
 
-# Verbs of the bot's buttons; bot/teams/cards.py handles each. Data is untrusted on return.
-VERB_PAGE = "page"  # data: command (a listing command line, e.g. "products --page 2")
-VERB_FORM_SUBMIT = "form.submit"  # data: command, form_id, dry_run + the inputs
-VERB_APPROVE = "approval.approve"  # data: request_id + input `reason`
-VERB_REJECT = "approval.reject"  # data: request_id + input `reason`
-VERB_APPROVAL_REFRESH = "approval.refresh"  # data: request_id
-#: Keys of button data that are not command fields.
-CONTROL_KEYS = frozenset({"verb", "command", "form_id", "request_id"})
-
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NUMERIC = re.compile(r"[-+]?[\d,.]+%?")
-_DROP = object()
-
-MAX_TEXT = 4_000  # characters of one text block before it is cut
-MAX_CELL = 300
 MAX_LIST_ITEMS = 50  # per list in a progress card
-BAR_WIDTH = 30  # characters of a progress bar
-
-
-# ----- the template binder -------------------------------------------------------------
-
-
-@functools.cache
-def _template_text(name: str) -> str:
-    return (TEMPLATES / f"{name}.json").read_text(encoding="utf-8")
-
-
-def template(name: str) -> Any:
-    """A fresh copy of the template `cards/<name>.json`."""
-    return json.loads(_template_text(name))
-
-
-def _empty(value: Any) -> bool:
-    return value is None or value == "" or value == [] or value == {} or value is False
-
-
-def bind(node: Any, data: Mapping[str, Any]) -> Any:
-    """Fill a template's placeholders from `data` (see the module docstring)."""
-    if isinstance(node, str):
-        whole = _PLACEHOLDER.fullmatch(node)
-        if whole:
-            return data.get(whole.group(1))
-        return _PLACEHOLDER.sub(lambda m: _as_text(data.get(m.group(1))), node)
-    if isinstance(node, list):
-        out: list[Any] = []
-        for item in node:
-            bound = bind(item, data)
-            if bound is _DROP or bound is None:
-                continue
-            if isinstance(item, str) and _PLACEHOLDER.fullmatch(item) and isinstance(bound, list):
-                out.extend(bound)
-            else:
-                out.append(bound)
-        return out
-    if isinstance(node, dict):
-        when = node.get("$when")
-        if when is not None and _empty(bind(when, data)):
-            return _DROP
-        result: dict[str, Any] = {}
-        for key, value in node.items():
-            if key == "$when":
-                continue
-            bound = bind(value, data)
-            if bound is _DROP:
-                continue
-            if (
-                isinstance(value, str)
-                and _PLACEHOLDER.fullmatch(value)
-                and (bound is None or bound == [])
-            ):
-                continue
-            result[key] = bound
-        return result
-    return node
-
-
-def _as_text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-# ----- building blocks -----------------------------------------------------------------
-
-
-def execute(title: str, verb: str, data: Mapping[str, Any], style: str | None = None) -> dict:
-    """A button: Action.Execute with the same data in an Action.Submit fallback."""
-    payload = {"verb": verb, **data}
-    action: dict[str, Any] = {
-        "type": "Action.Execute",
-        "title": title,
-        "verb": verb,
-        "data": payload,
-    }
-    fallback: dict[str, Any] = {"type": "Action.Submit", "title": title, "data": payload}
-    if style:
-        action["style"] = style
-        fallback["style"] = style
-    action["fallback"] = fallback
-    return action
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _cell(text: str, *, bold: bool = False, mono: bool = False, right: bool = False) -> dict:
-    if len(text) > MAX_CELL:
-        text = _cut(text, MAX_CELL)
-    block = {"type": "TextBlock", "text": text or " ", "wrap": True}
-    if bold:
-        block["weight"] = "Bolder"
-    if mono:
-        block["fontType"] = "Monospace"
-    if right:
-        block["horizontalAlignment"] = "Right"
-    return {"type": "TableCell", "items": [block]}
+BAR_WIDTH = 24  # characters of a progress bar (fits 360 px with its percentage)
 
 
 def _label(key: str) -> str:
@@ -168,54 +91,41 @@ def _label(key: str) -> str:
 
 
 def show(value: Any) -> str:
-    """A value as an administrator reads it."""
+    """A value as an administrator reads it: words, never a Python literal."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
+    if isinstance(value, (int, float)):
+        return figure(value)
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {show(v)}" for k, v in value.items())
-    if isinstance(value, list):
-        return ", ".join(show(v) for v in value)
+        return ", ".join(f"{_label(str(k)).lower()} {show(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(show(v) for v in value) or "none"
     return str(value)
 
 
-def before_after_rows(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> list:
-    """Table rows: field | before | after (the after value bold where it changed)."""
+def change_facts(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> list[tuple[str, str]]:
+    """One fact per field: "Allocated: 90 → 100" (only the value where it did not change)."""
     old, new = before or {}, after or {}
-    keys = list(dict.fromkeys([*old, *new]))
-    if not keys:
-        return []
-    rows = [
-        {
-            "type": "TableRow",
-            "style": "emphasis",
-            "cells": [
-                _cell("Field", bold=True),
-                _cell("Before", bold=True),
-                _cell("After", bold=True),
-            ],
-        }
-    ]
-    for key in keys:
+    facts = []
+    for key in dict.fromkeys([*old, *new]):
         was, now = old.get(key), new.get(key)
-        rows.append(
-            {
-                "type": "TableRow",
-                "cells": [
-                    _cell(_label(key)),
-                    _cell(show(was) if key in old else "—"),
-                    _cell(show(now) if key in new else "—", bold=was != now),
-                ],
-            }
-        )
-    return rows
+        if was is None and now is None:
+            continue
+        if key in old and key in new and was != now:
+            facts.append((_label(key), f"{show(was)} → **{show(now)}**"))
+        elif key in new:
+            facts.append((_label(key), show(now)))
+        else:
+            facts.append((_label(key), f"{show(was)} → —"))
+    return facts
 
 
 def _facts(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
-    return [{"title": _cut(str(k), 100), "value": _cut(show(v), 1000)} for k, v in pairs]
+    return [{"title": cut(str(k), 100), "value": cut(show(v), 1000)} for k, v in pairs]
 
 
 # ----- one function per reply type -----------------------------------------------------
@@ -229,76 +139,214 @@ def _message(reply: Message) -> dict:
             if reply.data and isinstance(reply.data, dict) and reply.data.get("duplicate")
             else "accent",
             "title": reply.title,
-            "text": _cut(reply.text, MAX_TEXT),
+            "text": cut(reply.text, MAX_TEXT),
             "facts": _facts(reply.facts),
         },
     )
 
 
-_MONO_COLUMNS = {"command", "usage"}
+#: Columns whose values say what they are on their own: shown without their heading.
+_PLAIN_COLUMNS = {"kind", "status", "state", "type", "mode", "country/type", "via", "change"}
 
 
-def _table(reply: Table, keep_rows: int | None = None) -> dict:
-    rows = reply.rows if keep_rows is None else reply.rows[:keep_rows]
-    ncols = len(reply.columns)
-    mono = [c.strip().lower() in _MONO_COLUMNS for c in reply.columns]
-    columns = []
-    for i, name in enumerate(reply.columns):
-        cells = [r[i] for r in rows if i < len(r)]
-        # Relative widths: room for the longest word (so ids and names do not break), and
-        # a share of the longest cell (so long text wraps in a wider column).
-        word = max(len(w) for c in [name, *cells] for w in (c.split() or [""]))
-        longest = max(len(c) for c in [name, *cells])
-        header = min(len(name), 14)  # a short heading stays on one line
-        column: dict[str, Any] = {
-            "width": max(4, header + 2, min(22, word + 2), min(longest, 40) // 2)
-        }
-        # Figures align right: said once for the column, not in each of its cells.
-        values = [v.strip() for v in cells if v.strip()]
-        if values and all(_NUMERIC.fullmatch(v) for v in values):
-            column["horizontalCellContentAlignment"] = "Right"
-        columns.append(column)
-    table_rows = [
-        {
-            "type": "TableRow",
-            "style": "emphasis",
-            "cells": [_cell(c, bold=True) for c in reply.columns],
-        }
-    ]
-    # A card is never changed once rendered, so equal cells of one table are one object: a
-    # 50-row table has ~300 cells but far fewer different ones ("", "0", repeated codes).
-    made: dict[tuple[str, bool], dict] = {}
-    for row in rows:
-        cells = list(row[:ncols]) + [""] * (ncols - len(row))
-        shared = []
-        for i, v in enumerate(cells):
-            cell = made.get((v, mono[i]))
-            if cell is None:
-                cell = made[(v, mono[i])] = _cell(v, mono=mono[i])
-            shared.append(cell)
-        table_rows.append({"type": "TableRow", "cells": shared})
-    notes = [reply.note] if reply.note else []
-    if keep_rows is not None and keep_rows < len(reply.rows):
-        notes.append(
-            f"{len(reply.rows) - keep_rows} more rows are not shown here (the card would be too "
-            "large); narrow the list or use the CLI with --json."
-        )
+def _row_record(columns: list[str], row: list[str], first: bool) -> dict[str, Any]:
+    """A row of a list as a record: its first cell the title, the rest a detail line."""
+    cells = list(row) + [""] * (len(columns) - len(row))
+    title_at = 0
+    if len(columns) > 1 and columns[1].strip().lower() == "name" and cells[1].strip():
+        title_at = 1  # a person's or a thing's name reads before its id
+    title = cells[title_at].strip()
+    parts = []
+    for i, (name, value) in enumerate(zip(columns, cells, strict=False)):
+        value = value.strip()
+        if i == title_at or not value or value == "—":
+            continue
+        if i == 0 or name.strip().lower() in _PLAIN_COLUMNS:
+            parts.append(value)
+        else:
+            parts.append(f"{name.strip().lower()} {value}")
+    return record(f"**{title}**" if title else " ", " · ".join(parts), first=first)
+
+
+_TONE_COLOR = {"good": "Good", "warning": "Warning", "attention": "Attention"}
+
+
+def _records(reply: Table, keep: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    group = None
+    if reply.records is not None:
+        for i, r in enumerate(reply.records[:keep]):
+            if r.group and r.group != group:
+                group = r.group
+                out.append(heading(r.group))
+            out.append(
+                record(
+                    r.title,
+                    r.detail,
+                    color=_TONE_COLOR.get(r.tone, "Default"),
+                    first=i == 0 or bool(r.group and out and out[-1].get("separator")),
+                )
+            )
+        return out
+    for i, row in enumerate(reply.rows[:keep]):
+        out.append(_row_record(reply.columns, row, first=i == 0))
+    return out
+
+
+def _paging(reply: Table | Usage | Digest) -> tuple[str, list[dict]]:
+    if reply.pages <= 1:
+        return "", []
+    paging = f"Page {reply.page} of {reply.pages}"
     actions = []
-    paging = ""
-    if reply.pages > 1:
-        paging = f"Page {reply.page} of {reply.pages}"
-        if reply.next_command:
-            paging += f" · next: `{reply.next_command}`"
-            actions.append(execute("Next page", VERB_PAGE, {"command": reply.next_command}))
-    shown = len(rows)
+    if reply.next_command:
+        paging += f" · next: `{reply.next_command}`"
+        actions.append(execute("Next page", VERB_PAGE, {"command": reply.next_command}))
+    return paging, actions
+
+
+def _table(reply: Table, keep_rows: int | None) -> dict:
+    total = len(reply.records) if reply.records is not None else len(reply.rows)
+    keep = total if keep_rows is None else keep_rows
+    shown = min(keep, total)
+    notes = [reply.note] if reply.note else []
+    if shown < total:
+        notes.append(
+            f"{total - shown} more are not shown here (the card would be too large); "
+            "narrow the list or use the CLI with --json."
+        )
+    paging, actions = _paging(reply)
     return bind(
         template("table"),
         {
             "title": reply.title,
-            "count": f"{shown} row{'s' if shown != 1 else ''}" if shown else "",
-            "columns": columns,
-            "rows": table_rows if rows else [],
-            "note": _cut("\n\n".join(notes), MAX_TEXT),
+            "count": f"{shown:,}{NBSP}shown" if shown and reply.pages > 1 else "",
+            "rows": _records(reply, keep),
+            "note": cut("\n\n".join(notes), MAX_TEXT),
+            "paging": paging,
+            "actions": actions,
+        },
+    )
+
+
+def _figure_grid(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Figures side by side, the label above each: four columns fit 360 px."""
+    return {
+        "type": "ColumnSet",
+        "spacing": "Small",
+        "columns": [
+            {
+                "type": "Column",
+                "width": "stretch",
+                "items": [
+                    text(label or " ", isSubtle=True, size="Small", spacing="None"),
+                    text(value or " ", weight="Bolder", spacing="None"),
+                ],
+            }
+            for label, value in pairs
+        ],
+    }
+
+
+USAGE_LEGEND = (
+    "**Unallocated**: capacity not yet allocated to a subscription. **In use**: what "
+    "subscriptions consume (numbers held, users with a number, trunk channels, licenses "
+    "assigned). **Free**: allocated but not in use. **Utilisation**: allocated ÷ capacity."
+)
+
+
+def _usage(reply: Usage, keep: int | None = None) -> dict:
+    from bot.domain.digests import OPEN_LICENSE_CAPACITY
+
+    products = reply.products if keep is None else reply.products[:keep]
+    body: list[dict[str, Any]] = []
+    for u in products:
+        open_capacity = u.capacity >= OPEN_LICENSE_CAPACITY
+        share = "open capacity" if open_capacity else f"{percent(u.utilisation)} allocated"
+        if open_capacity:
+            # Nothing to run out of: one line, no figure grid.
+            body.append(
+                record(
+                    f"**{u.name}**",
+                    f"open capacity · {figure(u.allocated)} allocated · {figure(u.in_use)} in use"
+                    + "".join(
+                        f" · {s.code}: {figure(s.allocated)} allocated, {figure(s.in_use)} in use"
+                        for s in u.subscriptions[:5]
+                    ),
+                    first=not body,
+                )
+            )
+            continue
+        block: list[dict[str, Any]] = [
+            {
+                "type": "ColumnSet",
+                "spacing": "None",
+                "columns": [
+                    {
+                        "type": "Column",
+                        "width": "stretch",
+                        "items": [text(f"**{u.name}**", spacing="None")],
+                    },
+                    {
+                        "type": "Column",
+                        "width": "auto",
+                        "verticalContentAlignment": "Center",
+                        "items": [
+                            text(share, isSubtle=True, size="Small", spacing="None", wrap=False)
+                        ],
+                    },
+                ],
+            },
+            # Four figures fit a phone. Where Teams gives the width it also shows free and
+            # utilisation under them; a client without responsive layout shows that row too.
+            _figure_grid(
+                [
+                    ("Capacity", figure(u.capacity)),
+                    ("Allocated", figure(u.allocated)),
+                    ("Unallocated", figure(u.unallocated)),
+                    ("In use", figure(u.in_use)),
+                ]
+            ),
+            {
+                **_figure_grid(
+                    [
+                        ("Free", figure(u.allocated - u.in_use)),
+                        ("Utilisation", percent(u.utilisation)),
+                        ("", ""),
+                        ("", ""),
+                    ]
+                ),
+                "targetWidth": "atLeast:Standard",
+            },
+        ]
+        subs = [
+            f"**{s.code}**: {figure(s.allocated)} allocated, {figure(s.in_use)} in use, "
+            f"{figure(s.free)} free"
+            for s in u.subscriptions
+        ]
+        block += [text(line, size="Small", spacing="None") for line in subs]
+        container: dict[str, Any] = {"type": "Container", "items": block, "spacing": "Medium"}
+        if body:
+            container["separator"] = True
+        body.append(container)
+    notes = [reply.note] if reply.note else []
+    if len(products) < len(reply.products):
+        notes.append(
+            f"{len(reply.products) - len(products)} more products are not shown here (the card "
+            "would be too large); use `usage PRODUCT` or the CLI with --json."
+        )
+    paging, actions = _paging(reply)
+    return bind(
+        template("table"),
+        {
+            "title": reply.title,
+            "count": "",
+            "rows": body
+            + (
+                [text(USAGE_LEGEND, isSubtle=True, size="Small", separator=True, spacing="Large")]
+                if products
+                else []
+            ),
+            "note": cut("\n\n".join(notes), MAX_TEXT),
             "paging": paging,
             "actions": actions,
         },
@@ -306,22 +354,55 @@ def _table(reply: Table, keep_rows: int | None = None) -> dict:
 
 
 def _changed(reply: Changed) -> dict:
-    facts = [("Target", reply.target)] if reply.target else []
-    text = reply.text if reply.text and reply.text not in reply.title else ""
+    facts = [("Target", target_name(reply.target))] if reply.target else []
+    body = reply.text if reply.text and reply.text not in reply.title else ""
     title = reply.title
+    actions = []
     if reply.dry_run:
         # The badge says it is a dry run; the title says what the change would do.
         for prefix in ("Dry run — nothing changed: ", "Dry run — "):
             title = title.removeprefix(prefix)
+        title = would(title)
+        if reply.go_ahead:
+            command, fields = reply.go_ahead
+            actions.append(
+                execute(
+                    "Go ahead",
+                    VERB_FORM_SUBMIT,
+                    {
+                        **fields,
+                        "command": command,
+                        # A fresh id: clicking twice makes the change once.
+                        "form_id": secrets.token_urlsafe(12),
+                        "dry_run": False,
+                    },
+                    style="positive",
+                )
+            )
+        if reply.form is not None:
+            inputs: list[dict] = []
+            for field in reply.form.fields:
+                inputs.extend(_input(field, None))
+            actions.append(
+                {
+                    "type": "Action.ShowCard",
+                    "title": "Change values",
+                    "card": {
+                        "type": "AdaptiveCard",
+                        "body": inputs,
+                        "actions": _form_actions(reply.form),
+                    },
+                }
+            )
     return bind(
         template("changed"),
         {
             "tone": "warning" if reply.dry_run else "good",
-            "badge": "DRY RUN — nothing was changed" if reply.dry_run else "",
+            "badge": "DRY RUN — nothing was changed yet" if reply.dry_run else "",
             "title": title,
-            "text": _cut(text, MAX_TEXT),
-            "facts": _facts(facts),
-            "rows": before_after_rows(reply.before, reply.after),
+            "text": cut(body, MAX_TEXT),
+            "facts": _facts(facts + change_facts(reply.before, reply.after)),
+            "actions": actions,
         },
     )
 
@@ -330,7 +411,7 @@ def _error(reply: Error) -> dict:
     usage = [
         {
             "type": "TextBlock",
-            "text": _cut(line, 500),
+            "text": cut(line, 500),
             "fontType": "Monospace",
             "wrap": True,
             "spacing": "Small",
@@ -340,7 +421,7 @@ def _error(reply: Error) -> dict:
     ][:20]
     return bind(
         template("error"),
-        {"title": reply.title, "text": _cut(reply.text, MAX_TEXT), "usage": usage},
+        {"title": reply.title, "text": cut(reply.text, MAX_TEXT), "usage": usage},
     )
 
 
@@ -356,7 +437,7 @@ def _input(field: FormField, error: str | None) -> list[dict]:
             except ValueError:
                 element = {"type": "Input.Text", **common, "value": str(field.value)}
     elif field.kind == "choice":
-        choices = [{"title": _cut(t, 100), "value": v} for t, v in field.choices]
+        choices = [{"title": cut(t, 100), "value": v} for t, v in field.choices]
         element = {"type": "Input.ChoiceSet", **common, "choices": choices, "style": "compact"}
         if not choices:
             # Nothing to pick from yet: let the value be typed.
@@ -383,7 +464,7 @@ def _input(field: FormField, error: str | None) -> list[dict]:
         out.append(
             {
                 "type": "TextBlock",
-                "text": _cut(error, 500),
+                "text": cut(error, 500),
                 "color": "Attention",
                 "size": "Small",
                 "wrap": True,
@@ -399,20 +480,24 @@ def _form(reply: Form) -> dict:
     inputs: list[dict] = []
     for field in reply.fields:
         inputs.extend(_input(field, reply.errors.get(field.name)))
-    data = {"command": reply.command, "form_id": reply.form_id}
     return bind(
         template("form"),
         {
             "title": reply.title,
             "usage": reply.usage.splitlines()[0] if reply.usage else "",
-            "problem": _cut(" ".join(general), MAX_TEXT),
+            "problem": cut(" ".join(general), MAX_TEXT),
             "inputs": inputs,
-            "actions": [
-                execute("Submit", VERB_FORM_SUBMIT, {**data, "dry_run": False}, style="positive"),
-                execute("Dry run", VERB_FORM_SUBMIT, {**data, "dry_run": True}),
-            ],
+            "actions": _form_actions(reply),
         },
     )
+
+
+def _form_actions(form: Form) -> list[dict]:
+    data = {"command": form.command, "form_id": form.form_id}
+    return [
+        execute("Submit", VERB_FORM_SUBMIT, {**data, "dry_run": False}, style="positive"),
+        execute("Dry run", VERB_FORM_SUBMIT, {**data, "dry_run": True}),
+    ]
 
 
 _APPROVAL_LOOK = {
@@ -431,7 +516,7 @@ def _approval(reply: Approval, actionable: bool = True) -> dict:
     )
     facts: list[tuple[str, str]] = [
         ("Requested by", reply.requester),
-        ("Request", reply.request_id),
+        ("Request", reply.short_id or reply.request_id),
     ]
     if reply.status == "pending":
         if reply.expires_at:
@@ -441,7 +526,8 @@ def _approval(reply: Approval, actionable: bool = True) -> dict:
     else:
         facts.append(("Decided by", reply.decided_by or "—"))
         facts.append(("Decided at", reply.decided_at or "—"))
-    if reply.reason:
+    if reply.reason and reply.reason not in reply.text:
+        # Said once: a reject's answer that already quotes its reason does not repeat it.
         facts.append(("Reason" if reply.status != "failed" else "Why", reply.reason))
     pending = reply.status == "pending"
     data = {"request_id": reply.request_id}
@@ -490,10 +576,9 @@ def _approval(reply: Approval, actionable: bool = True) -> dict:
             "badge": badge,
             "badge_color": color,
             "title": reply.summary or reply.title,
-            "notice": _cut(reply.text, MAX_TEXT),
+            "notice": cut(reply.text, MAX_TEXT),
             "notice_color": notice_color,
-            "facts": _facts(facts),
-            "rows": before_after_rows(reply.before, reply.after),
+            "facts": _facts(change_facts(reply.before, reply.after) + facts),
             "inputs": inputs,
             "actions": actions,
             "refresh": refresh,
@@ -502,22 +587,15 @@ def _approval(reply: Approval, actionable: bool = True) -> dict:
 
 
 def _items(title: str, lines: list[str], color: str) -> list[dict]:
+    """A titled list: one text block per line (markdown lists overflow the renderer's box)."""
     if not lines:
         return []
     shown = lines[:MAX_LIST_ITEMS]
-    text = "\n".join(f"- {_cut(line, 200)}" for line in shown)
+    out = [text(title, weight="Bolder", color=color, spacing="Medium")]
+    out += [text(cut(line, 200), spacing="None") for line in shown]
     if len(lines) > len(shown):
-        text += f"\n- … and {len(lines) - len(shown)} more"
-    return [
-        {
-            "type": "TextBlock",
-            "text": title,
-            "weight": "Bolder",
-            "color": color,
-            "spacing": "Medium",
-        },
-        {"type": "TextBlock", "text": text, "wrap": True, "spacing": "Small"},
-    ]
+        out.append(text(f"… and {len(lines) - len(shown):,} more", spacing="None", isSubtle=True))
+    return out
 
 
 def _progress(reply: Progress) -> dict:
@@ -536,7 +614,7 @@ def _progress(reply: Progress) -> dict:
     elif reply.finished:
         bar_color = "Good"
     filled = round(BAR_WIDTH * done / total)
-    bar = "█" * filled + "░" * (BAR_WIDTH - filled) + f"  {done * 100 // total}%"
+    bar = "█" * filled + "░" * (BAR_WIDTH - filled) + f"  {done * 100 // total}{NBSP}%"
     state = "done" if reply.finished else "working…"
     counts = (
         f"{reply.done} of {reply.total} {state} · "
@@ -553,23 +631,10 @@ def _progress(reply: Progress) -> dict:
             "counts": counts,
             "bar": bar,
             "bar_color": bar_color,
-            "text": _cut(reply.text, MAX_TEXT),
+            "text": cut(reply.text, MAX_TEXT),
             "lists": lists,
         },
     )
-
-
-def card_json(card: Mapping[str, Any]) -> str:
-    """The card as compact JSON: what is sent (made once for a rendered Card). orjson: a
-    50-row table encodes in a tenth of the time `json.dumps` takes."""
-    if isinstance(card, Card) and card.json is not None:
-        return card.json
-    return orjson.dumps(card).decode()
-
-
-def card_size(card: Mapping[str, Any]) -> int:
-    """Bytes of the card as compact JSON in UTF-8: what is sent."""
-    return len(card_json(card).encode())
 
 
 # A placeholder no text can contain (random per process), for `dumps`.
@@ -597,24 +662,6 @@ def dumps(value: Any) -> str:
     return text
 
 
-class Card(dict):  # type: ignore[type-arg]
-    """A rendered Adaptive Card: complete when made and never changed afterwards.
-
-    botbuilder deep-copies every activity it sends (and the invoke response), card included;
-    for a card that is never changed a copy is the card itself, so copies share it. `json` is
-    the card as JSON, made once when its size was checked; `dumps` sends that.
-    """
-
-    __slots__ = ("json",)
-
-    def __init__(self, card: Mapping[str, Any], json_text: str | None = None) -> None:
-        super().__init__(card)
-        self.json = json_text
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Card:
-        return self
-
-
 def render(reply: Reply, *, actionable: bool = True) -> Card:
     """The Adaptive Card (1.5, as a dict) for a reply; never over MAX_CARD_BYTES.
 
@@ -622,13 +669,18 @@ def render(reply: Reply, *, actionable: bool = True) -> Card:
     someone who may not decide it).
     """
     encoded = None
-    if isinstance(reply, Table):
-        card = _table(reply)
-        keep = len(reply.rows)
+    if isinstance(reply, (Table, Usage)):
+        shape = _table if isinstance(reply, Table) else _usage
+        keep = (
+            len(reply.products)
+            if isinstance(reply, Usage)
+            else len(reply.records if reply.records is not None else reply.rows)
+        )
+        card = unbroken(shape(reply, None))  # type: ignore[arg-type]
         encoded = orjson.dumps(card)
-        while len(encoded) > MAX_CARD_BYTES and keep > 0:
+        while sent_size(encoded) > MAX_CARD_BYTES and keep > 0:
             keep = keep * 3 // 4 if keep > 4 else keep - 1
-            card = _table(reply, keep_rows=keep)
+            card = unbroken(shape(reply, keep))  # type: ignore[arg-type]
             encoded = orjson.dumps(card)
     elif isinstance(reply, Changed):
         card = _changed(reply)
@@ -641,11 +693,9 @@ def render(reply: Reply, *, actionable: bool = True) -> Card:
     elif isinstance(reply, Progress):
         card = _progress(reply)
     elif isinstance(reply, Digest) and reply.report is not None:
-        from bot.teams.digest_card import digest_card  # own layout (imports this module)
-
-        card = digest_card(reply)
+        card = digest_card(reply)  # already unbroken
     elif isinstance(reply, DriftReport):
-        from bot.teams.drift_card import drift_card  # own layout (imports this module)
+        from bot.teams.drift_card import drift_card  # its own layout, from the blocks
 
         card = drift_card(reply)
     elif isinstance(reply, Message):
@@ -653,14 +703,15 @@ def render(reply: Reply, *, actionable: bool = True) -> Card:
     else:
         card = bind(template("message"), {"tone": "accent", "title": reply.title})
     if encoded is None:
+        card = unbroken(card)
         encoded = orjson.dumps(card)
-    if len(encoded) > MAX_CARD_BYTES:
+    if sent_size(encoded) > MAX_CARD_BYTES:
         # Only pathological input gets here (e.g. thousands of facts): say so in a small card.
         card = bind(
             template("message"),
             {
                 "tone": "warning",
-                "title": _cut(reply.title, 200),
+                "title": cut(reply.title, 200),
                 "text": "This answer is too large for a card. Use the CLI (`python -m bot ... "
                 "--json`) or narrow the request.",
             },

@@ -160,6 +160,7 @@ def render_cards(
     *,
     timeout: float | None = None,
     width: int | None = None,
+    widths: tuple[int, ...] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Render ``cards`` (name -> card JSON) with the adaptivecards JS renderer in Chromium.
 
@@ -167,7 +168,14 @@ def render_cards(
     ``{name: {"errors": [...], "warnings": [...], "screenshot": "<path>" | None}}``.
     ``errors`` holds what the renderer rejects (unknown types, invalid values, unsupported
     properties for 1.5, duplicate ids, too many actions, console errors, exceptions);
-    ``warnings`` holds hints such as required inputs without a label.  Raises
+    ``warnings`` holds hints such as required inputs without a label.
+
+    ``widths`` (e.g. ``(400, 800)``) renders every card at each width, whatever its
+    ``msteams.width``: screenshots ``<name>-<width>.png``, and per width in
+    ``report[name]["widths"][str(width)]`` its ``layout`` problems — a word broken across
+    lines (a DOM range per word with more than one line box) or anything overflowing sideways
+    — its ``height`` in pixels and the ``text`` a reader sees. ``targetWidth`` is honoured as
+    Teams does (elements that do not target the width are left out).  Raises
     :class:`RendererError` when the renderer cannot run at all.
     """
     if not cards:
@@ -178,7 +186,7 @@ def render_cards(
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if timeout is None:
-        timeout = RENDER_TIMEOUT_BASE + RENDER_TIMEOUT_PER_CARD * len(cards)
+        timeout = RENDER_TIMEOUT_BASE + RENDER_TIMEOUT_PER_CARD * len(cards) * len(widths or [1])
 
     used: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="cardcheck-") as tmp:
@@ -190,6 +198,8 @@ def render_cards(
         cmd = ["node", str(RENDER_SCRIPT), "--out", str(out), "--chromium", str(chromium_path())]
         if width:
             cmd += ["--width", str(width)]
+        if widths:
+            cmd += ["--widths", ",".join(str(w) for w in widths)]
         cmd.append(tmp)
         try:
             proc = subprocess.run(
@@ -213,6 +223,17 @@ def render_cards(
     return {files[key]: raw[key] for key in files}
 
 
+def layout_problems(report: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """``{name: ["at 400 px: word broken across lines: ...", ...]}`` for every card of a
+    :func:`render_cards` report made with ``widths`` that a reader would see broken."""
+    found: dict[str, list[str]] = {}
+    for name, entry in report.items():
+        for width, at in (entry.get("widths") or {}).items():
+            for problem in at.get("layout", []):
+                found.setdefault(name, []).append(f"at {width} px: {problem}")
+    return found
+
+
 # --------------------------------------------------------------------------- all-in-one
 
 
@@ -222,11 +243,14 @@ def check_cards(
     render: bool | None = None,
     out_dir: Path | str = ARTIFACTS_DIR,
     conventions: bool = False,
+    widths: tuple[int, ...] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Schema-validate every card and (if ``render`` or, by default, if the renderer is
     available) render them all in one browser run.  Raises one ``AssertionError`` listing
     every problem of every card; returns the render report (empty when not rendered).
 
+    ``widths`` renders each card at those widths and counts broken words and sideways
+    overflow as problems (see :func:`render_cards`).
     ``conventions=True`` also applies :func:`universal_action_problems` (SPEC §4 buttons).
     """
     problems: dict[str, list[str]] = {}
@@ -240,10 +264,12 @@ def check_cards(
     if render is None:
         render = renderer_available()
     if render:
-        report = render_cards(cards, out_dir)
+        report = render_cards(cards, out_dir, widths=widths)
         for name, entry in report.items():
             if entry["errors"]:
                 problems.setdefault(name, []).extend(f"renderer: {e}" for e in entry["errors"])
+        for name, found in layout_problems(report).items():
+            problems.setdefault(name, []).extend(found)
     if problems:
         lines = []
         for name, found in problems.items():
@@ -265,6 +291,7 @@ __all__ = [
     "chromium_path",
     "ensure_renderer",
     "iter_actions",
+    "layout_problems",
     "render_cards",
     "renderer_available",
     "renderer_unavailable_reason",

@@ -24,6 +24,12 @@ strict *and* faithful to what Teams renders:
   ``type == "AdaptiveCard"`` and ``version == "1.5"`` ourselves.
 * ``format`` (``uri``, ``uri-reference``) is not checked (draft-06 URI checks need an extra
   package); the renderer check catches broken URLs that matter.
+* Teams renders two things beyond the 1.5 schema, which the schema rejects: ``targetWidth`` on
+  an element (responsive layout: ``VeryNarrow|Narrow|Standard|Wide``, optionally prefixed
+  ``atLeast:``/``atMost:``) and the chart elements (``Chart.Line``, ``Chart.VerticalBar``…).
+  We check a ``targetWidth`` value and require every chart to carry a ``fallback`` element,
+  then validate the card a 1.5 client without them sees: ``targetWidth`` removed and each
+  chart replaced by its fallback.
 * ``Action.Execute`` *is* in the 1.5 schema (added in 1.4), ``Refresh.action`` must be an
   ``Action.Execute``, and ``fallback`` on actions accepts any action or ``"drop"``.
 """
@@ -301,6 +307,55 @@ def _msteams_problems(value: Any) -> list[str]:
     return problems
 
 
+_TARGET_WIDTH = re.compile(r"(?i)((atleast|atmost):)?(verynarrow|narrow|standard|wide)")
+TEAMS_CHARTS = frozenset(
+    {
+        "Chart.Donut",
+        "Chart.Gauge",
+        "Chart.HorizontalBar",
+        "Chart.HorizontalBar.Stacked",
+        "Chart.Line",
+        "Chart.Pie",
+        "Chart.VerticalBar",
+        "Chart.VerticalBar.Grouped",
+    }
+)
+
+
+def _without_teams_extensions(node: Any, path: str, problems: list[str]) -> Any:
+    """`node` as a 1.5 client without Teams' extensions sees it (see the module docstring)."""
+    if isinstance(node, list):
+        out = []
+        for i, item in enumerate(node):
+            seen = _without_teams_extensions(item, f"{path}[{i}]", problems)
+            if seen is not _DROPPED:
+                out.append(seen)
+        return out
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") in TEAMS_CHARTS:
+        fallback = node.get("fallback")
+        if fallback == "drop":
+            return _DROPPED
+        if not isinstance(fallback, dict):
+            problems.append(
+                f"{path}: {node['type']} needs a fallback element for clients without charts"
+            )
+            return _DROPPED
+        return _without_teams_extensions(fallback, f"{path}.fallback", problems)
+    out = {}
+    for key, value in node.items():
+        if key == "targetWidth":
+            if not (isinstance(value, str) and _TARGET_WIDTH.fullmatch(value)):
+                problems.append(f"{path}.targetWidth: {_short(value)} is not a Teams width")
+            continue
+        out[key] = _without_teams_extensions(value, f"{path}.{key}", problems)
+    return out
+
+
+_DROPPED = object()
+
+
 def card_problems(card: Any, *, allow_msteams: bool = True) -> list[str]:
     """All violations found in ``card`` (empty when it is a valid Teams-ready 1.5 card)."""
     if not isinstance(card, dict):
@@ -318,11 +373,11 @@ def card_problems(card: Any, *, allow_msteams: bool = True) -> list[str]:
         problems.append(
             f"$: card JSON is {size} bytes, over the {MAX_CARD_BYTES}-byte limit (page long lists)"
         )
-    body = card
+    body = _without_teams_extensions(card, "$", problems)
     if "msteams" in card:
         if allow_msteams:
             problems.extend(_msteams_problems(card["msteams"]))
-            body = {k: v for k, v in card.items() if k != "msteams"}
+            body = {k: v for k, v in body.items() if k != "msteams"}
         # else: the schema reports it as an unknown property
     errors = sorted(
         _validator().iter_errors(body),

@@ -6,13 +6,15 @@
 // steps.json: [{"name": "help", "send": "help", "expect": ["product add", ...]}, ...]. For each
 // step the driver types `send`, presses Enter, and waits for a new card whose text holds every
 // `expect` string (case-sensitive). It writes DIR/NN-name.png (that card), DIR/conversation.png
-// (the whole chat), DIR/summary.json, and exits non-zero on the first step that fails.
+// (the whole chat), DIR/summary.json (with each card's `layout` problems: words broken across
+// lines, sideways overflow), and exits non-zero on the first step that fails.
 // Debian's chromium only (CHROMIUM overrides the path); nothing is downloaded, and every request
 // that would leave loopback is refused before it is sent.
 import { chromium } from 'playwright-core';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { layoutProblems } from '../cardcheck/render/layout.mjs';
 
 const { values: opt } = parseArgs({
   options: {
@@ -75,6 +77,8 @@ try {
     }
     const card = page.locator(CARD).nth(found.index);
     record.card = found.texts[found.index - before];
+    // As a reader sees it at the Playground's width: no word broken, nothing sideways.
+    record.layout = await card.evaluate(layoutProblems);
     const shot = join(opt.out, `${String(index + 1).padStart(2, '0')}-${step.name}.png`);
     await card.screenshot({ path: shot });
     summary.steps.push(record);
@@ -119,7 +123,8 @@ async function waitForCard(page, before, expect, timeout) {
   let texts = [];
   for (;;) {
     texts = await page.locator(CARD).evaluateAll(
-      (cards, skip) => cards.slice(skip).map((c) => c.innerText), before,
+      // As a reader sees it: without the word joiners that keep names on one line.
+      (cards, skip) => cards.slice(skip).map((c) => c.innerText.replace(/\u2060/g, '')), before,
     );
     const hit = texts.findIndex((t) => expect.every((e) => t.includes(e)));
     if (hit >= 0) return { index: before + hit, texts };

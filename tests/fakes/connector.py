@@ -98,6 +98,9 @@ class FakeBotConnector(ThreadedServer):
         self._members: dict[str, list[dict[str, Any]]] = {}
         self._attempts: dict[str, int] = {}
         self._activities: list[SentActivity] = []
+        # Typing indicators, kept apart: they are no answer, and a turn sends one only when it
+        # happens to take a while (timing the tests must not depend on).
+        self._typing: list[SentActivity] = []
         self._ids = itertools.count(int(time.time() * 1000))
         self._script_lock = threading.Lock()
 
@@ -177,9 +180,16 @@ class FakeBotConnector(ThreadedServer):
     # -- observing ---------------------------------------------------------------------------
     @property
     def activities(self) -> list[SentActivity]:
-        """Accepted activities (send, reply, update, create-with-activity), oldest first."""
+        """Accepted activities (send, reply, update, create-with-activity), oldest first;
+        typing indicators are in `typing`."""
         with self._lock:
             return list(self._activities)
+
+    @property
+    def typing(self) -> list[SentActivity]:
+        """Accepted typing indicators, oldest first."""
+        with self._lock:
+            return list(self._typing)
 
     def _matching(self, conversation_id: str | None, kind: str | None) -> list[SentActivity]:
         return [
@@ -335,11 +345,13 @@ class FakeBotConnector(ThreadedServer):
             activity: dict[str, Any],
         ) -> None:
             with self._changed:
-                self._activities.append(
-                    SentActivity(
-                        kind_, conversation, activity_id, reply_to, activity, claims, at, now
-                    )
+                sent = SentActivity(
+                    kind_, conversation, activity_id, reply_to, activity, claims, at, now
                 )
+                if isinstance(activity, dict) and activity.get("type") == "typing":
+                    self._typing.append(sent)
+                else:
+                    self._activities.append(sent)
                 self._changed.notify_all()
 
         if kind == "create":

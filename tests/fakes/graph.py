@@ -277,6 +277,12 @@ class FakeGraph(LicensesMixin, HandChanges, ThreadedServer):
         with self._dir_lock:
             self._failures.extend(failure for _ in range(count))
 
+    def answer_malformed(self, count: int, raw: bytes, status: int = 200) -> None:
+        """Answer the next ``count`` calls ``status`` with the body ``raw`` (not what the API
+        documents: ``{"value": null}``, a number, a string, not JSON)."""
+        with self._dir_lock:
+            self._failures.extend(Failure.malformed(raw, status) for _ in range(count))
+
     def rate_limit(self, requests: int | None, per_seconds: float = 10.0) -> None:
         """Throttle like Graph: more than ``requests`` calls of one tenant within ``per_seconds``
         are answered 429 with a Retry-After of the seconds until one is allowed again (``None``:
@@ -311,11 +317,6 @@ class FakeGraph(LicensesMixin, HandChanges, ThreadedServer):
             for n, t in self.teams_numbers(tenant).items()
             if t.target_id and t.activation_state == "activated"
         }
-    def answer_malformed(self, count: int, raw: bytes, status: int = 200) -> None:
-        """Answer the next ``count`` calls ``status`` with the body ``raw`` (not what the API
-        documents: ``{"value": null}``, a number, a string, not JSON)."""
-        with self._dir_lock:
-            self._failures.extend(Failure.malformed(raw, status) for _ in range(count))
 
     def count(self, kind: str | None = None) -> int:
         """Calls received, failed ones included (``kind``: checkMemberGroups, getMemberGroups,

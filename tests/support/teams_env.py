@@ -212,9 +212,9 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
 
 
 def texts(card: dict[str, Any]) -> list[str]:
-    """Every TextBlock text on the card, in order."""
+    """Every TextBlock text on the card, in order, as a reader sees it (no word joiners)."""
     return [
-        n["text"]
+        n["text"].replace("\u2060", "")
         for n in _walk(card)
         if n.get("type") == "TextBlock" and isinstance(n.get("text"), str)
     ]
@@ -222,7 +222,7 @@ def texts(card: dict[str, Any]) -> list[str]:
 
 def facts(card: dict[str, Any]) -> dict[str, str]:
     return {
-        f["title"]: f["value"]
+        f["title"].replace("\u2060", ""): f["value"].replace("\u2060", "")
         for n in _walk(card)
         if n.get("type") == "FactSet"
         for f in n["facts"]

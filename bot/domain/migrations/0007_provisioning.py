@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
     """Provisioning into the customer's tenant: the job outbox, the per-customer switch and
     the emergency location of a number."""
 
-    dependencies = [('models', '0004_account_upn_case_insensitive')]
+    dependencies = [('models', '0006_approval_number')]
 
     initial = False
 

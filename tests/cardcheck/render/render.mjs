@@ -19,6 +19,7 @@ import path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
+import { layoutProblems } from "./layout.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
@@ -63,6 +64,7 @@ function parseArgs(argv) {
     fullWidth: 800, // cards with "msteams": {"width": "Full"}
     chromium: process.env.CARDCHECK_CHROMIUM || "/usr/bin/chromium",
     report: null,
+    widths: null, // --widths 400,800: every card at each width, whatever its msteams.width
     inputs: [],
   };
   for (let i = 0; i < argv.length; i++) {
@@ -77,12 +79,14 @@ function parseArgs(argv) {
     else if (a === "--full-width") opts.fullWidth = Number(next());
     else if (a === "--chromium") opts.chromium = next();
     else if (a === "--report") opts.report = path.resolve(next());
+    else if (a === "--widths") opts.widths = next().split(",").map(Number);
     else if (a === "-h" || a === "--help") usage();
     else if (a.startsWith("--")) usage(`unknown option ${a}`);
     else opts.inputs.push(a);
   }
   if (!opts.inputs.length) usage("no input files or directories");
   if (!(opts.width > 0) || !(opts.fullWidth > 0)) usage("--width/--full-width must be positive");
+  if (opts.widths && !opts.widths.every((w) => w > 0)) usage("--widths must be positive numbers");
   return opts;
 }
 
@@ -114,8 +118,39 @@ function screenshotName(key, used) {
   return name;
 }
 
+// Teams' responsive layout (`targetWidth` on an element: VeryNarrow, Narrow, Standard, Wide,
+// or atLeast:/atMost: one of them) is not in the JS renderer: the card is laid out for the
+// width it is shown at the way Teams does, by leaving out the elements that do not target it.
+// Width classes as assumed here: up to 320 px VeryNarrow, 414 Narrow, 600 Standard, else Wide.
+const WIDTH_CLASSES = ["verynarrow", "narrow", "standard", "wide"];
+function widthClass(px) {
+  return px <= 320 ? 0 : px <= 414 ? 1 : px <= 600 ? 2 : 3;
+}
+function targets(spec, px) {
+  if (typeof spec !== "string") return true;
+  const m = spec.trim().toLowerCase().match(/^(atleast:|atmost:)?(verynarrow|narrow|standard|wide)$/);
+  if (!m) return true; // an invalid value: the schema check reports it
+  const want = WIDTH_CLASSES.indexOf(m[2]);
+  const have = widthClass(px);
+  if (m[1] === "atleast:") return have >= want;
+  if (m[1] === "atmost:") return have <= want;
+  return have === want;
+}
+function forWidth(node, px) {
+  if (Array.isArray(node)) {
+    return node.filter((n) => !(n && typeof n === "object" && !targets(n.targetWidth, px)))
+      .map((n) => forWidth(n, px));
+  }
+  if (node && typeof node === "object") {
+    const out = {};
+    for (const [k, v] of Object.entries(node)) if (k !== "targetWidth") out[k] = forWidth(v, px);
+    return out;
+  }
+  return node;
+}
+
 // Runs inside the page. Parses, validates and renders one card into #stage.
-function renderInPage({ card, hostConfig, width, fullWidth, warningEvents }) {
+function renderInPage({ card, hostConfig, width, fullWidth, forcedWidth, warningEvents }) {
   const AC = window.AdaptiveCards;
   const errors = [];
   const warnings = [];
@@ -134,7 +169,10 @@ function renderInPage({ card, hostConfig, width, fullWidth, warningEvents }) {
   const record = (ev) => {
     const name = eventName(ev.event);
     const msg = `${phaseName(ev.phase)}/${name}${where(ev.source)}: ${ev.message}`;
-    (warningEvents.includes(name) ? warnings : errors).push(msg);
+    // Teams' chart elements are unknown to the JS renderer, which shows their fallback (what
+    // clients without charts show); the schema check requires that fallback.
+    const chart = name === "UnknownElementType" && /"Chart\.[A-Za-z.]+"/.test(ev.message);
+    (warningEvents.includes(name) || chart ? warnings : errors).push(msg);
   };
 
   if (!window.__markdownInstalled) {
@@ -150,7 +188,7 @@ function renderInPage({ card, hostConfig, width, fullWidth, warningEvents }) {
   const full = card && typeof card === "object" && card.msteams && card.msteams.width === "Full";
   const bubble = document.createElement("div");
   bubble.className = "teams-bubble";
-  bubble.style.width = `${full ? fullWidth : width}px`;
+  bubble.style.width = `${forcedWidth || (full ? fullWidth : width)}px`;
   stage.appendChild(bubble);
 
   if (!card || typeof card !== "object" || Array.isArray(card)) {
@@ -319,34 +357,57 @@ async function main() {
         anyErrors = true;
         continue;
       }
-      current = entry;
-      try {
-        const result = await page.evaluate(renderInPage, {
-          card,
-          hostConfig,
-          width: opts.width,
-          fullWidth: opts.fullWidth,
-          warningEvents: [...WARNING_EVENTS],
-        });
-        entry.errors.push(...result.errors);
-        entry.warnings.push(...result.warnings);
-        // Let images (data: URLs) decode and layout settle before the screenshot.
-        await page.evaluate(async () => {
-          await Promise.all(
-            [...document.images].map((img) => (img.complete ? null : new Promise((r) => {
-              img.onload = img.onerror = r;
-            }))),
-          );
-          await document.fonts.ready;
-          await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
-        });
-        const shot = path.join(opts.out, screenshotName(key, used));
-        await page.locator("#stage").screenshot({ path: shot, animations: "disabled" });
-        entry.screenshot = shot;
-      } catch (e) {
-        entry.errors.push(`renderer failure: ${e && e.message ? e.message : e}`);
-      } finally {
-        current = null;
+      const widths = opts.widths || [null];
+      if (opts.widths) entry.widths = {};
+      for (const forced of widths) {
+        const at = forced ? { errors: [], warnings: [], layout: [], screenshot: null } : entry;
+        current = at;
+        try {
+          const result = await page.evaluate(renderInPage, {
+            card: forWidth(card, forced || (card.msteams?.width === "Full" ? opts.fullWidth : opts.width)),
+            hostConfig,
+            width: opts.width,
+            fullWidth: opts.fullWidth,
+            forcedWidth: forced,
+            warningEvents: [...WARNING_EVENTS],
+          });
+          at.errors.push(...result.errors);
+          at.warnings.push(...result.warnings);
+          // Let images (data: URLs) decode and layout settle before the screenshot.
+          await page.evaluate(async () => {
+            await Promise.all(
+              [...document.images].map((img) => (img.complete ? null : new Promise((r) => {
+                img.onload = img.onerror = r;
+              }))),
+            );
+            await document.fonts.ready;
+            await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+          });
+          if (forced) {
+            const card = page.locator("#stage .ac-adaptiveCard");
+            if (await card.count()) at.layout.push(...(await card.first().evaluate(layoutProblems)));
+          }
+          const stem = forced ? key.replace(/\.json$/i, "") + `-${forced}.json` : key;
+          const shot = path.join(opts.out, screenshotName(stem, used));
+          await page.locator("#stage").screenshot({ path: shot, animations: "disabled" });
+          at.screenshot = shot;
+          if (forced) {
+            at.height = await page.evaluate(
+              () => Math.round(document.querySelector("#stage").getBoundingClientRect().height));
+            at.text = await page.evaluate(
+              () => document.querySelector("#stage").innerText.replace(/\u2060/g, ""));
+          }
+        } catch (e) {
+          at.errors.push(`renderer failure: ${e && e.message ? e.message : e}`);
+        } finally {
+          current = null;
+        }
+        if (forced) {
+          entry.widths[forced] = at;
+          entry.errors.push(...at.errors.map((e) => `at ${forced} px: ${e}`));
+          if (!entry.screenshot) entry.screenshot = at.screenshot;
+          for (const w of at.warnings) if (!entry.warnings.includes(w)) entry.warnings.push(w);
+        }
       }
       if (entry.errors.length) anyErrors = true;
     }
@@ -357,8 +418,8 @@ async function main() {
 
   const text = JSON.stringify(report, null, 2);
   if (opts.report) fs.writeFileSync(opts.report, text + "\n");
-  process.stdout.write(text + "\n");
-  process.exit(anyErrors ? 1 : 0);
+  // Exit once the report is flushed: a pipe takes 64 KB at a time, and exiting earlier cuts it.
+  process.stdout.write(text + "\n", () => process.exit(anyErrors ? 1 : 0));
 }
 
 main().catch((e) => {

@@ -1,0 +1,211 @@
+"""Events said as sentences: what the audit and the digest show people, instead of event codes.
+
+"Alex Wilber allocated 5 TEAMS-SEATS to CONTOSO-01: 70 → 75". The codes (`allocation.allocate`,
+`allocation:CONTOSO-01/TEAMS-SEATS`) stay in the stored event and in `--json`.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+#: action → what the actor did, with {name} (the target without its kind) filled in.
+_DID = {
+    "account.add": "added {name}",
+    "account.update": "updated {name}",
+    "allocation.allocate": "allocated to {name}",
+    "allocation.release": "released from {name}",
+    "approval.approve": "approved request {name}",
+    "approval.reject": "rejected request {name}",
+    "approval.expire": "let request {name} expire",
+    "approval.fail": "approved request {name}, which could not be carried out",
+    "approval.request": "asked for approval ({name})",
+    "customer.add": "added customer {name}",
+    "digest.stop": "stopped digest {name}",
+    "digest.subscribe": "subscribed a conversation to digest {name}",
+    "directory.sync": "synchronised users of {name}",
+    "license.assign": "assigned license {name}",
+    "license.unassign": "unassigned license {name}",
+    "number.add": "added numbers {name}",
+    "number.assign": "assigned {name}",
+    "number.release": "released {name}",
+    "number.reserve": "reserved {name}",
+    "number.unquarantine": "returned {name} from quarantine",
+    "pack.assign": "assigned pack {name}",
+    "pack.create": "created pack {name}",
+    "product.add": "added product {name}",
+    "product.capacity": "changed the capacity of {name}",
+    "product.delete": "deleted product {name}",
+    "product.retire": "retired product {name}",
+    "subscription.add": "added subscription {name}",
+    "trunk.add": "added trunk {name}",
+    "trunk.channels": "changed the channels of trunk {name}",
+}
+
+
+def value(v: Any) -> str:
+    """A value in a sentence: figures with thousands separators, words for the rest."""
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, dict):
+        return ", ".join(f"{str(k).replace('_', ' ')} {value(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(value(x) for x in v) or "none"
+    return str(v)
+
+
+def _changes(before: Any, after: Any) -> str:
+    """ "70 → 75" for one changed figure, "capacity 500 → 600, status active" for several."""
+    old = before if isinstance(before, dict) else {}
+    new = after if isinstance(after, dict) else {}
+    if not old and not new:
+        return ""
+    parts = []
+    for key in dict.fromkeys([*old, *new]):
+        was, now = old.get(key), new.get(key)
+        if (
+            key in ("action", "payload", "requester")
+            or isinstance(was, (dict, list))
+            or isinstance(now, (dict, list))
+        ):
+            continue  # nested details (a request's payload) are for --json
+        if key in old and key in new and was != now:
+            parts.append((key, f"{value(was)} → {value(now)}"))
+        elif key in new and now is not None and key not in ("id", "status"):
+            parts.append((key, value(now)))
+    if len(parts) == 1 and parts[0][1].count("→") == 1:
+        return parts[0][1]
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in parts[:4])
+
+
+def event_sentence(actor: str, action: str, target: str, before: Any, after: Any) -> str:
+    """One sentence for an audit event."""
+    kind, _, name = target.partition(":")
+    name = name or kind
+    if action in ("allocation.allocate", "allocation.release") and "/" in name:
+        code, _, product = name.partition("/")
+        verb, word = ("allocated", "to") if action.endswith("allocate") else ("released", "from")
+        old = (before or {}).get("allocated") if isinstance(before, dict) else None
+        new = (after or {}).get("allocated") if isinstance(after, dict) else None
+        if isinstance(old, int) and isinstance(new, int) and product:
+            verb, word = (
+                ("allocated", "to") if action.endswith("allocate") else ("released", "from")
+            )
+            return f"{actor} {verb} {abs(new - old):,} {product} {word} {code}: {old:,} → {new:,}"
+        return f"{actor} {verb} {product} {word} {code}"
+    if action == "approval.request" and isinstance(after, dict) and after.get("summary"):
+        summary = str(after["summary"])
+        return f"{actor} asked for approval to {summary[:1].lower()}{summary[1:]} (request {name})"
+    if action.startswith("approval.") and isinstance(after, dict):
+        reason = after.get("reason")
+        did = _DID.get(action, action).format(name=name)
+        return f"{actor} {did}" + (f": “{reason}”" if reason else "")
+    template = _DID.get(action)
+    did = (
+        template.format(name=name)
+        if template is not None
+        else f"{action.replace('.', ' ').replace('_', ' ')} {name}"
+    )
+    change = _changes(before, after)
+    return f"{actor} {did}" + (f": {change}" if change else "")
+
+
+def target_name(target: str) -> str:
+    """An event's target as people name it: "allocation:ACME-01/TEAMS-SEATS" is
+    "TEAMS-SEATS → ACME-01", "product:TEAMS-SEATS" is "TEAMS-SEATS"; other text is kept."""
+    kind, sep, name = target.partition(":")
+    if not sep or not kind.isalpha() or kind.lower() != kind:
+        return target
+    if kind == "allocation" and "/" in name:
+        code, _, product = name.partition("/")
+        return f"{product} → {code}"
+    return name
+
+
+_NOUNS = {
+    "allocation.allocate": ("allocation", "allocations"),
+    "allocation.release": ("release", "releases"),
+    "approval.request": ("approval request", "approval requests"),
+    "approval.approve": ("approval", "approvals"),
+    "approval.reject": ("rejection", "rejections"),
+    "approval.expire": ("expired request", "expired requests"),
+    "approval.fail": ("approval not carried out", "approvals not carried out"),
+    "number.add": ("number range added", "number ranges added"),
+    "number.assign": ("number assigned", "numbers assigned"),
+    "number.release": ("number released", "numbers released"),
+    "number.reserve": ("reservation", "reservations"),
+    "account.add": ("account added", "accounts added"),
+    "product.add": ("product added", "products added"),
+    "product.capacity": ("capacity change", "capacity changes"),
+    "license.assign": ("license assigned", "licenses assigned"),
+    "license.unassign": ("license unassigned", "licenses unassigned"),
+    "pack.assign": ("pack assigned", "packs assigned"),
+}
+
+
+def action_noun(action: str, count: int) -> str:
+    """What `count` events of `action` are called: "3 allocations", "1 number assigned"."""
+    one, many = _NOUNS.get(action, (action.replace(".", " "), action.replace(".", " ")))
+    return one if count == 1 else many
+
+
+@functools.cache
+def known_zone(name: str) -> ZoneInfo | None:
+    """The IANA time zone `name`, or None when there is no such zone."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def when(at: datetime, zone: str | None = None, now: datetime | None = None) -> str:
+    """A moment as people read it: "2 Dec 08:00 UTC" (with the year when it is not this
+    year's), in the reader's time zone when known, else UTC."""
+    tz = (known_zone(zone) if zone else None) or UTC
+    local = at.astimezone(tz)
+    current = (now or datetime.now(UTC)).astimezone(tz)
+    name = "UTC" if tz is UTC else (local.tzname() or str(zone))
+    day = f"{local.day} {local:%b}" + (f" {local.year}" if local.year != current.year else "")
+    return f"{day} {local:%H:%M} {name}"
+
+
+def relative(at: datetime, now: datetime | None = None) -> str:
+    """ "in 3 days", "2 hours ago", "in 5 minutes", "now"."""
+    delta = (at - (now or datetime.now(UTC))).total_seconds()
+    span = abs(delta)
+    for unit, seconds in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if span >= seconds:
+            n = round(span / seconds)
+            amount = f"{n} {unit}{'s' if n != 1 else ''}"
+            return f"in {amount}" if delta > 0 else f"{amount} ago"
+    return "now"
+
+
+_WOULD = {
+    "Added": "Would add",
+    "Allocated": "Would allocate",
+    "Assigned": "Would assign",
+    "Changed": "Would change",
+    "Created": "Would create",
+    "Released": "Would release",
+    "Reserved": "Would reserve",
+    "Retired": "Would retire",
+    "Set": "Would set",
+    "Stopped": "Would stop",
+    "Subscribed": "Would subscribe",
+}
+
+
+def would(outcome: str) -> str:
+    """A change's outcome said as what a dry run would do: "Allocated 5 …" → "Would allocate
+    5 …" (other wordings get "If carried out: ")."""
+    first, _, rest = outcome.partition(" ")
+    if first in _WOULD:
+        return f"{_WOULD[first]} {rest}"
+    return f"If carried out: {outcome}" if outcome else outcome
