@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/load.py matrix   # usage/allocate/card × SQLite/PostgreSQL × 1…128
     .venv/bin/python benchmarks/load.py soak     # 20,000 turns, RSS at start / middle / end
     .venv/bin/python benchmarks/load.py scale    # one vs two bot processes on one PostgreSQL
+    .venv/bin/python benchmarks/load.py matrix --edges botbuilder agents --levels 32 --rounds 3
+                                                  # both edges (FUSION_EDGE) side by side
 
 What runs, each in its own process, all on 127.0.0.1:
 - the bot under test: `python app.py`, production mode (MicrosoftAppId/Password set), pointed at
@@ -174,6 +176,7 @@ class Target:
     database: str  # "sqlite", "postgres", "-"
     children: list[Child]
     urls: list[str]
+    edge: str = "botbuilder"  # FUSION_EDGE of the bot under test
 
     def cpu(self) -> float:
         return sum(c.cpu_seconds() for c in self.children)
@@ -207,6 +210,7 @@ class Cell:
     machine_busy: float = 0.0  # share of all CPUs busy during the window (0..1)
     cores: dict[str, float] = field(default_factory=dict)  # CPUs used, by process role
     round: int = 0
+    edge: str = "botbuilder"
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -448,6 +452,7 @@ class Generator:
             failed=failed,
             answers=dict(answers.most_common(4)),
             machine_busy=round(busy, 2),
+            edge=target.edge,
         )
 
 
@@ -589,6 +594,8 @@ def _median_cells(cells: list[Cell]) -> Cell:
 
 
 def tables(cells: list[Cell]) -> str:
+    if len({c.edge for c in cells if c.target == "fusion"}) > 1:
+        return edge_tables(cells)
     groups: dict[tuple[str, str, str, int], list[Cell]] = {}
     for c in cells:
         groups.setdefault((c.target, c.database, c.scenario, c.concurrency), []).append(c)
@@ -655,6 +662,55 @@ def tables(cells: list[Cell]) -> str:
     return "\n".join(out)
 
 
+def edge_tables(cells: list[Cell]) -> str:
+    """Both edges side by side: per database, scenario and concurrency, the median round of
+    each edge (cells alternate between the edges, so both see the same machine), with the
+    spread over rounds (min–max turns/s) as the run's noise."""
+    groups: dict[tuple[str, str, int, str], list[Cell]] = {}
+    for c in cells:
+        if c.target == "fusion":
+            groups.setdefault((c.database, c.scenario, c.concurrency, c.edge), []).append(c)
+    edges = sorted({k[3] for k in groups}, key=lambda e: (e != "botbuilder", e))
+    out = [
+        "Edges side by side (FUSION_EDGE), median round; turns/s range over rounds = noise\n",
+        "| database | scenario | conc. | "
+        + " | ".join(f"{e} turns/s (range) | {e} p50 / p99 ms | {e} CPU ms/turn" for e in edges)
+        + " | "
+        + " | ".join(f"{e} ÷ {edges[0]}" for e in edges[1:])
+        + " |",
+        "|---|---|---:|" + "---:|---|---:|" * len(edges) + "---:|" * (len(edges) - 1),
+    ]
+    for database, scenario, level in sorted({k[:3] for k in groups}):
+        line = [database, f"`{scenario}`", str(level)]
+        medians = {}
+        for edge in edges:
+            runs = groups.get((database, scenario, level, edge), [])
+            if not runs:
+                line += ["–"] * 3
+                continue
+            c = medians[edge] = _median_cells(runs)
+            spread = sorted(r.throughput for r in runs)
+            line += [
+                f"{_fmt(c.throughput)} ({_fmt(spread[0])}–{_fmt(spread[-1])})",
+                f"{_fmt(c.p50_ms, 1)} / {_fmt(c.p99_ms, 1)}",
+                _fmt(c.cpu_ms_per_turn, 2),
+            ]
+        first = medians.get(edges[0])
+        for edge in edges[1:]:
+            other = medians.get(edge)
+            ok = first and other and first.throughput
+            line.append(f"{other.throughput / first.throughput:.2f}" if ok else "–")  # type: ignore[union-attr]
+        out.append("| " + " | ".join(line) + " |")
+    failures = [c for c in cells if c.failed]
+    if failures:
+        out.append("\nCells with failed turns (first texts of the answers):")
+        for c in failures:
+            out.append(
+                f"- {c.edge}/{c.database}/{c.scenario}@{c.concurrency}: {c.failed} {c.answers}"
+            )
+    return "\n".join(out)
+
+
 def _cores(c: Cell) -> str:
     """Cores used over the window: the bot · PostgreSQL · the rig (load generator, fakes,
     connector, idle servers) · other processes on the machine (not this run's)."""
@@ -696,9 +752,15 @@ async def matrix(args: argparse.Namespace) -> None:
             targets.append(Target("bare", "-", [bare], [bare_url]))
         urls = {}
         for database in args.databases:
-            urls[database] = url = r.database(database)
-            bot, bot_url = r.start(f"bot-{database}", url, FUSION_SCHEDULER="true")
-            targets.append(Target("fusion", database, [bot], [bot_url]))
+            # The edges interleaved: every level runs each edge in turn on the same machine.
+            for edge in args.edges:
+                label = database if len(args.edges) == 1 else f"{database}-{edge}"
+                name = "fusion_bench" if len(args.edges) == 1 else f"fusion_bench_{edge}"
+                urls[label] = url = r.database(database, name=name)
+                bot, bot_url = r.start(
+                    f"bot-{label}", url, FUSION_SCHEDULER="true", FUSION_EDGE=edge
+                )
+                targets.append(Target("fusion", database, [bot], [bot_url], edge=edge))
         _print(f"machine: {_describe_machine()}; work folder {r.work}")
         async with r.generator(
             seconds=args.seconds,
@@ -1008,6 +1070,8 @@ def main() -> None:
     m.add_argument("--max-turns", type=int, default=5000, help="at most this many turns per cell")
     m.add_argument("--rounds", type=int, default=1, help="repeat the matrix; medians reported")
     m.add_argument("--no-floors", action="store_true")
+    m.add_argument("--edges", nargs="+", default=["botbuilder"], choices=["botbuilder", "agents"],
+                   help="the bot's FUSION_EDGE; several: side by side, cells alternating")
 
     s = sub.add_parser("soak", help="memory over a long run")
     common(s)

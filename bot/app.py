@@ -33,6 +33,7 @@ from bot.domain import approvals, change, db
 from bot.domain.naming import set_naming_rule
 from bot.logs import configure_logging
 from bot.scheduler import run_scheduler
+from bot.teams.agents_edge import AgentsEdge, build_agents_edge
 from bot.teams.approvals_channel import ApprovalsChannel
 from bot.teams.edge import Edge, build_edge, build_sender
 from bot.teams.provisioning import JobCards
@@ -44,7 +45,7 @@ BackgroundTask = Callable[[web.Application], Coroutine[Any, Any, None]]
 
 SETTINGS = web.AppKey("settings", Settings)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
-EDGE = web.AppKey("edge", Edge)
+EDGE: web.AppKey[Edge | AgentsEdge] = web.AppKey("edge")  # FUSION_EDGE=botbuilder|agents
 BACKGROUND_TASKS = web.AppKey("background_tasks", list[BackgroundTask])
 METRICS_AUDIENCE = web.AppKey("metrics_audience", metrics.MetricsAudience)
 
@@ -107,7 +108,8 @@ async def _edge(app: web.Application) -> AsyncIterator[None]:
             tenant_graph=TenantGraph(app[HTTP], settings.graph_url, tenant_tokens),
             m365_wait_seconds=wait,
         )
-    app[EDGE] = build_edge(settings, app[HTTP], credentials, services, sender)
+    build = build_agents_edge if settings.edge == "agents" else build_edge
+    app[EDGE] = build(settings, app[HTTP], credentials, services, sender)
     try:
         yield
     finally:

@@ -78,6 +78,10 @@ APP_TYPES = ("SingleTenant", "MultiTenant", "UserAssignedMSI")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
+#: The SDKs an edge can be built on (FUSION_EDGE); the first is the default.
+EDGES = ("botbuilder", "agents")
+
+
 def is_loopback(host: str) -> bool:
     """127.0.0.0/8, ::1 or localhost."""
     if host in LOOPBACK_HOSTS:
@@ -223,6 +227,10 @@ class Settings:
     alert_threshold_percent: int = 90
     digest_enabled: bool = True
     scheduler_enabled: bool = True
+    # Keep every send (replies included) inside Teams' documented per-chat and per-tenant
+    # windows. Off only where the connector is not Teams' (a benchmark's fake); 429s are
+    # honoured either way.
+    teams_rate_limits: bool = True
     scheduler_interval_seconds: int = 30
     migrate_on_start: bool = True
     page_size: int = 25
@@ -235,6 +243,9 @@ class Settings:
     # (webApplicationInfo.resource in the app package). Default api://botid-APP_ID, as
     # Microsoft's bot SSO docs name it.
     sso_resource: str = ""
+    # Which SDK carries the turns: "botbuilder" (bot/teams/edge.py) or "agents" (the
+    # Microsoft 365 Agents SDK, bot/teams/agents_edge.py). FUSION_EDGE.
+    edge: str = "botbuilder"
     # The Azure Bot's OAuth connection for Teams SSO; empty: no OAuth card is sent.
     sso_connection: str = ""
     token_service_url: str = CLOUDS["public"].token_service_url
@@ -369,12 +380,14 @@ class Settings:
             ),
             digest_enabled=_bool(env, "FUSION_DIGESTS", True),
             scheduler_enabled=_bool(env, "FUSION_SCHEDULER", True),
+            teams_rate_limits=_bool(env, "FUSION_TEAMS_RATE_LIMITS", True),
             scheduler_interval_seconds=_int(env, "FUSION_SCHEDULER_INTERVAL_SECONDS", 30, 1),
             migrate_on_start=_bool(env, "FUSION_MIGRATE_ON_START", True),
             page_size=_int(env, "FUSION_PAGE_SIZE", 25, minimum=1),
             max_concurrent_turns=_int(env, "FUSION_MAX_CONCURRENT_TURNS", 8, minimum=0),
             max_concurrent_changes=_int(env, "FUSION_MAX_CONCURRENT_CHANGES", 2, minimum=0),
             sso_resource=sso_resource,
+            edge=(env.get("FUSION_EDGE") or "botbuilder").strip().lower(),
             sso_connection=(env.get("FUSION_SSO_CONNECTION") or "").strip(),
             token_service_url=(
                 env.get("FUSION_TOKEN_SERVICE_URL") or cloud.token_service_url
@@ -398,6 +411,8 @@ class Settings:
 
     def check(self) -> None:
         """Refuse combinations that would open the bot to the world."""
+        if self.edge not in EDGES:
+            raise ConfigError(f"FUSION_EDGE must be one of {', '.join(EDGES)}, got {self.edge!r}")
         if self.dev_mode and not is_loopback(self.host):
             raise ConfigError(
                 "local development mode (no MicrosoftAppId) accepts unauthenticated requests, "

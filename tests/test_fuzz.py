@@ -317,12 +317,14 @@ class Door:
 
     async def send(self, **fields: Any) -> Answer:
         aid = f"fuzz-{next(_ids)}"
+        # A conversation per case: hundreds of messages in one chat would be Teams' per-chat
+        # rate limit (60 in 30 s) at work, which the bot's replies keep to.
         activity = message(
             "",
             self.connector.service_url,
             tenant=self.idp.tenant_id,
             activity_id=aid,
-            conversation="a:fuzz-chat",
+            conversation=f"a:fuzz-chat-{aid}",
         )
         activity.pop("text")
         activity.update(fields)

@@ -17,6 +17,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*(ROOT / "bot").rglob("*.py"), ROOT / "app.py"])
 BOT_FRAMEWORK = ("botbuilder", "botframework", "msrest")
+#: The Microsoft 365 Agents SDK (FUSION_EDGE=agents).
+AGENTS_SDK = ("microsoft_agents",)
+#: What both edges share: no SDK in them (bot/teams/agents_edge.py, bot/teams/edge.py use them).
+EDGE_NEUTRAL = (
+    "bot/teams/inbound.py",
+    "bot/teams/proactive.py",
+    "bot/teams/gate.py",
+    "bot/teams/render.py",
+)
 
 
 def module_name(path: Path) -> str:
@@ -88,8 +97,20 @@ def test_only_the_teams_edge_imports_the_bot_framework_sdk() -> None:
     assert offenders(in_layer(*EDGE), BOT_FRAMEWORK)
 
 
+def test_only_the_teams_edge_imports_the_agents_sdk() -> None:
+    rest = [p for p in SOURCES if not relative(p).startswith(EDGE)]
+    assert offenders(rest, AGENTS_SDK) == {}
+    assert offenders(in_layer("bot/teams/agents_edge.py"), AGENTS_SDK)
+
+
+def test_what_both_edges_share_imports_neither_sdk() -> None:
+    shared = in_layer(*EDGE_NEUTRAL)
+    assert len(shared) == len(EDGE_NEUTRAL)
+    assert offenders(shared, (*BOT_FRAMEWORK, *AGENTS_SDK)) == {}
+
+
 def test_the_domain_imports_no_sdk_and_no_http_client() -> None:
-    forbidden = (*BOT_FRAMEWORK, "aiohttp", "msal", "requests")
+    forbidden = (*BOT_FRAMEWORK, *AGENTS_SDK, "aiohttp", "msal", "requests")
     assert offenders(in_layer("bot/domain/"), forbidden) == {}
 
 
@@ -145,3 +166,40 @@ def test_the_reader_sees_every_kind_of_import() -> None:
         "botframework.connector",
     } <= found
     assert within("botbuilder.core", BOT_FRAMEWORK) and not within("botbuilderish", BOT_FRAMEWORK)
+
+
+INTERNALS = "bot/teams/botbuilder_internals.py"
+#: botbuilder's private hooks and undocumented attributes the bot repairs or sets.
+PRIVATE_NAMES = {
+    "metadataCache",
+    "_serialize",
+    "_create_invoke_response",
+    "_get_adaptive_card_invoke_value",
+    "_create_adaptive_card_invoke_error_response",
+}
+
+
+def private_reaches(path: Path) -> list[str]:
+    """What `path` touches of botbuilder's or msrest's internals: names with a leading
+    underscore imported from them, and the known private hooks and attributes (used or
+    overridden)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and within(node.module or "", BOT_FRAMEWORK):
+            found += [a.name for a in node.names if a.name.startswith("_")]
+        elif isinstance(node, ast.Attribute) and node.attr in PRIVATE_NAMES:
+            found.append(node.attr)
+        elif isinstance(node, ast.FunctionDef) and node.name in PRIVATE_NAMES:
+            found.append(node.name)
+    return found
+
+
+def test_botbuilder_internals_are_reached_from_one_module_only() -> None:
+    reaching = {relative(p): private_reaches(p) for p in SOURCES}
+    assert {path: names for path, names in reaching.items() if names and path != INTERNALS} == {}
+    # The check sees them where they are, and the module says why for each.
+    internals = ROOT / INTERNALS
+    assert set(private_reaches(internals)) >= PRIVATE_NAMES | {"_OpenIdMetadata"}
+    assert offenders([internals], AGENTS_SDK) == {}
+    used_by_agents = file_imports(ROOT / "bot/teams/agents_edge.py")
+    assert "bot.teams.botbuilder_internals" not in used_by_agents

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from botbuilder.core import TurnContext
 from botbuilder.schema import ChannelAccount, ConversationAccount, ConversationReference
 
 from app import EDGE
@@ -175,23 +174,46 @@ def reference(
     )
 
 
+def continuation(service_url: str, conversation: str = "19:digests@thread.tacv2") -> Any:
+    """The Agents SDK's continuation activity for the same conversation as `reference`."""
+    from microsoft_agents.activity import Activity as SdkActivity
+
+    return SdkActivity.model_validate(
+        {
+            "type": "event",
+            "name": "ContinueConversation",
+            "channelId": "msteams",
+            "serviceUrl": service_url,
+            "conversation": {"id": conversation, "isGroup": True},
+            "recipient": {"id": BOT_ID, "name": "Fusion Products"},
+        }
+    )
+
+
 async def test_proactive_send_goes_only_to_a_trusted_service_url(
-    running: Running, evil: FakeBotConnector
+    running: Running, evil: FakeBotConnector, fusion_edge: str
 ) -> None:
     adapter = running.bot.server.app[EDGE].adapter
     sent: list[str] = []
 
-    async def post(turn: TurnContext) -> None:
+    async def post(turn: Any) -> None:
         await turn.send_activity("usage digest")
         sent.append(turn.activity.service_url)
 
+    async def continue_conversation(service_url: str) -> None:
+        # Each SDK's own proactive door: botbuilder's and the Agents SDK's continue_conversation.
+        if fusion_edge == "agents":
+            await adapter.continue_conversation(APP_ID, continuation(service_url), post)
+        else:
+            await adapter.continue_conversation(reference(service_url), post, APP_ID)
+
     tokens = connector_token_requests(running.idp)
     with pytest.raises(UntrustedServiceUrl):
-        await adapter.continue_conversation(reference(evil.service_url), post, APP_ID)
+        await continue_conversation(evil.service_url)
     assert sent == [] and evil.requests == []
     assert connector_token_requests(running.idp) == tokens
 
-    await adapter.continue_conversation(reference(running.connector.service_url), post, APP_ID)
+    await continue_conversation(running.connector.service_url)
     [posted] = await running.connector.wait_for_async(1)
     assert posted.conversation_id == "19:digests@thread.tacv2" and posted.text == "usage digest"
     assert posted.claims is not None and posted.claims["appid"] == APP_ID

@@ -195,7 +195,7 @@ def _row(cells: list[str], first: str, width: int) -> list[str]:
 @pytest.mark.browser
 @pytest.mark.slow
 def test_playground_drives_the_bot_in_headless_chromium(
-    playground_tools: None, artifacts: Path, tmp_path: Path
+    playground_tools: None, artifacts: Path, tmp_path: Path, fusion_edge: str
 ) -> None:
     # Written under tmp_path, then copied to test-artifacts/playground/: runs side by side in
     # one working tree do not trample on each other's files.
@@ -209,7 +209,9 @@ def test_playground_drives_the_bot_in_headless_chromium(
         "FUSION_DEV_ADMINS": PLAYGROUND_USER,
         "PLAYGROUND_PYTHON": sys.executable,
         "PLAYGROUND_WORKDIR": str(tmp_path / "work"),
+        "FUSION_EDGE": fusion_edge,  # each edge in turn (tests/support/teams_fixtures.py)
     }
+    shots = "playground" if fusion_edge == "botbuilder" else f"playground-{fusion_edge}"
 
     try:
         run = subprocess.run(
@@ -224,9 +226,9 @@ def test_playground_drives_the_bot_in_headless_chromium(
         out.mkdir(exist_ok=True)
         (out / "run.log").write_text(run.stdout + run.stderr)
     finally:
-        shutil.rmtree(artifacts / "playground", ignore_errors=True)
+        shutil.rmtree(artifacts / shots, ignore_errors=True)
         if out.is_dir():
-            shutil.copytree(out, artifacts / "playground", dirs_exist_ok=True)
+            shutil.copytree(out, artifacts / shots, dirs_exist_ok=True)
     assert run.returncode == 0, (
         f"the Playground run failed; see {artifacts / 'playground'}:\n{run.stdout}\n{run.stderr}"
     )

@@ -17,13 +17,12 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 
-from botbuilder.core import ActivityHandler, InvokeResponse, TurnContext
-from botbuilder.core.activity_handler import _InvokeResponseException
+from botbuilder.core import InvokeResponse, TurnContext
 from botbuilder.schema import (
     Activity,
     ActivityTypes,
@@ -40,6 +39,7 @@ from bot.commands.words import known_zone
 from bot.config import Settings
 from bot.domain import conversations
 from bot.teams.approval_cards import after_reply, card_activity
+from bot.teams.botbuilder_internals import RepairedActivityHandler
 from bot.teams.card_actions import handle_card_action, same_answer
 from bot.teams.render import render
 from bot.teams.sso import INVOKES as SSO_INVOKES
@@ -118,7 +118,7 @@ def tenant_of(activity: Activity) -> str | None:
     conversation = activity.conversation
     if conversation is None:
         return None
-    extra = conversation.additional_properties or {}
+    extra = getattr(conversation, "additional_properties", None) or {}  # botbuilder's schema
     found = conversation.tenant_id or extra.get("tenantId")
     return found if isinstance(found, str) and found else None
 
@@ -173,26 +173,31 @@ def command_text(activity: Activity) -> str:
         if not isinstance(kind, str) or kind.lower() != "mention":
             continue
         extra = entity.additional_properties or {}
-        mentioned = extra.get("mentioned")
-        mention = extra.get("text")
-        if (
-            isinstance(mentioned, Mapping)
-            and mentioned.get("id") == bot_id
-            and isinstance(mention, str)
-        ):
+        mentioned = extra.get("mentioned", getattr(entity, "mentioned", None))
+        mention = extra.get("text", getattr(entity, "text", None))
+        # The Agents SDK parses a mention into a model (`Mention.mentioned.id`).
+        mentioned_id = (
+            mentioned.get("id")
+            if isinstance(mentioned, Mapping)
+            else getattr(mentioned, "id", None)
+        )
+        if mentioned is not None and mentioned_id == bot_id and isinstance(mention, str):
             text = text.replace(mention, " ") if mention else text
     return text.replace("\u00a0", " ").strip()
 
 
-class FusionBot(ActivityHandler):
+class FusionBot(RepairedActivityHandler):
     def __init__(
         self,
         settings: Settings,
         policy: Policy,
         services: Services,
         sso: SsoFlow | None = None,
+        reference_of: Callable[[Any], dict[str, Any]] | None = None,
     ) -> None:
         self._settings = settings
+        # The stored conversation reference as JSON, from the SDK's activity (an edge's own).
+        self._reference_of = reference_of or _serialized_reference
         self._policy = policy
         self._services = services
         self._sso = sso
@@ -273,44 +278,6 @@ class FusionBot(ActivityHandler):
             )
         return await self._sso.invoke(activity, actor_from(activity, "chat"))
 
-    @staticmethod
-    def _create_invoke_response(body: object = None) -> InvokeResponse:
-        # The stock one serializes the response with msrest, which walks every node of the
-        # card to make this same dict.
-        if isinstance(body, AdaptiveCardInvokeResponse) and isinstance(body.value, dict):
-            payload = {"statusCode": body.status_code, "type": body.type, "value": body.value}
-            return InvokeResponse(
-                status=int(HTTPStatus.OK),
-                body={k: v for k, v in payload.items() if v is not None},
-            )
-        return ActivityHandler._create_invoke_response(body)
-
-    def _get_adaptive_card_invoke_value(self, activity: Activity) -> AdaptiveCardInvokeValue:
-        # The stock check calls .get() on the action: an action that is a list or a string
-        # (a tampered client) would crash the turn instead of getting its 400.
-        value = activity.value
-        action = value.get("action") if isinstance(value, Mapping) else None
-        if action is not None and not isinstance(action, Mapping):
-            raise _InvokeResponseException(
-                HTTPStatus.BAD_REQUEST,
-                self._create_adaptive_card_invoke_error_response(
-                    HTTPStatus.BAD_REQUEST, "BadRequest", "The action property is not an object"
-                ),
-            )
-        found: AdaptiveCardInvokeValue = super()._get_adaptive_card_invoke_value(activity)
-        return found
-
-    def _create_adaptive_card_invoke_error_response(
-        self, status_code: HTTPStatus, code: str, message: str
-    ) -> AdaptiveCardInvokeResponse:
-        # The stock one puts an Exception object in `value`, which cannot be serialized (the
-        # malformed invoke would get HTTP 500); Universal Actions expect {code, message}.
-        return AdaptiveCardInvokeResponse(
-            status_code=int(status_code),
-            type="application/vnd.microsoft.error",
-            value={"code": code, "message": message},
-        )
-
     async def _track_conversation(self, activity: Activity) -> None:
         """Keep the conversation reference current (or mark it gone when the bot is removed).
 
@@ -331,7 +298,7 @@ class FusionBot(ActivityHandler):
             fresh = stored is not None and now - stored[1] < REFERENCE_FRESH_SECONDS
             if fresh and stored is not None and stored[0] == seen:
                 return
-            reference = TurnContext.get_conversation_reference(activity).serialize()
+            reference = self._reference_of(activity)
             await conversations.remember(reference, tenant_of(activity), activity.service_url)
             self._stored.pop(cid, None)
             if len(self._stored) >= REFERENCES_KEPT:
@@ -340,6 +307,11 @@ class FusionBot(ActivityHandler):
         except Exception:  # the command still runs; only later proactive posts are affected
             self._stored.pop(cid, None)
             log.warning("could not store the conversation reference", exc_info=True)
+
+
+def _serialized_reference(activity: Activity) -> dict[str, Any]:
+    found: dict[str, Any] = TurnContext.get_conversation_reference(activity).serialize()
+    return found
 
 
 def _account(account: Any) -> tuple[Any, ...]:

@@ -44,6 +44,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from bot.config import is_loopback
+from bot.teams.botbuilder_internals import serialize_model, set_operations_serializer
 from bot.teams.proactive import ProactiveSender, SendOutcome, SendResult
 from bot.teams.render import Card, dumps
 
@@ -222,7 +223,7 @@ class _ActivitySerializer(Serializer):  # type: ignore[misc]
                 return super().body(data, data_type, **kwargs)
         kwargs.setdefault("is_xml", False)
         with _cards_as(data, lambda card: None) as cards:
-            body = self._serialize(data, data_type, **kwargs)
+            body = serialize_model(self, data, data_type, **kwargs)
         card_at = iter(cards)
         serialized = body.get("attachments") or []
         for attachment, out in zip(data.attachments or [], serialized, strict=False):
@@ -270,7 +271,7 @@ class ConnectorPool(ConnectorFactory):
         serializer = _ActivitySerializer(
             {k: v for k, v in vars(models).items() if isinstance(v, type)}
         )
-        client.conversations._serialize = serializer
+        set_operations_serializer(client, serializer)
         return client
 
     @property

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from http import HTTPStatus
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import jwt
@@ -50,11 +50,9 @@ from botframework.connector.auth import (
     PasswordServiceClientCredentialFactory,
     UserTokenClient,
 )
-from botframework.connector.auth.jwt_token_extractor import JwtTokenExtractor, _OpenIdMetadata
 from botframework.connector.skills import BotFrameworkClient
 from msrest.exceptions import DeserializationError, HttpOperationError
 from msrest.serialization import Model
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from bot.auth.credentials import ClientCredentials
 from bot.auth.graph import GraphClient
@@ -64,6 +62,7 @@ from bot.commands.registry import Services
 from bot.config import Settings
 from bot.logs import CORRELATION_ID
 from bot.teams.bot import FusionBot, tenant_of
+from bot.teams.botbuilder_internals import OpenIdMetadata, install_signing_keys
 from bot.teams.connector import (
     ConnectorPool,
     ConnectorUnavailable,
@@ -71,7 +70,8 @@ from bot.teams.connector import (
     UntrustedServiceUrl,
 )
 from bot.teams.gate import TurnGate
-from bot.teams.proactive import TURN, ProactiveSender, TurnBudget
+from bot.teams.inbound import published_keys
+from bot.teams.proactive import TURN, ProactiveSender, RateLimiter, TurnBudget
 from bot.teams.render import dumps
 from bot.teams.sso import sso_flow
 
@@ -88,7 +88,7 @@ CHECKED_TOKENS = 256
 TURN_BUDGET = 10.0
 
 
-class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
+class SigningKeys(OpenIdMetadata):  # type: ignore[misc]
     """botbuilder's signing-key cache for one metadata URL, fetched without blocking the loop.
 
     Installed into botbuilder's process-wide cache (keyed by URL) so that its token validation
@@ -107,7 +107,7 @@ class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
     @classmethod
     def install(cls, url: str, session: aiohttp.ClientSession) -> SigningKeys:
         keys = cls(url, session)
-        JwtTokenExtractor.metadataCache[url] = keys
+        install_signing_keys(url, keys)
         return keys
 
     async def load(self) -> bool:
@@ -122,59 +122,10 @@ class SigningKeys(_OpenIdMetadata):  # type: ignore[misc]
             if self.last_updated != stale_since:
                 return  # another request refreshed while this one waited
             timeout = aiohttp.ClientTimeout(total=KEYS_TIMEOUT_SECONDS)
-            metadata = await self._document(self.url, OpenIdMetadata, timeout)
-            published = await self._document(metadata.jwks_uri, SigningKeySet, timeout)
-            keys = [key.model_dump(exclude_none=True) for key in published.keys]
+            keys = await published_keys(self._session, self.url, timeout)
             self.keys = keys
             self.last_updated = datetime.now()
             log.info("signing keys refreshed", extra={"keys": len(keys), "metadata_url": self.url})
-
-    async def _document(self, url: str, model: type[P], limit: aiohttp.ClientTimeout) -> P:
-        """A document of the signing-key chain, read as the model says or refused: a malformed
-        one leaves the keys as they were (none at first), so tokens are refused (401) and the
-        log says why."""
-        async with self._session.get(url, timeout=limit) as resp:
-            resp.raise_for_status()
-            raw = await resp.read()
-        try:
-            return model.model_validate_json(raw)
-        except (ValidationError, RecursionError) as exc:
-            log.error("signing keys not refreshed: %s from %s is malformed", model.__name__, url)
-            raise MalformedKeys(f"{model.__name__} from {url} is malformed: {exc}") from None
-
-
-class MalformedKeys(Exception):
-    """The OpenID metadata or its key set is not what the OpenID specifications document."""
-
-
-class _Published(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-P = TypeVar("P", bound=_Published)
-
-
-class OpenIdMetadata(_Published):
-    """The Bot Framework OpenID metadata: where the signing keys are."""
-
-    jwks_uri: StrictStr = Field(pattern=r"^https?://")
-
-
-class SigningKey(_Published):
-    """One JSON Web Key as botbuilder reads it (RSA, with the channels that endorse it)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    kty: StrictStr
-    kid: StrictStr = Field(min_length=1)
-    n: StrictStr | None = None
-    e: StrictStr | None = None
-    x5c: list[StrictStr] | None = None
-    endorsements: list[StrictStr] | None = None
-
-
-class SigningKeySet(_Published):
-    keys: list[SigningKey] = Field(min_length=1)
 
 
 class _NotAChannelToken(Exception):
@@ -481,10 +432,12 @@ def build_sender(
 ) -> ProactiveSender:
     """The process's one Bot Connector sender (replies, card updates, proactive posts)."""
     trusted = TrustedServiceUrls(settings.trusted_service_urls, allow_loopback=settings.dev_mode)
+    windows = RateLimiter() if settings.teams_rate_limits else RateLimiter((), ())
     return ProactiveSender(
         session,
         token=credentials.connector_token if credentials else None,
         is_trusted=trusted.trusts,
+        limiter=windows,
     )
 
 

@@ -23,7 +23,10 @@ The limits are counted per process, and every send of the process is counted: th
 one `ProactiveSender`, and the edge's connector clients use it as their transport, so a turn's
 replies and card updates, approval copies, and the scheduler's digests all pass the one
 limiter. A send made inside a turn (its reply) is retried only within the turn's time budget
-(`TURN`, set by the edge): Teams redelivers an activity that got no answer in 15 s.
+(`TURN`, set by the edge): Teams redelivers an activity that got no answer in 15 s. The windows
+are this process's own count, so a send waits for them at most until its deadline and then
+goes (Teams' answer decides); a hold Teams asked for (429 Retry-After) that ends after the
+deadline is not waited for, and nothing is sent.
 
 Each send is one request after another, never two copies of the same activity in flight. A
 request that timed out may still have been delivered (HTTP gives no way to know); it is
@@ -115,18 +118,30 @@ class RateLimiter:
         held = self._held.get(conversation_id, 0.0) - now if conversation_id else 0.0
         return max(held, *(self._wait(k, now) for k in self._keys(conversation_id, tenant_id)), 0.0)
 
-    async def acquire(self, conversation_id: str | None, tenant_id: str | None) -> float:
-        """Wait until a send is allowed, then count it. Returns the seconds waited."""
+    def held(self, conversation_id: str | None) -> float:
+        """Seconds left of the hold a 429 put on this conversation (0: none)."""
+        if not conversation_id:
+            return 0.0
+        return max(self._held.get(conversation_id, 0.0) - self._clock(), 0.0)
+
+    async def acquire(
+        self, conversation_id: str | None, tenant_id: str | None, *, at_most: float | None = None
+    ) -> float:
+        """Wait until a send is allowed (or `at_most` seconds), then count it. Returns the
+        seconds waited."""
         waited = 0.0
         while True:
             delay = self.delay(conversation_id, tenant_id)
+            if at_most is not None:
+                delay = min(delay, at_most - waited)
             if delay <= 0:
                 break
             await asyncio.sleep(delay)
             waited += delay
         now = self._clock()
         for key in self._keys(conversation_id, tenant_id):
-            self._sent.setdefault(key, []).append(now)
+            if self._windows[key[0]]:
+                self._sent.setdefault(key, []).append(now)
         self._calls += 1
         if self._calls % 1000 == 0:
             self._trim(now)
@@ -139,7 +154,7 @@ class RateLimiter:
 
     def _trim(self, now: float) -> None:
         for key in list(self._sent):
-            longest = max(w.seconds for w in self._windows[key[0]])
+            longest = max((w.seconds for w in self._windows[key[0]]), default=0.0)
             history = self._sent[key]
             del history[: bisect.bisect_right(history, now - longest)]
             if not history:
@@ -352,14 +367,19 @@ class ProactiveSender:
         result = SendResult(SendOutcome.FAILED)
         throttled = server_errors = 0
         while True:
-            held = self.limiter.delay(conversation_id, tenant)
-            if time.monotonic() + held > deadline:
+            # Teams said how long to wait (a 429's Retry-After): past the deadline, give up.
+            held = self.limiter.held(conversation_id)
+            if held > 0 and time.monotonic() + held > deadline:
                 result.error = (
-                    f"{result.error + '; ' if result.error else ''}the rate limit holds this "
-                    f"conversation {held:.1f} s, past the time this send may take"
+                    f"{result.error + '; ' if result.error else ''}Teams asked for {held:.1f} s "
+                    "more before the next send to this conversation, past the time this send "
+                    "may take"
                 )
                 return result
-            result.waited += await self.limiter.acquire(conversation_id, tenant)
+            # The windows are this process's own count of Teams' limits: a send waits for them
+            # up to its deadline, then goes (and Teams' answer decides).
+            left = max(deadline - time.monotonic(), 0.0)
+            result.waited += await self.limiter.acquire(conversation_id, tenant, at_most=left)
             sending = dict(headers)
             sending.pop("Authorization", None)
             if self._token is not None:

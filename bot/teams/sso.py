@@ -90,7 +90,7 @@ class SsoFlow:
         self._offered[key] = now
         try:
             state = UserTokenClient.create_token_exchange_state(
-                self._app_id, self._connection, activity
+                self._app_id, self._connection, _botbuilder_activity(activity)
             )
             resource = await self._tokens.sign_in_resource(state)
             card = OAuthCard(
@@ -188,6 +188,16 @@ class SsoFlow:
             # Signed in, but the token is not one this bot reads (e.g. for Graph): Graph decides.
             log.info("signed in; the token says nothing about groups here: %s", exc)
         return InvokeResponse(status=int(HTTPStatus.OK))
+
+
+def _botbuilder_activity(activity: Any) -> Activity:
+    """The activity in botbuilder's schema (the Agents SDK edge hands over the SDK's own)."""
+    if isinstance(activity, Activity) or not hasattr(activity, "model_dump"):
+        return activity  # type: ignore[no-any-return]
+    found: Activity = Activity().deserialize(
+        activity.model_dump(by_alias=True, exclude_none=True, mode="json")
+    )
+    return found
 
 
 def sso_flow(

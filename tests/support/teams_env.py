@@ -40,6 +40,11 @@ CARD = "application/vnd.microsoft.card.adaptive"
 
 _ids = itertools.count(1)
 
+#: The SDKs the bot's edge is built on (FUSION_EDGE), and the one `running_bot` uses now: the
+#: `fusion_edge` fixture sets it (the protocol tests run once per edge; see teams_fixtures).
+EDGES = ("botbuilder", "agents")
+edge_under_test = "botbuilder"
+
 
 def trust_fakes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Trust the fakes' CA through the standard environment, as production trusts its CAs."""
@@ -144,6 +149,8 @@ class RunningBot:
 
 @asynccontextmanager
 async def running_bot(settings: Settings) -> AsyncIterator[RunningBot]:
+    if settings.edge == "botbuilder":  # the default: the edge under test instead
+        settings = replace(settings, edge=edge_under_test)
     server = TestServer(create_app(settings), host="127.0.0.1", port=0)
     await server.start_server()
     try:
