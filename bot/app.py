@@ -12,6 +12,7 @@ tasks other modules register in `app[BACKGROUND_TASKS]` before the app starts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -94,6 +95,21 @@ async def _edge(app: web.Application) -> AsyncIterator[None]:
     if settings.approvals_channel:
         # Copies of new approval requests go to the approvals channel.
         services = Services(approvals_channel=ApprovalsChannel(settings.approvals_channel, sender))
+    tenant_tokens = None
+    if not settings.provisioning_off_reason:
+        # License commands and reconcile read customers' tenants (one client, tokens cached).
+        from bot.commands.m365 import WAIT_SECONDS
+        from bot.provisioning.tenant_graph import TenantGraph
+        from bot.provisioning.tokens import TenantTokens
+
+        tenant_tokens = TenantTokens(settings)
+        # Where this process runs the worker, bulk answers wait for Microsoft 365's a moment.
+        wait = WAIT_SECONDS if _provisioning in app[BACKGROUND_TASKS] else 0.0
+        services = dataclasses.replace(
+            services,
+            tenant_graph=TenantGraph(app[HTTP], settings.graph_url, tenant_tokens),
+            m365_wait_seconds=wait,
+        )
     if settings.edge == "agents":
         # Imported only when chosen: the botbuilder edge runs without the Agents SDK loaded.
         from bot.teams.agents_edge import build_agents_edge
@@ -106,6 +122,8 @@ async def _edge(app: web.Application) -> AsyncIterator[None]:
     finally:
         if credentials is not None:
             credentials.close()
+        if tenant_tokens is not None:
+            tenant_tokens.close()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -210,7 +228,8 @@ def apply_settings(settings: Settings) -> None:
 
 async def _provisioning(app: web.Application) -> None:
     """This instance's provisioning worker (every instance runs one; SPEC §9)."""
-    from bot.provisioning.teams_numbers import TeamsNumbers, TenantPace
+    from bot.provisioning.teams_numbers import TenantPace
+    from bot.provisioning.tenant_graph import TenantGraph
     from bot.provisioning.tokens import TenantTokens
     from bot.provisioning.worker import Worker
 
@@ -220,7 +239,8 @@ async def _provisioning(app: web.Application) -> None:
     # A step's request ends well inside the claim, so no other instance can take the job while
     # its request may still reach Graph.
     rps = settings.provisioning_tenant_rps
-    numbers = TeamsNumbers(
+    # Teams numbers and Microsoft 365 licenses (TenantGraph is a TeamsNumbers).
+    numbers = TenantGraph(
         app[HTTP],
         settings.graph_url,
         tokens,

@@ -167,6 +167,17 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
 DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql", "asyncpg", "psycopg")
 
 
+def _reconcile_at(raw: str) -> str:
+    value = raw.strip().lower()
+    if value == "off":
+        return value
+    hours, _, minutes = value.partition(":")
+    digits = value.isascii() and hours.isdigit() and minutes.isdigit()
+    if not (digits and int(hours) < 24 and int(minutes) < 60):
+        raise ConfigError(f"FUSION_RECONCILE_AT must be HH:MM (UTC) or off, got {raw!r}")
+    return f"{int(hours):02d}:{int(minutes):02d}"
+
+
 def _database_url(url: str) -> str:
     scheme, sep, rest = url.strip().partition("://")
     if not sep or scheme.lower() not in DATABASE_SCHEMES:
@@ -258,6 +269,9 @@ class Settings:
     # Graph requests a second to one customer tenant from one instance (0: no pacing; 429s
     # are honoured either way). Microsoft documents 30 rps per app per tenant for Teams.
     provisioning_tenant_rps: int = 30
+    # Nightly reconcile of every linked subscription, at this UTC time ("HH:MM"; "off": none).
+    # Off whenever provisioning is off.
+    reconcile_at: str = "02:00"
 
     @property
     def provisioning_off_reason(self) -> str:
@@ -390,6 +404,7 @@ class Settings:
             provisioning_concurrency=_int(env, "FUSION_PROVISIONING_CONCURRENCY", 8, minimum=1),
             provisioning_lease_seconds=_int(env, "FUSION_PROVISIONING_LEASE_SECONDS", 60, 6),
             provisioning_tenant_rps=_int(env, "FUSION_PROVISIONING_TENANT_RPS", 30),
+            reconcile_at=_reconcile_at(env.get("FUSION_RECONCILE_AT", "02:00")),
         )
         settings.check()
         return settings

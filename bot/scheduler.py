@@ -43,6 +43,7 @@ from bot.domain.digests import (
     take_snapshot,
 )
 from bot.logs import configure_logging
+from bot.provisioning.nightly import nightly_reconcile
 from bot.teams.proactive import ProactiveSender, SendOutcome, SendResult, Target
 from bot.teams.render import render
 
@@ -74,6 +75,7 @@ class TickReport:
     snapshot_rows: int = 0
     approvals_expired: int = 0
     numbers_released: int = 0
+    reconciled: int = 0  # subscriptions compared with their tenant by the nightly reconcile
     deliveries: list[Delivery] = field(default_factory=list)
 
 
@@ -122,6 +124,9 @@ class Scheduler:
         report.approvals_expired = await self._job("approval expiry", approvals.expire_due(now), 0)
         report.numbers_released = await self._job(
             "quarantine release", numbers.release_quarantined(now), 0
+        )
+        report.reconciled = await self._job(
+            "nightly reconcile", nightly_reconcile(self.settings, now), 0
         )
         if self.settings.digest_enabled and self.sender is not None:
             report.deliveries = await self.deliver_due(now)

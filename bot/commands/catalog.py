@@ -9,6 +9,7 @@ from bot.commands import (  # noqa: F401  # noqa: F401
     licensing,
     numbers,
     provisioning,
+    reconcile,
     sync,  # noqa: F401
     trunks,
 )

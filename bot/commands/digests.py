@@ -12,6 +12,7 @@ from bot.domain import digests
 from bot.domain.digests import DigestReport
 from bot.domain.errors import InvalidInput
 from bot.domain.paging import window
+from bot.domain.reconcile import drift_lines
 
 NOT_A_CONVERSATION = (
     "`digest here` subscribes the Teams conversation it is typed in: type it in the channel or "
@@ -50,6 +51,7 @@ def digest_reply(
             f"Changes since {report.changes_since:%Y-%m-%d %H:%M} UTC: {report.changes_total}"
         )
     lines.append(f"Pending approvals: {report.approvals_total}")
+    lines.extend(f"Teams and the ledger: {line}" for line in drift_lines(report.drift))
     if report.provisioning_pending or report.provisioning_failed:
         lines.append(
             f"Numbers in Teams: {report.provisioning_pending} being set up, "

@@ -20,10 +20,13 @@ from pydantic import BeforeValidator
 
 from bot.commands.answers import changed
 from bot.commands.args import Args, Text
+from bot.commands.m365 import outcomes, shortfall
+from bot.commands.provisioned import rules
 from bot.commands.registry import Context, command
 from bot.commands.reply import FormField, Progress, Reply, Table
 from bot.domain import licensing
 from bot.domain.licensing import MAX_BULK, BulkOutcome
+from bot.domain.models import JobState, ProvisioningJob
 
 log = logging.getLogger("bot.commands.licensing")
 
@@ -86,20 +89,54 @@ def _relay(ctx: Context, title: str) -> ProgressRelay | None:
     return ProgressRelay(sink, title) if sink is not None else None
 
 
-def progress_reply(outcome: BulkOutcome) -> Progress:
+def progress_reply(
+    outcome: BulkOutcome, jobs: dict[int, ProvisioningJob] | None = None
+) -> Progress:
+    """The bulk answer; with `jobs` (the accounts' license jobs as they stand), Microsoft 365's
+    answer per account too: a refusal moves the account to the failed ones, with Graph's words."""
+    notes = dict(outcome.notes)
+    failed = list(outcome.failed)
+    succeeded = list(outcome.succeeded)
+    data = outcome.as_json()
+    m365: dict[str, dict[str, str | None]] = {}
+    for upn, job_id in outcome.jobs.items():
+        job = (jobs or {}).get(job_id)
+        if job is None:
+            continue
+        m365[upn] = {"state": job.state.value, "reason": job.reason}
+        if job.state is JobState.FAILED:
+            succeeded.remove(upn)
+            kept = "" if job.pack else " (kept in the ledger: `reconcile` shows it)"
+            failed.append((upn, f"{job.reason}{kept}"))
+        elif job.state is JobState.DONE:
+            notes[upn] = "set up in Microsoft 365"
+        else:
+            notes[upn] = "being set up in Microsoft 365"
+    if m365:
+        data["microsoft_365"] = m365
     title = ("Dry run — nothing changed: " if outcome.dry_run else "") + outcome.message
     return Progress(
         title=title,
-        done=len(outcome.succeeded) + len(outcome.failed),
+        done=len(succeeded) + len(failed),
         total=outcome.total,
-        succeeded=[
-            f"{u} ({outcome.notes[u]})" if u in outcome.notes else u for u in outcome.succeeded
-        ],
-        failed=list(outcome.failed),
+        succeeded=[f"{u} ({notes[u]})" if u in notes else u for u in succeeded],
+        failed=failed,
         finished=True,
-        ok=not outcome.failed,
-        text=f"Licenses: {', '.join(outcome.licenses)}.",
-        data=outcome.as_json(),
+        ok=not failed,
+        text=f"Licenses: {', '.join(outcome.licenses)}." + _in_m365(outcome, jobs),
+        data=data,
+    )
+
+
+def _in_m365(outcome: BulkOutcome, jobs: dict[int, ProvisioningJob] | None) -> str:
+    if not outcome.jobs or outcome.dry_run:
+        return ""
+    if jobs and all(j.state in (JobState.DONE, JobState.FAILED) for j in jobs.values()):
+        return " Microsoft 365 answered for every account."
+    count = len(outcome.jobs)
+    return (
+        f" Recorded in the ledger; being set up in Microsoft 365 for {count} account(s) now "
+        "(`provisioning` shows how each one ends)."
     )
 
 
@@ -123,14 +160,20 @@ class LicenseAssignArgs(Args):
     ),
 )
 async def license_assign(ctx: Context, args: LicenseAssignArgs) -> Reply:
+    provisioning = rules(ctx.settings)
+    product = await licensing.find_license(args.license)
+    refusal = await shortfall(ctx, provisioning, args.upn, [product])
+    if refusal is not None:
+        return refusal
     outcome = await licensing.assign_license(
         ctx.actor.origin(),
         args.license,
         args.upn,
         dry_run=args.dry_run,
         on_progress=_relay(ctx, f"Assigning {args.license}"),
+        rules=provisioning,
     )
-    return progress_reply(outcome)
+    return progress_reply(outcome, await outcomes(ctx, outcome.jobs.values()))
 
 
 class LicenseUnassignArgs(Args):
@@ -150,11 +193,20 @@ class LicenseUnassignArgs(Args):
     ),
 )
 async def license_unassign(ctx: Context, args: LicenseUnassignArgs) -> Reply:
-    return changed(
-        await licensing.unassign_license(
-            ctx.actor.origin(), args.license, args.upn, dry_run=args.dry_run
-        )
+    outcome = await licensing.unassign_license(
+        ctx.actor.origin(), args.license, args.upn, dry_run=args.dry_run, rules=rules(ctx.settings)
     )
+    after = dict(outcome.after) if isinstance(outcome.after, dict) else {}
+    job = after.pop("provisioning_job", None)
+    reply = changed(outcome)
+    reply.after = after
+    if job is not None:
+        reply.text = (
+            f"{outcome.message} Recorded in the ledger; being taken out of Microsoft 365 now "
+            f"(job {job})."
+        )
+        reply.data["provisioning"] = {"job": job, "state": "pending"}
+    return reply
 
 
 # ----- service packs ---------------------------------------------------------------------
@@ -213,11 +265,17 @@ class PackAssignArgs(Args):
     ),
 )
 async def pack_assign(ctx: Context, args: PackAssignArgs) -> Reply:
+    provisioning = rules(ctx.settings)
+    products = await licensing.pack_licenses(await licensing.find_pack(args.name))
+    refusal = await shortfall(ctx, provisioning, args.upn, products)
+    if refusal is not None:
+        return refusal
     outcome = await licensing.assign_pack(
         ctx.actor.origin(),
         args.name,
         args.upn,
         dry_run=args.dry_run,
         on_progress=_relay(ctx, f"Assigning service pack {args.name}"),
+        rules=provisioning,
     )
-    return progress_reply(outcome)
+    return progress_reply(outcome, await outcomes(ctx, outcome.jobs.values()))

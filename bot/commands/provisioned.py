@@ -71,6 +71,8 @@ def _in_card_order(fields: dict[str, Any]) -> dict[str, Any]:
 def job_reply(job: Any, change: tuple[Any, Any] | None = None) -> Changed | Error:
     """A job as it stands, in the words of the card that started it (used when it ends);
     `change`: the before → after of the ledger change that wrote it, shown again."""
+    if job.e164 is None:
+        return license_job_reply(job)
     assign = job.action.value == "assign"
     target = f"{job.e164} → {job.upn}" if assign else job.e164
     if job.state is JobState.DONE:
@@ -116,5 +118,42 @@ def job_reply(job: Any, change: tuple[Any, Any] | None = None) -> Changed | Erro
         target=target,
         before=before,
         after=after,
+        data={"provisioning": jobs.job_view(job)},
+    )
+
+
+def license_job_reply(job: Any) -> Changed:
+    """A Microsoft 365 license job as it stands."""
+    what = ", ".join(e["product"] for e in job.licenses or []) or "licenses"
+    adding = job.action.value == "license-add"
+    if job.state is JobState.DONE:
+        title = (
+            f"{job.upn} holds {what} in the ledger and in Microsoft 365."
+            if adding
+            else f"{what} taken from {job.upn} in the ledger and in Microsoft 365."
+        )
+        teams = "assigned" if adding else "removed"
+    elif job.state is JobState.FAILED:
+        title = (
+            f"{what} for {job.upn}: not set up in Microsoft 365."
+            if adding
+            else f"{what} taken from {job.upn} in the ledger, but Microsoft 365 still has it."
+        )
+        teams = "failed"
+    else:
+        title = f"{what} for {job.upn}: being set up in Microsoft 365 (job {job.id})."
+        teams = _STATES[job.state]
+    text = (
+        f"{job.reason} Retry with `provisioning retry {job.id}` once it is fixed."
+        if job.state is JobState.FAILED
+        else f"Job {job.id}: {_STATES[job.state]}."
+    )
+    return Changed(
+        title=title,
+        text=text,
+        target=job.upn,
+        before={"microsoft_365": "pending"},
+        after={"microsoft_365": teams},
+        ok=job.state is not JobState.FAILED,
         data={"provisioning": jobs.job_view(job)},
     )

@@ -10,7 +10,7 @@ from bot.commands.ledger import changed
 from bot.commands.numbers import next_page
 from bot.commands.registry import Context, command
 from bot.commands.reply import FormField, Reply, Table
-from bot.domain import numbers
+from bot.domain import license_jobs, numbers
 from bot.domain import provisioning as jobs
 from bot.domain.models import JobState
 
@@ -73,7 +73,7 @@ async def provisioning_list(ctx: Context, args: JobsArgs) -> Reply:
         [
             str(v["id"]),
             v["action"],
-            v["number"],
+            v["number"] or ", ".join(e["product"] for e in v.get("licenses") or []),
             v["account"],
             v["state"] + (f": {v['reason']}" if v["reason"] else ""),
         ]
@@ -111,6 +111,9 @@ class RetryArgs(Args):
     form=(FormField("id", "Job", kind="number"),),
 )
 async def provisioning_retry(ctx: Context, args: RetryArgs) -> Reply:
+    job = await jobs.find_job(args.id)
+    if job.action in license_jobs.LICENSE_ACTIONS:
+        return changed(await license_jobs.retry(ctx.actor.origin(), job, dry_run=args.dry_run))
     return changed(await jobs.retry(ctx.actor.origin(), args.id, dry_run=args.dry_run))
 
 

@@ -39,6 +39,12 @@ class Services:
     progress: Callable[[Progress], Awaitable[None] | None] | None = None
     # Posts a copy of a new approval request to the approvals channel.
     approvals_channel: Callable[[Approval], Awaitable[None]] | None = None
+    # Customers' tenants in Microsoft Graph (license units, reconcile): a
+    # bot.provisioning.tenant_graph.TenantGraph; without it a command opens its own.
+    tenant_graph: Any = None
+    # How long a bulk license command waits for Microsoft 365's per-user answers (set where the
+    # process runs the provisioning worker; 0: answer at once).
+    m365_wait_seconds: float = 0.0
 
 
 @dataclass

@@ -64,6 +64,7 @@ from bot.domain.models import (
     UsageSnapshot,
 )
 from bot.domain.provisioning import counts as provisioning_counts
+from bot.domain.reconcile import RECENT, open_differences
 from bot.domain.usage import ProductUsage, usage_report
 
 DEFAULT_TIME = "08:00"
@@ -755,6 +756,9 @@ class DigestReport:
     # Provisioning jobs still to reach Teams (pending or sent) and failed ones (SPEC §9).
     provisioning_pending: int = 0
     provisioning_failed: int = 0
+    # Differences still open from each subscription's newest recent reconcile (issue 18):
+    # subscription → kind → count.
+    drift: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         """The documented `--json` shape of a digest."""
@@ -819,6 +823,7 @@ class DigestReport:
                 "pending": self.provisioning_pending,
                 "failed": self.provisioning_failed,
             },
+            "reconcile": self.drift,
             "pending_approvals": {
                 "total": self.approvals_total,
                 "first": [
@@ -924,6 +929,7 @@ async def build_report(
     jobs = await provisioning_counts()
     report.provisioning_pending = jobs["pending"] + jobs["sent"]
     report.provisioning_failed = jobs["failed"]
+    report.drift = await open_differences(RECENT)
     if since is not None:
         await add_changes(report, since)
     return report

@@ -22,7 +22,7 @@ from typing import Any
 
 from tortoise.exceptions import IntegrityError
 
-from bot.domain import db
+from bot.domain import db, license_jobs
 from bot.domain.change import Change, Origin, change
 from bot.domain.directory import find_account
 from bot.domain.entitlements import lock_entitlements, require_active
@@ -37,6 +37,7 @@ from bot.domain.errors import (
 )
 from bot.domain.ledger import Outcome, find_product
 from bot.domain.models import (
+    JobAction,
     LicenseAssignment,
     Product,
     ProductKind,
@@ -44,6 +45,7 @@ from bot.domain.models import (
     ServicePackLicense,
 )
 from bot.domain.naming import check_name
+from bot.domain.provisioning import Rules
 
 log = logging.getLogger("bot.domain.licensing")
 
@@ -80,6 +82,8 @@ class BulkOutcome:
     added: dict[str, list[str]] = field(default_factory=dict)
     # Account → a remark on a success (e.g. it already held everything).
     notes: dict[str, str] = field(default_factory=dict)
+    # Account → the provisioning job that writes its new licenses into Microsoft 365.
+    jobs: dict[str, int] = field(default_factory=dict)
 
     @property
     def message(self) -> str:
@@ -100,7 +104,12 @@ class BulkOutcome:
             "total": self.total,
             "dry_run": self.dry_run,
             "succeeded": [
-                {"upn": u, "added": self.added.get(u, []), "note": self.notes.get(u)}
+                {
+                    "upn": u,
+                    "added": self.added.get(u, []),
+                    "note": self.notes.get(u),
+                    "provisioning_job": self.jobs.get(u),
+                }
                 for u in self.succeeded
             ],
             "failed": [{"upn": u, "reason": why} for u, why in self.failed],
@@ -215,12 +224,14 @@ async def assign_license(
     *,
     dry_run: bool = False,
     on_progress: ProgressCallback | None = None,
+    rules: Rules | None = None,
 ) -> BulkOutcome:
-    """Assign one license to each account named (each on its own)."""
+    """Assign one license to each account named (each on its own). With `rules` on, a
+    license naming a Microsoft 365 SKU writes each account's provisioning job with it."""
     accounts = check_upns(upns)
     product = await find_license(license_name)
     result = BulkOutcome("license.assign", product.name, [product.name], len(accounts), dry_run)
-    await _bulk(origin, accounts, [product], result, None, on_progress)
+    await _bulk(origin, accounts, [product], result, None, on_progress, rules)
     return result
 
 
@@ -231,6 +242,7 @@ async def assign_pack(
     *,
     dry_run: bool = False,
     on_progress: ProgressCallback | None = None,
+    rules: Rules | None = None,
 ) -> BulkOutcome:
     """Assign a service pack to each account named: each gets the whole pack or nothing."""
     accounts = check_upns(upns)
@@ -241,12 +253,17 @@ async def assign_pack(
     result = BulkOutcome(
         "pack.assign", pack.name, [p.name for p in products], len(accounts), dry_run
     )
-    await _bulk(origin, accounts, products, result, pack.name, on_progress)
+    await _bulk(origin, accounts, products, result, pack.name, on_progress, rules)
     return result
 
 
 async def unassign_license(
-    origin: Origin, license_name: str, upn: str, *, dry_run: bool = False
+    origin: Origin,
+    license_name: str,
+    upn: str,
+    *,
+    dry_run: bool = False,
+    rules: Rules | None = None,
 ) -> Outcome:
     async with change(origin, dry_run=dry_run) as ch:
         product = await find_license(license_name, ch.conn)
@@ -260,14 +277,18 @@ async def unassign_license(
         if not deleted:
             raise Conflict(f"{account.upn} does not hold {product.name}.")
         after = [n for n in before if n != product.name]
-        ch.record(
-            "license.unassign", f"account:{account.upn}", {"licenses": before}, {"licenses": after}
+        recorded: dict[str, Any] = {"licenses": after}
+        job = await license_jobs.enqueue(
+            ch, rules, JobAction.LICENSE_REMOVE, account, [product]
         )
+        if job is not None:
+            recorded["provisioning_job"] = job.id
+        ch.record("license.unassign", f"account:{account.upn}", {"licenses": before}, recorded)
     return Outcome(
         "license.unassign",
         f"{product.name} ← {account.upn}",
         {"licenses": before},
-        {"licenses": after},
+        recorded,
         dry_run,
         f"{product.name} taken from {account.upn}.",
     )
@@ -282,7 +303,14 @@ async def _held(ch: Change, account_id: int) -> list[str]:
     return sorted(str(n) for n in names)
 
 
-async def _grant(ch: Change, upn: str, products: list[Product], pack: str | None) -> list[str]:
+async def _grant(
+    ch: Change,
+    upn: str,
+    products: list[Product],
+    pack: str | None,
+    rules: Rules | None = None,
+    jobs: dict[str, int] | None = None,
+) -> list[str]:
     """Give one account every license of `products` it lacks, or raise and give none.
 
     An account that already holds some of a pack gets the rest; one that holds them all
@@ -324,6 +352,11 @@ async def _grant(ch: Change, upn: str, products: list[Product], pack: str | None
     after: dict[str, Any] = {"licenses": sorted(before + added)}
     if pack is not None:
         after["pack"] = pack
+    job = await license_jobs.enqueue(ch, rules, JobAction.LICENSE_ADD, account, missing, pack)
+    if job is not None:
+        after["provisioning_job"] = job.id
+        if jobs is not None:
+            jobs[upn] = job.id
     action = "pack.assign" if pack is not None else "license.assign"
     ch.record(action, f"account:{account.upn}", {"licenses": before}, after)
     return added
@@ -344,6 +377,7 @@ async def _bulk(
     result: BulkOutcome,
     pack: str | None,
     on_progress: ProgressCallback | None,
+    rules: Rules | None = None,
 ) -> None:
     async def attempt(upn: str, run: Callable[[], Awaitable[list[str]]]) -> bool:
         """One account; False if the database went away (the rest are then not tried)."""
@@ -379,7 +413,9 @@ async def _bulk(
                 async def preview(upn: str = upn) -> list[str]:
                     # Inside the dry run's transaction, db.transaction() is a savepoint.
                     async with db.transaction() as savepoint:
-                        return await _grant(Change(origin, savepoint, True), upn, products, pack)
+                        return await _grant(
+                            Change(origin, savepoint, True), upn, products, pack, rules
+                        )
 
                 if not await attempt(upn, preview):
                     break
@@ -388,7 +424,7 @@ async def _bulk(
 
             async def carry_out(upn: str = upn) -> list[str]:
                 async with change(_item_origin(origin, upn)) as ch:
-                    return await _grant(ch, upn, products, pack)
+                    return await _grant(ch, upn, products, pack, rules, result.jobs)
 
             if not await attempt(upn, carry_out):
                 break

@@ -410,6 +410,9 @@ class JobState(StrEnum):
 class JobAction(StrEnum):
     ASSIGN = "assign"
     UNASSIGN = "unassign"
+    # Microsoft 365 licenses (assignLicense): `licenses` names what is added or removed.
+    LICENSE_ADD = "license-add"
+    LICENSE_REMOVE = "license-remove"
 
 
 class ProvisioningJob(Model):
@@ -424,13 +427,19 @@ class ProvisioningJob(Model):
     state = fields.CharEnumField(JobState, max_length=20, default=JobState.PENDING)
     tenant_id = fields.CharField(max_length=64)
     subscription_code = fields.CharField(max_length=100)
-    e164 = fields.CharField(max_length=20, db_index=True)
+    e164 = fields.CharField(max_length=20, db_index=True, null=True)  # None: a license job
     # The account the number goes to or comes from (its UPN kept: the account may go later).
-    account_id = fields.IntField(db_index=True)
+    # None: a number held in Teams by someone the ledger does not know (a reconcile fix).
+    account_id = fields.IntField(db_index=True, null=True)
     upn = fields.CharField(max_length=255)
     object_id = fields.CharField(max_length=64, null=True)
     number_type = fields.CharField(max_length=20)  # Graph's numberType
     location_id = fields.CharField(max_length=64, null=True)
+    # License jobs: [{"product": NAME, "sku": PART-NUMBER-OR-ID}] added or removed in one
+    # assignLicense call; `pack` when they are one account's share of a service pack (taken
+    # back whole in the ledger if Microsoft 365 refuses any of them).
+    licenses: Any = fields.JSONField(null=True)
+    pack = fields.CharField(max_length=100, null=True)
     attempts = fields.IntField(default=0)
     due_at = fields.DatetimeField()
     # A worker's claim: nobody else takes the job until it runs out (a dead worker's claim
@@ -450,3 +459,65 @@ class ProvisioningJob(Model):
     class Meta:
         table = "provisioning_job"
         indexes = (("state", "due_at"),)
+
+
+class DriftKind(StrEnum):
+    """A way the customer's tenant and the ledger disagree (reconcile)."""
+
+    NUMBER_ONLY_IN_TEAMS = "number-only-in-teams"  # Teams has it assigned; the ledger does not
+    NUMBER_MISSING_IN_TEAMS = "number-missing-in-teams"  # the ledger has it assigned; Teams not
+    NUMBER_FAILED_IN_TEAMS = "number-failed-in-teams"  # Teams reports the assignment failed
+    NUMBER_OTHER_HOLDER = "number-other-holder"  # both assigned, to different accounts
+    LICENSE_ONLY_IN_TEAMS = "license-only-in-teams"
+    LICENSE_MISSING_IN_TEAMS = "license-missing-in-teams"
+
+
+class DriftState(StrEnum):
+    OPEN = "open"
+    FIXED = "fixed"
+
+
+class ReconcileRun(Model):
+    """One comparison of a subscription's tenant with the ledger."""
+
+    id = fields.BigIntField(primary_key=True)
+    subscription_code = fields.CharField(max_length=100, db_index=True)
+    tenant_id = fields.CharField(max_length=64)
+    trigger = fields.CharField(max_length=20)  # command | schedule
+    started_at = fields.DatetimeField()
+    finished_at = fields.DatetimeField(null=True)
+    graph_calls = fields.IntField(default=0)
+    differences = fields.IntField(default=0)
+    error = fields.CharField(max_length=1000, null=True)
+
+    class Meta:
+        table = "reconcile_run"
+
+
+class Drift(Model):
+    """A difference a reconcile found, fixed once (either way)."""
+
+    id = fields.BigIntField(primary_key=True)
+    run: fields.ForeignKeyRelation[ReconcileRun] = fields.ForeignKeyField(
+        "models.ReconcileRun", related_name="drifts", on_delete=fields.CASCADE
+    )
+    subscription_code = fields.CharField(max_length=100)
+    kind = fields.CharEnumField(DriftKind, max_length=40)
+    e164 = fields.CharField(max_length=20, null=True)
+    license = fields.CharField(max_length=100, null=True)  # the ledger's product name
+    sku = fields.CharField(max_length=100, null=True)
+    # The account on each side: the ledger's UPN, and Teams' object id with its UPN if known.
+    ledger_upn = fields.CharField(max_length=255, null=True)
+    teams_object_id = fields.CharField(max_length=64, null=True)
+    teams_upn = fields.CharField(max_length=255, null=True)
+    ledger_state = fields.CharField(max_length=40, null=True)
+    teams_state = fields.CharField(max_length=40, null=True)
+    state = fields.CharEnumField(DriftState, max_length=20, default=DriftState.OPEN)
+    fixed_to = fields.CharField(max_length=20, null=True)  # teams | ledger
+    fixed_by = fields.CharField(max_length=255, null=True)
+    fixed_at = fields.DatetimeField(null=True)
+
+    run_id: int
+
+    class Meta:
+        table = "drift"

@@ -89,6 +89,8 @@ def job_view(job: ProvisioningJob) -> dict[str, Any]:
         "tenant": job.tenant_id,
         "number_type": job.number_type,
         "location": job.location_id,
+        "licenses": job.licenses,
+        "pack": job.pack,
         "attempts": job.attempts,
         "reason": job.reason,
         "last_error": job.last_error,
@@ -249,7 +251,11 @@ async def retry(origin: Origin, job_id: int, *, dry_run: bool = False) -> Outcom
         if job.state is not JobState.FAILED:
             raise Conflict(f"Job {job.id} is {job.state.value}: only a failed job can be retried.")
         number = await PhoneNumber.filter(e164=job.e164).using_db(ch.conn).first()
-        holds = number is not None and number.holder_id == job.account_id
+        holds = (
+            number is not None
+            and job.account_id is not None  # a reconcile fix: Teams held it for a stranger
+            and number.holder_id == job.account_id
+        )
         if job.action is JobAction.ASSIGN and not holds:
             raise Conflict(
                 f"{job.e164} is no longer assigned to {job.upn} in the ledger, so job {job.id} "
@@ -486,6 +492,8 @@ async def mark_failed(job: ProvisioningJob, worker: str, reason: str) -> bool:
 
 async def ledger_change(job: ProvisioningJob) -> tuple[Any, Any] | None:
     """The before → after of the ledger change that wrote `job`, from its audit event."""
+    if job.e164 is None:
+        return None  # a license job: its card says its own words
     action = "number.assign" if job.action is JobAction.ASSIGN else "number.release"
     events = (
         await AuditEvent.filter(action=action, target=f"number:{job.e164}")
@@ -498,7 +506,9 @@ async def ledger_change(job: ProvisioningJob) -> tuple[Any, Any] | None:
     return None
 
 
-async def account_object_id(account_id: int) -> str | None:
+async def account_object_id(account_id: int | None) -> str | None:
     """The Entra object id the directory sync recorded for an account, if any."""
+    if account_id is None:
+        return None
     account = await Account.filter(id=account_id).first()
     return account.object_id if account else None

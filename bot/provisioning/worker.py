@@ -32,7 +32,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from bot.domain import provisioning as jobs
+from bot.domain.license_jobs import LICENSE_ACTIONS
 from bot.domain.models import JobAction, JobState, ProvisioningJob
+from bot.provisioning import license_jobs
 from bot.provisioning.teams_numbers import Refused, Retryable, TeamsNumbers
 
 log = logging.getLogger("bot.provisioning.worker")
@@ -113,7 +115,9 @@ class Worker:
             if held > 0:
                 await jobs.reschedule(job, self.name, held)
                 return
-            if job.state is JobState.PENDING:
+            if job.action in LICENSE_ACTIONS:
+                await license_jobs.step(self, job)
+            elif job.state is JobState.PENDING:
                 await self._send(job)
             else:
                 await self._follow(job)
@@ -144,6 +148,7 @@ class Worker:
 
     async def _send(self, job: ProvisioningJob) -> None:
         numbers, tenant = self.numbers, job.tenant_id
+        assert job.e164 is not None  # a number job (license jobs go to license_jobs.step)
         object_id = job.object_id
         if job.action is JobAction.ASSIGN and not object_id:
             object_id = await jobs.account_object_id(job.account_id) or await numbers.user_id(
@@ -178,6 +183,7 @@ class Worker:
 
     async def _follow(self, job: ProvisioningJob) -> None:
         numbers, tenant = self.numbers, job.tenant_id
+        assert job.e164 is not None
         if job.operation_url:
             operation = await numbers.operation(tenant, job.operation_url)
             if operation is not None:

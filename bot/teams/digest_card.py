@@ -13,6 +13,7 @@ from typing import Any
 from bot.commands.reply import Digest
 from bot.commands.words import action_noun, event_sentence, relative, when
 from bot.domain.digests import DigestReport, ProductLine
+from bot.domain.reconcile import drift_lines
 from bot.teams.blocks import (
     MAX_CARD_BYTES,
     NBSP,
@@ -265,6 +266,18 @@ def _provisioning(report: DigestReport) -> list[dict[str, Any]]:
     ]
 
 
+def _drift(report: DigestReport) -> list[dict[str, Any]]:
+    lines = drift_lines(report.drift)
+    if not lines:
+        return []
+    codes = sorted(c for c, kinds in report.drift.items() if kinds)
+    hint = f"`reconcile {codes[0]}`" if len(codes) == 1 else "`reconcile`"
+    return [
+        heading("Teams and the ledger", "Warning"),
+        text("; ".join(lines) + f". See and fix each with {hint}."),
+    ]
+
+
 def _card(reply: Digest, keep: int | None) -> dict[str, Any]:
     report: DigestReport = reply.report
     threshold = report.threshold_percent / 100
@@ -283,6 +296,7 @@ def _card(reply: Digest, keep: int | None) -> dict[str, Any]:
         sections += _open_licenses([p for p in shown if p.open_capacity])
     if reply.page == 1:
         sections += _changes(report) + _approvals(report) + _provisioning(report)
+        sections += _drift(report)
     note = ""
     if len(shown) < len(products):
         note = f"{len(products) - len(shown)} more products on this page did not fit in a card."

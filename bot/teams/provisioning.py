@@ -19,7 +19,7 @@ from bot.commands.reply import Reply
 from bot.domain import conversations
 from bot.domain import provisioning as jobs
 from bot.domain.models import JobState, ProvisioningJob
-from bot.teams.proactive import ProactiveSender, SendOutcome, Target
+from bot.teams.proactive import ProactiveSender, SendOutcome, Target, card_activity
 from bot.teams.render import CONTENT_TYPE, execute, render
 
 log = logging.getLogger("bot.teams.provisioning")
@@ -76,11 +76,10 @@ class JobCards:
         ref = await conversations.find(job.conversation_id)
         if ref is None or not ref.active:
             return
-        result = await self._sender.update_card(
+        result = await self._sender.update(
             Target.of(ref),
             job.card_activity_id,
-            await job_card(job),
-            summary=job_reply(job).title,
+            card_activity(await job_card(job), job_reply(job).title),
         )
         if result.outcome is not SendOutcome.SENT:
             log.warning(

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from bot.commands.reconcile import DriftReport
 from bot.commands.reply import (
     Approval,
     Changed,
@@ -693,6 +694,10 @@ def render(reply: Reply, *, actionable: bool = True) -> Card:
         card = _progress(reply)
     elif isinstance(reply, Digest) and reply.report is not None:
         card = digest_card(reply)  # already unbroken
+    elif isinstance(reply, DriftReport):
+        from bot.teams.drift_card import drift_card  # its own layout, from the blocks
+
+        card = drift_card(reply)
     elif isinstance(reply, Message):
         card = _message(reply)
     else:

@@ -11,11 +11,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import jwt
 from aiohttp import web
 
 from ._server import CLAIMS, INFO, Failure, ThreadedServer, error_body
+from .graph_licenses import HandChanges, LicensesMixin
 from .identity import FakeIdentityProvider
 from .tls import TLSFiles
 
@@ -115,13 +117,18 @@ def _kind(path: str) -> str:
         for kind in ("unassignNumber", "assignNumber", "operations", "numberAssignments"):
             if kind in path:
                 return kind
+    for kind in ("assignLicense", "licenseDetails", "subscribedSkus"):
+        if path.endswith(f"/{kind}"):
+            return kind
+    if path == "/v1.0/users":
+        return "users"
     for kind in ("checkMemberGroups", "getMemberGroups", "transitiveMembers"):
         if f"/{kind}" in path:
             return kind
     return "user" if path.startswith("/v1.0/users/") else "other"
 
 
-class FakeGraph(ThreadedServer):
+class FakeGraph(LicensesMixin, HandChanges, ThreadedServer):
     """HTTPS fake of Microsoft Graph v1.0 group membership (``graph_url`` = ``base_url + "/v1.0"``).
 
     ``POST /v1.0/{users|directoryObjects}/{id}/checkMemberGroups`` (``{"groupIds": [...]}``, at
@@ -162,6 +169,7 @@ class FakeGraph(ThreadedServer):
         self._rate: tuple[int, float] | None = None  # (requests, per seconds) per tenant
         self._rate_log: dict[str, deque[float]] = {}
         self.operation_count = 0
+        self.init_licenses()
         # A Location to answer instead of the operation's own (a malformed answer).
         self.location_override: str | None = None
 
@@ -326,6 +334,7 @@ class FakeGraph(ThreadedServer):
                 f"/v1.0/{collection}/{{id}}/getMemberGroups", self._get_member_groups
             )
         app.router.add_get("/v1.0/users/{id}", self._get_user)
+        self.add_license_routes(app)
         app.router.add_post(f"{TEAMS}/numberAssignments/assignNumber", self._assign_number)
         app.router.add_post(f"{TEAMS}/numberAssignments/unassignNumber", self._unassign_number)
         app.router.add_get(f"{TEAMS}/numberAssignments", self._number_assignments)
@@ -583,15 +592,19 @@ class FakeGraph(ThreadedServer):
         if not 1 <= top <= 1000 or skip < 0:
             return self._bad("$top must be between 1 and 1000.")
         page = numbers[skip : skip + top]
-        return web.json_response(
-            {
-                "@odata.context": (
-                    f"{self.graph_url}/$metadata#admin/teams/telephoneNumberManagement"
-                    "/numberAssignments"
-                ),
-                "value": [n.json(self.graph_url, tenant) for n in page],
-            }
-        )
+        result: dict[str, Any] = {
+            "@odata.context": (
+                f"{self.graph_url}/$metadata#admin/teams/telephoneNumberManagement"
+                "/numberAssignments"
+            ),
+            "value": [n.json(self.graph_url, tenant) for n in page],
+        }
+        if skip + top < len(numbers):  # paged like Graph: the next page's link
+            query = f"$top={top}&$skip={skip + top}"
+            if wanted is not None:
+                query += "&$filter=" + quote(wanted)
+            result["@odata.nextLink"] = f"{self.graph_url}{request.path[5:]}?{query}"
+        return web.json_response(result)
 
     def _resolve_user(self, request: web.Request) -> str | None:
         key = request.match_info["id"]

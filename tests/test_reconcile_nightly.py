@@ -1,0 +1,135 @@
+"""The nightly reconcile (issue 18): the scheduler's leader compares every linked subscription
+once a day at FUSION_RECONCILE_AT, off when provisioning is off; what it finds is in the digest
+(text, card, --json) and in the Prometheus lines for /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot.commands.digests import digest_reply
+from bot.config import ConfigError, Settings
+from bot.domain import reconcile
+from bot.domain.digests import build_report
+from bot.domain.models import AuditEvent, ReconcileRun
+from bot.scheduler import Scheduler
+from bot.teams.render import render
+from tests import licensing_env as env
+from tests.fakes import FakeGraph, FakeIdentityProvider
+from tests.support.graph_env import trust_fakes
+
+pytestmark = pytest.mark.usefixtures("database")
+
+NIGHT = datetime(2026, 12, 2, 2, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeIdentityProvider, FakeGraph]]:
+    trust_fakes(monkeypatch)
+    with env.fakes() as pair:
+        yield pair
+
+
+def texts(node: object) -> list[str]:
+    if isinstance(node, dict):
+        # As a reader sees it: without the joiners that keep numbers and codes unbroken.
+        own = (
+            [node["text"].replace("\u2060", "").replace("\xa0", " ")]
+            if node.get("type") == "TextBlock"
+            else []
+        )
+        return own + [t for v in node.values() for t in texts(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in texts(v)]
+    return []
+
+
+async def test_the_nightly_reconcile_runs_once_a_day_and_feeds_the_digest_and_metrics(
+    fakes: tuple[FakeIdentityProvider, FakeGraph],
+) -> None:
+    idp, graph = fakes
+    await env.seed(graph, users=6)
+    settings = replace(env.settings_for(idp, graph), reconcile_at="02:00")
+    async with env.tenant_graph(settings) as client:
+        await env.drifted(graph, client)
+    now = [NIGHT]
+    leader = Scheduler(settings, None, clock=lambda: now[0], holder="a")
+    follower = Scheduler(settings, None, clock=lambda: now[0], holder="b")
+    assert (await leader.tick()).reconciled == 1
+    assert (await follower.tick()).leader is False
+    assert (await leader.tick()).reconciled == 0  # once a night
+    [run] = await ReconcileRun.all()
+    assert run.trigger == "schedule" and run.differences == 6
+    event = await AuditEvent.filter(action="reconcile.run").get()
+    assert event.source == "schedule"
+
+    report = await build_report(NIGHT, 90)
+    assert report.drift == {
+        "ACME-01": {
+            "license-missing-in-teams": 1,
+            "license-only-in-teams": 1,
+            "number-failed-in-teams": 1,
+            "number-missing-in-teams": 1,
+            "number-only-in-teams": 1,
+            "number-other-holder": 1,
+        }
+    }
+    assert report.as_json()["reconcile"] == report.drift
+    reply = digest_reply(report)
+    assert "Teams and the ledger: 4 numbers and 2 licenses differ in ACME-01" in reply.text
+    card_words = "\n".join(texts(dict(render(reply))))
+    assert "4 numbers and 2 licenses differ in ACME-01. See and fix each with" in card_words
+    lines = reconcile.metric_lines(report.drift)
+    assert 'fusion_reconcile_differences{subscription="ACME-01",kind="number-other-holder"} 1' in (
+        lines
+    )
+    assert "# TYPE fusion_reconcile_differences gauge" in lines
+
+    # Not before the next night's time; then again.
+    now[0] = NIGHT + timedelta(hours=23)  # 01:30 the next day
+    assert (await leader.tick()).reconciled == 0
+    now[0] = NIGHT + timedelta(days=1)
+    assert (await leader.tick()).reconciled == 1
+
+
+async def test_no_nightly_reconcile_when_provisioning_is_off_or_it_is_switched_off(
+    fakes: tuple[FakeIdentityProvider, FakeGraph],
+) -> None:
+    idp, graph = fakes
+    await env.seed(graph, users=2)
+    for settings in (
+        replace(env.settings_for(idp, graph), provisioning=False),
+        replace(env.settings_for(idp, graph), reconcile_at="off"),
+    ):
+        assert (await Scheduler(settings, None, clock=lambda: NIGHT).tick()).reconciled == 0
+    assert await ReconcileRun.all().count() == 0
+    assert graph.count() == 0
+
+
+def test_the_reconcile_time_setting() -> None:
+    assert Settings.from_env({"FUSION_RECONCILE_AT": "3:05"}).reconcile_at == "03:05"
+    assert Settings.from_env({"FUSION_RECONCILE_AT": "OFF"}).reconcile_at == "off"
+    for bad in ("25:00", "noon", "٠٣:٠٠"):
+        with pytest.raises(ConfigError, match="FUSION_RECONCILE_AT"):
+            Settings.from_env({"FUSION_RECONCILE_AT": bad})
+
+
+async def test_graph_down_at_night_loses_nothing_and_the_run_comes_when_it_is_back(
+    fakes: tuple[FakeIdentityProvider, FakeGraph],
+) -> None:
+    idp, graph = fakes
+    await env.seed(graph, users=2)
+    settings = replace(env.settings_for(idp, graph), reconcile_at="02:00")
+    scheduler = Scheduler(settings, None, clock=lambda: NIGHT)
+    graph.down("refuse")
+    try:
+        report = await scheduler.tick()
+    finally:
+        graph.up()
+    assert report.leader and report.reconciled == 0
+    assert await ReconcileRun.all().count() == 0  # nothing half-written
+    assert (await scheduler.tick()).reconciled == 1  # the next tick, Graph back
+    assert (await scheduler.tick()).reconciled == 0
