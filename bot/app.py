@@ -29,7 +29,8 @@ from bot import metrics
 from bot.auth.credentials import ClientCredentials, client_ssl_context
 from bot.commands.registry import Services
 from bot.config import ConfigError, Settings
-from bot.domain import approvals, change, db, provisioning
+from bot.domain import approvals, change, db, provisioning, reconcile
+from bot.domain.models import DriftKind
 from bot.domain.naming import set_naming_rule
 from bot.logs import configure_logging
 from bot.scheduler import run_scheduler
@@ -208,7 +209,15 @@ async def metrics_page(request: web.Request) -> web.Response:
     except Exception:
         log.warning("metrics: could not count provisioning jobs", exc_info=True)
         jobs = None
-    body = await asyncio.to_thread(metrics.exposition, waiting, jobs)
+    try:
+        drift: dict[str, dict[str, int]] | None = await reconcile.open_differences(
+            reconcile.RECENT
+        )
+    except Exception:
+        log.warning("metrics: could not count reconcile differences", exc_info=True)
+        drift = None
+    kinds = [k.value for k in DriftKind]
+    body = await asyncio.to_thread(metrics.exposition, waiting, jobs, drift, kinds)
     response = web.Response(body=body)
     response.headers["Content-Type"] = metrics.CONTENT_TYPE
     return response

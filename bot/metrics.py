@@ -11,6 +11,8 @@ are facts of the database (approvals pending) are read when the page is scraped.
     fusion_digest_deliveries_total{status}         digests posted (sent, removed, failed)
     fusion_approvals_pending                       approval requests waiting for a decision
     fusion_provisioning_jobs{state}                provisioning jobs by state (pending, sent, …)
+    fusion_reconcile_differences{subscription,kind} differences still open in each
+                                                   subscription's newest reconcile
 
 Who may read it: loopback and the networks `FUSION_METRICS_NETWORKS` names (the peer address
 of the connection, never a forwarded-for header); anyone else gets 404.
@@ -44,6 +46,13 @@ APPROVALS_PENDING = Gauge(
 
 PROVISIONING_JOBS = Gauge(
     "fusion_provisioning_jobs", "Provisioning jobs by state (read at scrape)", ["state"]
+)
+
+RECONCILE_DIFFERENCES = Gauge(
+    "fusion_reconcile_differences",
+    "Differences between the tenant and the ledger still open in each subscription's newest "
+    "reconcile (read at scrape)",
+    ["subscription", "kind"],
 )
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -91,13 +100,25 @@ def digest_delivered(status: str) -> None:
     DIGEST_DELIVERIES.labels(status).inc()
 
 
-def exposition(approvals_pending: int | None, jobs: dict[str, int] | None = None) -> bytes:
+def exposition(
+    approvals_pending: int | None,
+    jobs: dict[str, int] | None = None,
+    drift: dict[str, dict[str, int]] | None = None,
+    drift_kinds: Iterable[str] = (),
+) -> bytes:
     """The page: every metric in Prometheus text format (a gauge whose count could not be read
-    keeps its last value)."""
+    keeps its last value). `drift` is subscription → kind → open differences; every kind in
+    `drift_kinds` is shown for each subscription, zero included."""
     if approvals_pending is not None:
         APPROVALS_PENDING.set(approvals_pending)
     for state, number in (jobs or {}).items():
         PROVISIONING_JOBS.labels(state).set(number)
+    if drift is not None:
+        RECONCILE_DIFFERENCES.clear()  # a subscription no longer reconciled drops out
+        kinds = list(drift_kinds)
+        for code, per_kind in drift.items():
+            for kind in kinds or per_kind:
+                RECONCILE_DIFFERENCES.labels(code, kind).set(per_kind.get(kind, 0))
     return generate_latest()
 
 

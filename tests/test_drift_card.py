@@ -21,11 +21,11 @@ from bot.domain.models import JobAction, ProvisioningJob
 from bot.teams.card_actions import run_action
 from bot.teams.render import render
 from tests import cardcheck
-from tests import licensing_env as env
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.licensing_env import OPS, upn
-from tests.provisioning_env import e164
+from tests.support import licensing_env as env
 from tests.support.graph_env import trust_fakes
+from tests.support.licensing_env import OPS, upn
+from tests.support.provisioning_env import e164
 
 pytestmark = pytest.mark.usefixtures("database")
 

@@ -16,12 +16,12 @@ from bot.commands.dispatch import run_text
 from bot.commands.reply import Changed, Error, Progress, Table
 from bot.domain.change import verify_chain
 from bot.domain.models import AuditEvent, JobAction, JobState, LicenseAssignment, ProvisioningJob
-from tests import licensing_env as env
-from tests import provisioning_env as numbers_env
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.licensing_env import CUSTOMER_TENANT, MCOEV, MCOPSTN1, SPE_E3, SPE_E5, oid, upn
+from tests.support import licensing_env as env
+from tests.support import provisioning_env as numbers_env
 from tests.support.graph_env import trust_fakes
 from tests.support.ledger_state import check_invariants
+from tests.support.licensing_env import CUSTOMER_TENANT, MCOEV, MCOPSTN1, SPE_E3, SPE_E5, oid, upn
 
 pytestmark = pytest.mark.usefixtures("database")
 

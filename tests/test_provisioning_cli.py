@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from bot.domain import db
-from tests import provisioning_env as env
-from tests.provisioning_env import CUSTOMER_TENANT, OTHER_TENANT, e164, upn
+from tests.support import provisioning_env as env
 from tests.support.graph_env import trust_fakes
+from tests.support.provisioning_env import CUSTOMER_TENANT, OTHER_TENANT, e164, upn
 
 ROOT = Path(__file__).resolve().parent.parent
 

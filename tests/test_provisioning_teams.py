@@ -22,9 +22,9 @@ from bot.config import Settings
 from bot.domain.models import JobState, ProvisioningJob
 from bot.domain.naming import set_naming_rule
 from tests import cardcheck
-from tests import provisioning_env as env
 from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity
-from tests.provisioning_env import CUSTOMER_TENANT, e164, oid, upn
+from tests.support import provisioning_env as env
+from tests.support.provisioning_env import CUSTOMER_TENANT, e164, oid, upn
 from tests.support.teams_env import (
     ADMIN_GROUP,
     ADMIN_OID,

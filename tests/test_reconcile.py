@@ -24,13 +24,13 @@ from bot.domain.models import (
     PhoneNumber,
     ReconcileRun,
 )
-from tests import licensing_env as env
-from tests import provisioning_env as numbers_env
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.licensing_env import CUSTOMER_TENANT, OPS, oid, upn
-from tests.provisioning_env import e164
+from tests.support import licensing_env as env
+from tests.support import provisioning_env as numbers_env
 from tests.support.graph_env import trust_fakes
 from tests.support.ledger_state import check_invariants
+from tests.support.licensing_env import CUSTOMER_TENANT, OPS, oid, upn
+from tests.support.provisioning_env import e164
 
 pytestmark = pytest.mark.usefixtures("database")
 

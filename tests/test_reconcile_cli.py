@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from bot.domain import db
-from tests import licensing_env as env
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.provisioning_env import e164, upn
+from tests.support import licensing_env as env
 from tests.support.graph_env import trust_fakes
+from tests.support.provisioning_env import e164, upn
 
 ROOT = Path(__file__).resolve().parent.parent
 

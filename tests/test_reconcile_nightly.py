@@ -10,15 +10,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bot import metrics
 from bot.commands.digests import digest_reply
 from bot.config import ConfigError, Settings
-from bot.domain import reconcile
 from bot.domain.digests import build_report
-from bot.domain.models import AuditEvent, ReconcileRun
+from bot.domain.models import AuditEvent, DriftKind, ReconcileRun
 from bot.scheduler import Scheduler
 from bot.teams.render import render
-from tests import licensing_env as env
 from tests.fakes import FakeGraph, FakeIdentityProvider
+from tests.support import licensing_env as env
 from tests.support.graph_env import trust_fakes
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -82,11 +82,13 @@ async def test_the_nightly_reconcile_runs_once_a_day_and_feeds_the_digest_and_me
     assert "Teams and the ledger: 4 numbers and 2 licenses differ in ACME-01" in reply.text
     card_words = "\n".join(texts(dict(render(reply))))
     assert "4 numbers and 2 licenses differ in ACME-01. See and fix each with" in card_words
-    lines = reconcile.metric_lines(report.drift)
-    assert 'fusion_reconcile_differences{subscription="ACME-01",kind="number-other-holder"} 1' in (
-        lines
-    )
-    assert "# TYPE fusion_reconcile_differences gauge" in lines
+    # /metrics shows the same, every kind for the subscription (zero included).
+    page = metrics.exposition(None, None, report.drift, [k.value for k in DriftKind]).decode()
+    for kind in DriftKind:
+        assert (
+            f'fusion_reconcile_differences{{kind="{kind.value}",subscription="ACME-01"}} 1.0'
+            in page
+        ), kind
 
     # Not before the next night's time; then again.
     now[0] = NIGHT + timedelta(hours=23)  # 01:30 the next day

@@ -690,20 +690,3 @@ def drift_lines(found: dict[str, dict[str, int]]) -> list[str]:
             verb = "differs" if nums + lics == 1 else "differ"
             lines.append(f"{' and '.join(parts)} {verb} in {code}")
     return lines
-
-
-def metric_lines(found: dict[str, dict[str, int]]) -> list[str]:
-    """The open differences as Prometheus text (a gauge read when /metrics is scraped)."""
-    lines = [
-        "# HELP fusion_reconcile_differences Differences between tenants and the ledger still "
-        "open in each subscription's newest reconcile",
-        "# TYPE fusion_reconcile_differences gauge",
-    ]
-    for code, per_kind in sorted(found.items()):
-        for kind in DriftKind:
-            label = code.replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(
-                f'fusion_reconcile_differences{{subscription="{label}",kind="{kind.value}"}} '
-                f"{per_kind.get(kind.value, 0)}"
-            )
-    return lines

@@ -15,10 +15,10 @@ from bot.domain.models import ProductKind
 from bot.provisioning.session import open_tenant_graph
 from bot.provisioning.tenant_graph import TenantGraph
 from bot.provisioning.worker import Worker
-from tests import provisioning_env as numbers_env
 from tests.fakes import FakeGraph, FakeIdentityProvider
-from tests.provisioning_env import APP_ID, APP_SECRET, CUSTOMER_TENANT, OPS, e164, oid, upn
+from tests.support import provisioning_env as numbers_env
 from tests.support.ledger_state import context
+from tests.support.provisioning_env import APP_ID, APP_SECRET, CUSTOMER_TENANT, OPS, e164, oid, upn
 
 ROLES = [*numbers_env.ROLES, "LicenseAssignment.ReadWrite.All"]
 # Real SKU ids of the public catalogue (Microsoft's "product names and service plan
