@@ -90,7 +90,7 @@ def test_did_you_mean_for_options_and_their_values(tmp_path: Path) -> None:
     env = {"DATABASE_URL": f"sqlite://{tmp_path}/f.sqlite3"}
     done = run("product", "add", "X", "--kind", "numbers", "--capcity", "5", cwd=tmp_path, env=env)
     assert done.returncode == 1
-    assert "Unknown option --capcity" in done.stderr and "Did you mean `--capacity`?" in done.stderr
+    assert "Unknown option --capcity" in done.stderr and "Did you mean --capacity?" in done.stderr
     done = run("--json", "product", "add", "X", "--kind", "number", cwd=tmp_path, env=env)
     error = one_json_document(done.stderr)
     assert done.returncode == 1 and error["error"] == "usage"
