@@ -122,6 +122,19 @@ def start_bot(work: Path, name: str, env: dict[str, str]) -> Child:
     ).start()
 
 
+async def workers_started(bots: list[Child], within: float = 60) -> None:
+    """Wait until every bot's provisioning worker runs (its log says so), so that a drill of
+    several instances gives each the same chance at the jobs."""
+    deadline = time.monotonic() + within
+    for bot in bots:
+        while "provisioning worker started" not in bot.log_path.read_text(errors="replace"):
+            if bot.proc is not None and bot.proc.poll() is not None:
+                raise RuntimeError(f"{bot.name} exited; see {bot.log_path}:\n{bot.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{bot.name}'s worker did not start:\n{bot.tail()}")
+            await asyncio.sleep(0.1)
+
+
 async def seed(graph: FakeGraph, users: int) -> None:
     """Contoso (linked to the tenant) with ACME-01, `users` users in the ledger and the
     tenant's directory, enough numbers and seats."""

@@ -60,6 +60,7 @@ async def drill(name: str, kind: str, url: str, quick: bool, work: Path) -> dict
             bots.append(p.start_bot(work, f"{name}-{kind}-bot1", env))
             if name == "two":
                 bots.append(p.start_bot(work, f"{name}-{kind}-bot2", env))
+                await p.workers_started(bots)
             started = time.monotonic()
             third = total // 3
             await p.assign(0, third * 2)
