@@ -266,22 +266,7 @@ async def retry(origin: Origin, job: ProvisioningJob, *, dry_run: bool = False) 
                 f"Later jobs exist for {row.upn}; retrying job {row.id} now would write an old "
                 "change over them."
             )
-        before = {"state": row.state.value, "reason": row.reason}
-        await (
-            ProvisioningJob.filter(id=row.id)
-            .using_db(ch.conn)
-            .update(
-                state=JobState.PENDING,
-                reason=None,
-                last_error=None,
-                due_at=datetime.now(UTC),
-                claimed_by=None,
-                claimed_until=None,
-                finished_at=None,
-            )
-        )
-        after = {"state": JobState.PENDING.value, "reason": None}
-        ch.record("provisioning.retry", f"job:{row.id}", before, after)
+        before, after = await jobs.requeue(ch, row)
     return Outcome(
         "provisioning.retry",
         f"job {row.id}",

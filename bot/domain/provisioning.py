@@ -278,23 +278,7 @@ async def retry(origin: Origin, job_id: int, *, dry_run: bool = False) -> Outcom
                 f"Later jobs exist for {job.e164} or {job.upn}; retrying job {job.id} now would "
                 "write an old change over them. Release and assign again instead."
             )
-        before = {"state": job.state.value, "reason": job.reason}
-        await (
-            ProvisioningJob.filter(id=job.id)
-            .using_db(ch.conn)
-            .update(
-                state=JobState.PENDING,
-                reason=None,
-                last_error=None,
-                due_at=_now(),
-                claimed_by=None,
-                claimed_until=None,
-                finished_at=None,
-                operation_url=None,
-            )
-        )
-        after = {"state": JobState.PENDING.value, "reason": None}
-        ch.record("provisioning.retry", f"job:{job.id}", before, after)
+        before, after = await requeue(ch, job)
     return Outcome(
         "provisioning.retry",
         f"job {job.id}",
@@ -303,6 +287,29 @@ async def retry(origin: Origin, job_id: int, *, dry_run: bool = False) -> Outcom
         dry_run,
         f"Job {job.id} ({job.action.value} {job.e164} for {job.upn}) will be sent to Teams again.",
     )
+
+
+async def requeue(ch: Change, job: ProvisioningJob) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A failed job back to pending, due now and unclaimed, audited as `provisioning.retry`
+    (the caller has checked that the ledger still says what the job would write)."""
+    before = {"state": job.state.value, "reason": job.reason}
+    await (
+        ProvisioningJob.filter(id=job.id)
+        .using_db(ch.conn)
+        .update(
+            state=JobState.PENDING,
+            reason=None,
+            last_error=None,
+            due_at=_now(),
+            claimed_by=None,
+            claimed_until=None,
+            finished_at=None,
+            operation_url=None,
+        )
+    )
+    after = {"state": JobState.PENDING.value, "reason": None}
+    ch.record("provisioning.retry", f"job:{job.id}", before, after)
+    return before, after
 
 
 async def set_card(job_id: int, conversation_id: str | None, activity_id: str) -> ProvisioningJob:
