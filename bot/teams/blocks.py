@@ -51,7 +51,9 @@ MAX_TEXT = 4_000  # characters of one text block before it is cut
 #: CONTOSO-01), a browser or phone would otherwise break the word there when the line is full.
 #: The grammar drops it again from text pasted back from a card.
 WORD_JOINER = "\u2060"
-_INNER_HYPHEN = re.compile(r"([-/?)\]}+|!])(?=[^\s\u2060])")
+#: The place after such a character, not at the end of a word (a constant replacement: re.sub
+#: then copies instead of expanding a template per match, which made `usage` render 3× slower).
+_INNER_HYPHEN = re.compile(r"(?<=[-/?)\]}+|!])(?=[^\s\u2060])")
 #: Figures and their unit stay on one line: "67 %", "5 days".
 NBSP = "\u00a0"
 
@@ -128,11 +130,13 @@ def cut(text: str, limit: int) -> str:
 def unbreakable(text: str) -> str:
     """`text` with a word joiner after every hyphen inside a word, so no line break falls
     inside TEAMS-SEATS or --dry-run (markdown list dashes are left alone)."""
-    return _INNER_HYPHEN.sub(r"\1" + WORD_JOINER, text)
+    return _INNER_HYPHEN.sub(WORD_JOINER, text)
 
 
 def figure(value: int | float | None) -> str:
     """A count as people read it: 1,000 (— when there is none)."""
+    if type(value) is int:
+        return f"{value:,}"
     if value is None:
         return "—"
     if isinstance(value, float) and not value.is_integer():
@@ -165,9 +169,18 @@ def execute(title: str, verb: str, data: Mapping[str, Any], style: str | None = 
     return action
 
 
+class _Unbroken(dict):  # type: ignore[type-arg]
+    """A text block made by `text`: its text is already `unbreakable`, so `unbroken` passes it
+    by without copying it (a usage card has hundreds: walking them was most of its render)."""
+
+    __slots__ = ()
+
+
 def text(value: str, **extra: Any) -> dict[str, Any]:
-    """A wrapping TextBlock (cut at MAX_TEXT characters)."""
-    return {"type": "TextBlock", "text": cut(value, MAX_TEXT), "wrap": True, **extra}
+    """A wrapping TextBlock (cut at MAX_TEXT characters), no word broken at a hyphen."""
+    return _Unbroken(
+        {"type": "TextBlock", "text": unbreakable(cut(value, MAX_TEXT)), "wrap": True, **extra}
+    )
 
 
 def heading(value: str, color: str = "Default") -> dict[str, Any]:
@@ -241,20 +254,30 @@ def sent_size(encoded: str | bytes) -> int:
 def unbroken(node: Any) -> Any:
     """The card with `unbreakable` applied to every text people read (text blocks, text runs,
     facts); button data, inputs and ids are left exactly as they are."""
+    # Every card passes through here: scalars and text blocks made by `text` are taken as
+    # they are, without a call per value.
     if isinstance(node, list):
-        return [unbroken(item) for item in node]
-    if not isinstance(node, dict):
+        return [
+            unbroken(item) if isinstance(item, (dict, list)) and type(item) is not _Unbroken
+            else item
+            for item in node
+        ]
+    if not isinstance(node, dict) or type(node) is _Unbroken:
         return node
-    kind = node.get("type")
+    readable = ("text",) if node.get("type") in _TEXT_KINDS else ()
+    if "type" not in node:
+        readable = ("title", "value")
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in ("data", "choices", "verb", "id", "refresh", "msteams"):
+        if isinstance(value, str):
+            out[key] = unbreakable(value) if key in readable else value
+        elif key in _AS_SENT or not isinstance(value, (dict, list)):
             out[key] = value
-        elif isinstance(value, str) and (
-            (key == "text" and kind in ("TextBlock", "TextRun"))
-            or (kind is None and key in ("title", "value"))
-        ):
-            out[key] = unbreakable(value)
         else:
             out[key] = unbroken(value)
     return out
+
+
+_TEXT_KINDS = frozenset({"TextBlock", "TextRun"})
+#: Left exactly as they are: what comes back from a click, inputs' choices, ids.
+_AS_SENT = frozenset({"data", "choices", "verb", "id", "refresh", "msteams"})
