@@ -152,3 +152,33 @@ async def test_approvals_have_short_ids_that_are_typed_and_never_repeat(
     ids = [row[0] for row in pending.rows]  # type: ignore[attr-defined]
     assert ids == [row[0] for row in every.rows if row[0] in ids]  # type: ignore[attr-defined]
     assert not isinstance(done, (Changed, Error))
+
+
+def _texts(reply: object) -> list[str]:
+    card = json.loads(json.dumps(r.render(reply)).replace("\\u2060", ""))  # type: ignore[arg-type]
+    return [n["text"] for n in _walk(card) if n.get("type") == "TextBlock"]
+
+
+async def test_approval_events_name_the_request_as_people_type_it(
+    ledger_db: None,  # noqa: F811
+) -> None:
+    """Audit and digest say "request A-1", never the opaque id the buttons carry."""
+    await seed()
+    asked = await say("allocate 300 TEAMS-SEATS to ACME-01")
+    assert isinstance(asked, Approval)
+    decided = await say(f"reject {asked.short_id} not this quarter", "bob")
+    assert isinstance(decided, Approval) and decided.status == "rejected", decided
+    for line in ("audit", "digest now"):
+        shown = "\n".join(_texts(await say(line)))
+        assert f"(request {asked.short_id})" in shown, (line, shown)
+        assert f"rejected request {asked.short_id}" in shown, (line, shown)
+        assert asked.request_id not in shown, (line, shown)
+
+
+async def test_an_event_does_not_say_its_target_twice(ledger_db: None) -> None:  # noqa: F811
+    await seed()
+    added = await say("product add POOL-14-CHANNELS --kind custom --unit channel --capacity 40")
+    assert isinstance(added, Changed), added
+    sentences = [t for t in _texts(await say("audit")) if "POOL-14-CHANNELS" in t]
+    assert sentences and all(t.count("POOL-14-CHANNELS") == 1 for t in sentences), sentences
+    assert any("capacity 40" in t for t in sentences), sentences

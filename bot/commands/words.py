@@ -60,8 +60,9 @@ def value(v: Any) -> str:
     return str(v)
 
 
-def _changes(before: Any, after: Any) -> str:
-    """ "70 → 75" for one changed figure, "capacity 500 → 600, status active" for several."""
+def _changes(before: Any, after: Any, name: str = "") -> str:
+    """ "70 → 75" for one changed figure, "capacity 500 → 600, status active" for several
+    (a field that only repeats the target's `name` is not said again)."""
     old = before if isinstance(before, dict) else {}
     new = after if isinstance(after, dict) else {}
     if not old and not new:
@@ -70,14 +71,16 @@ def _changes(before: Any, after: Any) -> str:
     for key in dict.fromkeys([*old, *new]):
         was, now = old.get(key), new.get(key)
         if (
-            key in ("action", "payload", "requester")
+            key in ("action", "payload", "requester", "short_id")
             or isinstance(was, (dict, list))
             or isinstance(now, (dict, list))
         ):
             continue  # nested details (a request's payload) are for --json
         if key in old and key in new and was != now:
             parts.append((key, f"{value(was)} → {value(now)}"))
-        elif key in new and now is not None and key not in ("id", "status"):
+        elif (
+            key in new and now is not None and key not in ("id", "status") and now != name
+        ):
             parts.append((key, value(now)))
     if len(parts) == 1 and parts[0][1].count("→") == 1:
         return parts[0][1]
@@ -88,6 +91,8 @@ def event_sentence(actor: str, action: str, target: str, before: Any, after: Any
     """One sentence for an audit event."""
     kind, _, name = target.partition(":")
     name = name or kind
+    if action.startswith("approval.") and isinstance(after, dict) and after.get("short_id"):
+        name = str(after["short_id"])  # A-17, not the opaque id in the target
     if action in ("allocation.allocate", "allocation.release") and "/" in name:
         code, _, product = name.partition("/")
         verb, word = ("allocated", "to") if action.endswith("allocate") else ("released", "from")
@@ -112,7 +117,7 @@ def event_sentence(actor: str, action: str, target: str, before: Any, after: Any
         if template is not None
         else f"{action.replace('.', ' ').replace('_', ' ')} {name}"
     )
-    change = _changes(before, after)
+    change = _changes(before, after, name)
     return f"{actor} {did}" + (f": {change}" if change else "")
 
 

@@ -310,6 +310,7 @@ async def _create_request(
             None,
             {
                 "id": request.id,
+                "short_id": short_id(request),
                 "action": action,
                 "payload": payload,
                 "summary": request.summary,
@@ -368,9 +369,9 @@ async def expire_due(now: datetime | None = None) -> int:
     now = now or _now()
     due = await ApprovalRequest.filter(
         status=ApprovalStatus.PENDING, expires_at__lte=now
-    ).values_list("id", flat=True)
+    ).values_list("id", "number")
     count = 0
-    for request_id in due:
+    for request_id, number in due:
         async with change(SYSTEM) as ch:
             updated = (
                 await ApprovalRequest.filter(
@@ -384,7 +385,7 @@ async def expire_due(now: datetime | None = None) -> int:
                     "approval.expire",
                     f"approval:{request_id}",
                     {"status": "pending"},
-                    {"status": "expired"},
+                    {"status": "expired", "short_id": f"A-{number}" if number else request_id},
                 )
                 count += 1
     return count
@@ -488,6 +489,7 @@ async def decide(
                 {"status": "pending"},
                 {
                     "status": status.value,
+                    "short_id": short_id(request),
                     "reason": reason,
                     "requester": request.requester_name,
                     "summary": request.summary,
@@ -522,7 +524,12 @@ async def _fail(
                 "approval.fail",
                 f"approval:{request.id}",
                 {"status": "pending"},
-                {"status": "failed", "reason": why[:500], "summary": request.summary},
+                {
+                    "status": "failed",
+                    "short_id": short_id(request),
+                    "reason": why[:500],
+                    "summary": request.summary,
+                },
             )
     if not won:
         raise _already(await find(request.id))

@@ -725,6 +725,9 @@ class ChangeLine:
     source: str
     action: str
     target: str
+    #: The event's before and after, for its sentence ("70 → 75", request A-5).
+    before: Any = None
+    after: Any = None
 
 
 @dataclass(frozen=True)
@@ -946,5 +949,6 @@ async def add_changes(report: DigestReport, since: datetime) -> None:
     report.changes_total = sum(report.changes_by_action.values())
     latest = await window.order_by("-id").limit(LIST_LIMIT) if report.changes_total else []
     report.changes = [
-        ChangeLine(e.at, e.actor_name or e.actor_id, e.source, e.action, e.target) for e in latest
+        ChangeLine(e.at, e.actor_name or e.actor_id, e.source, e.action, e.target, e.before, e.after)
+        for e in latest
     ]
