@@ -10,6 +10,7 @@ MAX_CARD_BYTES of JSON: long lists are cut (with a note) rather than sent too bi
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import uuid
@@ -228,8 +229,9 @@ def _table(reply: Table, keep_rows: int | None) -> dict:
     )
 
 
-def _figure_grid(pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    """Figures side by side, the label above each: four columns fit 360 px."""
+def _figure_grid(pairs: list[tuple[str, str]], columns: int = 4) -> dict[str, Any]:
+    """Figures side by side, the label above each: four columns fit 360 px. Fewer pairs than
+    columns leave empty columns, so that figures line up with the grid above."""
     return {
         "type": "ColumnSet",
         "spacing": "Small",
@@ -237,14 +239,19 @@ def _figure_grid(pairs: list[tuple[str, str]]) -> dict[str, Any]:
             {
                 "type": "Column",
                 "width": "stretch",
-                "items": [
-                    text(label or " ", isSubtle=True, size="Small", spacing="None"),
-                    text(value or " ", weight="Bolder", spacing="None"),
-                ],
+                "items": [_label_block(label), text(value, weight="Bolder", spacing="None")],
             }
             for label, value in pairs
-        ],
+        ]
+        + [{"type": "Column", "width": "stretch"}] * (columns - len(pairs)),
     }
+
+
+@functools.cache
+def _label_block(label: str) -> dict[str, Any]:
+    """The label of a figure: the same few words on every product of a usage card, so made
+    once and shared (a rendered card is never changed; see `blocks.Card`)."""
+    return text(label, isSubtle=True, size="Small", spacing="None")
 
 
 USAGE_LEGEND = (
@@ -311,8 +318,6 @@ def _usage(reply: Usage, keep: int | None = None) -> dict:
                     [
                         ("Free", figure(u.allocated - u.in_use)),
                         ("Utilisation", percent(u.utilisation)),
-                        ("", ""),
-                        ("", ""),
                     ]
                 ),
                 "targetWidth": "atLeast:Standard",
