@@ -78,9 +78,7 @@ def _changes(before: Any, after: Any, name: str = "") -> str:
             continue  # nested details (a request's payload) are for --json
         if key in old and key in new and was != now:
             parts.append((key, f"{value(was)} → {value(now)}"))
-        elif (
-            key in new and now is not None and key not in ("id", "status") and now != name
-        ):
+        elif key in new and now is not None and key not in ("id", "status") and now != name:
             parts.append((key, value(now)))
     if len(parts) == 1 and parts[0][1].count("→") == 1:
         return parts[0][1]

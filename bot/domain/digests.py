@@ -949,6 +949,8 @@ async def add_changes(report: DigestReport, since: datetime) -> None:
     report.changes_total = sum(report.changes_by_action.values())
     latest = await window.order_by("-id").limit(LIST_LIMIT) if report.changes_total else []
     report.changes = [
-        ChangeLine(e.at, e.actor_name or e.actor_id, e.source, e.action, e.target, e.before, e.after)
+        ChangeLine(
+            e.at, e.actor_name or e.actor_id, e.source, e.action, e.target, e.before, e.after
+        )
         for e in latest
     ]

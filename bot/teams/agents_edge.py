@@ -69,7 +69,13 @@ from bot.teams.card_actions import INVOKE_NAME
 from bot.teams.connector import ConnectorUnavailable, TrustedServiceUrls, UntrustedServiceUrl
 from bot.teams.edge import TURN_BUDGET, build_policy, build_sender
 from bot.teams.gate import TurnGate
-from bot.teams.inbound import ChannelTokens, SigningKeys, one_authorization, read_json
+from bot.teams.inbound import (
+    ChannelTokens,
+    SigningKeys,
+    one_authorization,
+    read_json,
+    refused,
+)
 from bot.teams.proactive import TURN, ProactiveSender, SendOutcome, SendResult, TurnBudget
 from bot.teams.render import Card, dumps
 from bot.teams.sso import INVOKES as SSO_INVOKES
@@ -589,18 +595,8 @@ class AgentsEdge:
             invoke_response = await self.adapter.process_activity(
                 claims, activity, self.bot.on_turn
             )
-        except PermissionError as exc:
-            log.warning("inbound request refused: %s", exc)
-            raise web.HTTPUnauthorized() from None
-        except UntrustedServiceUrl as exc:
-            log.warning("inbound request refused: %s", exc)
-            return web.json_response(
-                {
-                    "error": "untrusted-service-url",
-                    "message": "the activity's serviceUrl is not trusted",
-                },
-                status=HTTPStatus.FORBIDDEN,
-            )
+        except (PermissionError, UntrustedServiceUrl) as exc:
+            return refused(exc)
         if invoke_response is not None:
             held = HELD_CARDS.get()
             return web.json_response(

@@ -258,13 +258,14 @@ def unbroken(node: Any) -> Any:
     # they are, without a call per value.
     if isinstance(node, list):
         return [
-            unbroken(item) if isinstance(item, (dict, list)) and type(item) is not _Unbroken
+            unbroken(item)
+            if isinstance(item, (dict, list)) and type(item) is not _Unbroken
             else item
             for item in node
         ]
     if not isinstance(node, dict) or type(node) is _Unbroken:
         return node
-    readable = ("text",) if node.get("type") in _TEXT_KINDS else ()
+    readable: tuple[str, ...] = ("text",) if node.get("type") in _TEXT_KINDS else ()
     if "type" not in node:
         readable = ("title", "value")
     out: dict[str, Any] = {}

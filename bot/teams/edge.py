@@ -23,7 +23,6 @@ to listen anywhere but loopback in that mode.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -70,7 +69,7 @@ from bot.teams.connector import (
     UntrustedServiceUrl,
 )
 from bot.teams.gate import TurnGate
-from bot.teams.inbound import published_keys
+from bot.teams.inbound import one_authorization, published_keys, read_json, refused
 from bot.teams.proactive import TURN, ProactiveSender, RateLimiter, TurnBudget
 from bot.teams.render import dumps
 from bot.teams.sso import sso_flow
@@ -296,16 +295,7 @@ class Edge:
         Authentication failures answer 401; an untrusted serviceUrl 403 (before anything runs);
         a body that is not an activity 400 / 415.
         """
-        authorization = request.headers.getall("Authorization", [])
-        if len(authorization) > 1:
-            # Which one counts would depend on who reads the headers; neither does.
-            log.warning("inbound request refused: %d Authorization headers", len(authorization))
-            raise web.HTTPUnauthorized()
-        if not self.settings.dev_mode and not (authorization or [""])[0].startswith("Bearer "):
-            log.warning("inbound request refused: no bearer token")
-            raise web.HTTPUnauthorized()
-        if "application/json" not in request.headers.get("Content-Type", ""):
-            raise web.HTTPUnsupportedMediaType()
+        one_authorization(request, required=not self.settings.dev_mode)
         activity = await read_activity(request)
         correlation = CORRELATION_ID.set(str(activity.id)[:200] if activity.id else None)
         try:
@@ -324,18 +314,8 @@ class Edge:
             invoke_response: InvokeResponse | None = await self.adapter.process_activity(
                 request.headers.get("Authorization", ""), activity, self.bot.on_turn
             )
-        except PermissionError as exc:
-            log.warning("inbound request refused: %s", exc)
-            raise web.HTTPUnauthorized() from None
-        except UntrustedServiceUrl as exc:
-            log.warning("inbound request refused: %s", exc)
-            return web.json_response(
-                {
-                    "error": "untrusted-service-url",
-                    "message": "the activity's serviceUrl is not trusted",
-                },
-                status=HTTPStatus.FORBIDDEN,
-            )
+        except (PermissionError, UntrustedServiceUrl) as exc:
+            return refused(exc)
         if invoke_response is not None:
             body = invoke_response.body
             # ActivityHandler hands over bodies it already serialized; the stock adapter
@@ -344,22 +324,6 @@ class Edge:
                 body = serializer_helper(body)
             return web.json_response(body, status=invoke_response.status, dumps=dumps)
         return web.Response(status=HTTPStatus.CREATED)
-
-
-async def read_json(request: web.Request) -> Any:
-    """The request's JSON body, or a 400 for any body that cannot be read as JSON.
-
-    Beside malformed text this catches what the parser cannot take: nesting deep enough to
-    exhaust the recursion limit (`RecursionError`, not a `ValueError`), bytes that are not
-    UTF-8, and a body over the app's size limit (413 stays 413).
-    """
-    try:
-        raw = await request.read()
-        return json.loads(raw)
-    except web.HTTPException:
-        raise
-    except (ValueError, RecursionError, MemoryError):
-        raise web.HTTPBadRequest(text="the body is not JSON this bot can read") from None
 
 
 async def read_activity(request: web.Request) -> Activity:

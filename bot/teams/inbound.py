@@ -30,12 +30,15 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 import aiohttp
 import jwt
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+
+from bot.teams.connector import UntrustedServiceUrl
 
 log = logging.getLogger("bot.teams.inbound")
 
@@ -267,6 +270,18 @@ def one_authorization(request: web.Request, *, required: bool) -> str:
         log.warning("inbound request refused: no bearer token")
         raise web.HTTPUnauthorized()
     return header
+
+
+def refused(exc: Exception) -> web.StreamResponse:
+    """The answer to a request refused before its turn ran, on either edge: 401 for a token
+    that does not pass (PermissionError), 403 for an activity whose serviceUrl is not trusted."""
+    log.warning("inbound request refused: %s", exc)
+    if not isinstance(exc, UntrustedServiceUrl):
+        raise web.HTTPUnauthorized() from None
+    return web.json_response(
+        {"error": "untrusted-service-url", "message": "the activity's serviceUrl is not trusted"},
+        status=HTTPStatus.FORBIDDEN,
+    )
 
 
 async def read_json(request: web.Request) -> Any:
