@@ -2,9 +2,10 @@
 
     TREE=/work/main .venv/bin/python benchmarks/ab_turn_cpu.py 1000 products
     TREE=.          .venv/bin/python benchmarks/ab_turn_cpu.py 1000 products
+    SEEDED_DB=/tmp/bench.sqlite3 TREE=. .venv/bin/python benchmarks/ab_turn_cpu.py 300 usage
 
 The app of TREE (its `create_app`, local development mode, a fresh SQLite file, migrations
-applied) serves turns posted one after another, 32 chats in turn, replying to the fake Bot
+applied; or a copy of SEEDED_DB, a file made by that tree's `benchmarks/seed.py`) serves turns posted one after another, 32 chats in turn, replying to the fake Bot
 Connector (a thread of this process, so its CPU is counted too, the same for both trees).
 Teams' rate-limit windows are lifted where the tree has the setting (FUSION_TEAMS_RATE_LIMITS),
 so that what is measured is the code path. 50 warm-up turns, then N measured. Prints one JSON
@@ -18,6 +19,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -40,7 +42,10 @@ from tests.fakes import FakeBotConnector  # noqa: E402
 
 async def main(turns: int, text: str) -> None:
     connector = FakeBotConnector(None).start()
-    database = f"sqlite://{tempfile.mkdtemp()}/ab.sqlite3"
+    path = f"{tempfile.mkdtemp()}/ab.sqlite3"
+    if os.environ.get("SEEDED_DB"):
+        shutil.copyfile(os.environ["SEEDED_DB"], path)
+    database = f"sqlite://{path}"
     settings = Settings(
         database_url=database, dev_admins=("*",), trusted_service_urls=(connector.service_url,)
     )
