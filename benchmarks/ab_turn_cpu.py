@@ -5,8 +5,9 @@
     SEEDED_DB=/tmp/bench.sqlite3 TREE=. .venv/bin/python benchmarks/ab_turn_cpu.py 300 usage
 
 The app of TREE (its `create_app`, local development mode, a fresh SQLite file, migrations
-applied; or a copy of SEEDED_DB, a file made by that tree's `benchmarks/seed.py`) serves turns posted one after another, 32 chats in turn, replying to the fake Bot
-Connector (a thread of this process, so its CPU is counted too, the same for both trees).
+applied; or a copy of SEEDED_DB, a file made by that tree's `benchmarks/seed.py`) serves
+turns posted one after another, 32 chats in turn, replying to the fake Bot Connector (a
+thread of this process, so its CPU is counted too, the same for both trees).
 Teams' rate-limit windows are lifted where the tree has the setting (FUSION_TEAMS_RATE_LIMITS),
 so that what is measured is the code path. 50 warm-up turns, then N measured. Prints one JSON
 line: ms per turn (wall) and CPU ms per turn (this process). Alternate the trees a few times:
