@@ -1070,8 +1070,13 @@ def main() -> None:
     m.add_argument("--max-turns", type=int, default=5000, help="at most this many turns per cell")
     m.add_argument("--rounds", type=int, default=1, help="repeat the matrix; medians reported")
     m.add_argument("--no-floors", action="store_true")
-    m.add_argument("--edges", nargs="+", default=["botbuilder"], choices=["botbuilder", "agents"],
-                   help="the bot's FUSION_EDGE; several: side by side, cells alternating")
+    m.add_argument(
+        "--edges",
+        nargs="+",
+        default=["botbuilder"],
+        choices=["botbuilder", "agents"],
+        help="the bot's FUSION_EDGE; several: side by side, cells alternating",
+    )
 
     s = sub.add_parser("soak", help="memory over a long run")
     common(s)
