@@ -182,3 +182,51 @@ async def test_an_event_does_not_say_its_target_twice(ledger_db: None) -> None: 
     sentences = [t for t in _texts(await say("audit")) if "POOL-14-CHANNELS" in t]
     assert sentences and all(t.count("POOL-14-CHANNELS") == 1 for t in sentences), sentences
     assert any("capacity 40" in t for t in sentences), sentences
+
+
+def _audited_actions() -> set[str]:
+    """Every action the code writes into the audit (`ch.record("x.y", ...)`)."""
+    import ast
+    from pathlib import Path
+
+    found: set[str] = set()
+    for path in Path("bot").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "record"
+                and node.args
+            ):
+                found |= {
+                    c.value
+                    for c in ast.walk(node.args[0])
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str) and "." in c.value
+                }
+    # A job's move is written as f"provisioning.{state}": one action per state.
+    from bot.domain.models import JobState
+
+    if "provisioning." in found:
+        found = (found - {"provisioning."}) | {f"provisioning.{s.value}" for s in JobState}
+    return found
+
+
+def test_every_audited_action_has_words() -> None:
+    from bot.commands.words import _DID, _NOUNS
+
+    actions = _audited_actions()
+    assert {"allocation.allocate", "reconcile.run", "customer.link"} <= actions
+    assert not actions - set(_DID) - {"allocation.allocate", "allocation.release"}
+    assert not actions - set(_NOUNS)
+
+
+def test_a_digest_sentence_leaves_the_fields_out_but_keeps_the_figures() -> None:
+    assigned = ("number.assign", "number:+442071234000", {"state": "available"})
+    after = {"state": "assigned", "holder": "ada@contoso.example"}
+    full = event_sentence("Ada", *assigned, after)
+    short = event_sentence("Ada", *assigned, after, details=False)
+    assert full.startswith(short) and "available → assigned" in full
+    assert short == "Ada assigned +442071234000"
+    allocation = ("allocation.allocate", "allocation:ACME-01/TEAMS-SEATS")
+    said = event_sentence("Ada", *allocation, {"allocated": 390}, {"allocated": 391}, details=False)
+    assert said == "Ada allocated 1 TEAMS-SEATS to ACME-01: 390 → 391"

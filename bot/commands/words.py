@@ -23,6 +23,7 @@ _DID = {
     "approval.fail": "approved request {name}, which could not be carried out",
     "approval.request": "asked for approval ({name})",
     "customer.add": "added customer {name}",
+    "customer.link": "linked customer {name} to its Microsoft 365 tenant",
     "digest.stop": "stopped digest {name}",
     "digest.subscribe": "subscribed a conversation to digest {name}",
     "directory.sync": "synchronised users of {name}",
@@ -30,15 +31,25 @@ _DID = {
     "license.unassign": "unassigned license {name}",
     "number.add": "added numbers {name}",
     "number.assign": "assigned {name}",
+    "number.location": "set the emergency location of {name}",
     "number.release": "released {name}",
     "number.reserve": "reserved {name}",
     "number.unquarantine": "returned {name} from quarantine",
     "pack.assign": "assigned pack {name}",
     "pack.create": "created pack {name}",
+    "pack.takeback": "took back pack {name}",
     "product.add": "added product {name}",
     "product.capacity": "changed the capacity of {name}",
     "product.delete": "deleted product {name}",
     "product.retire": "retired product {name}",
+    "provisioning.done": "completed provisioning job {name}",
+    "provisioning.failed": "recorded that provisioning job {name} failed",
+    "provisioning.pending": "put provisioning job {name} back in the queue",
+    "provisioning.sent": "sent provisioning job {name} to Microsoft 365",
+    "provisioning.job": "queued provisioning job {name}",
+    "provisioning.retry": "retried provisioning job {name}",
+    "reconcile.fix": "fixed difference {name}",
+    "reconcile.run": "compared {name} with its Microsoft 365 tenant",
     "subscription.add": "added subscription {name}",
     "trunk.add": "added trunk {name}",
     "trunk.channels": "changed the channels of trunk {name}",
@@ -85,8 +96,11 @@ def _changes(before: Any, after: Any, name: str = "") -> str:
     return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in parts[:4])
 
 
-def event_sentence(actor: str, action: str, target: str, before: Any, after: Any) -> str:
-    """One sentence for an audit event."""
+def event_sentence(
+    actor: str, action: str, target: str, before: Any, after: Any, *, details: bool = True
+) -> str:
+    """One sentence for an audit event. `details=False` leaves out the fields that changed
+    (what a digest, read by many, needs), keeping the figures of an allocation."""
     kind, _, name = target.partition(":")
     name = name or kind
     if action.startswith("approval.") and isinstance(after, dict) and after.get("short_id"):
@@ -115,7 +129,7 @@ def event_sentence(actor: str, action: str, target: str, before: Any, after: Any
         if template is not None
         else f"{action.replace('.', ' ').replace('_', ' ')} {name}"
     )
-    change = _changes(before, after, name)
+    change = _changes(before, after, name) if details else ""
     return f"{actor} {did}" + (f": {change}" if change else "")
 
 
@@ -149,6 +163,29 @@ _NOUNS = {
     "license.assign": ("license assigned", "licenses assigned"),
     "license.unassign": ("license unassigned", "licenses unassigned"),
     "pack.assign": ("pack assigned", "packs assigned"),
+    "account.update": ("account updated", "accounts updated"),
+    "customer.add": ("customer added", "customers added"),
+    "customer.link": ("customer linked", "customers linked"),
+    "digest.stop": ("digest stopped", "digests stopped"),
+    "digest.subscribe": ("digest subscription", "digest subscriptions"),
+    "directory.sync": ("directory sync", "directory syncs"),
+    "number.location": ("emergency location set", "emergency locations set"),
+    "number.unquarantine": ("number back from quarantine", "numbers back from quarantine"),
+    "pack.create": ("pack created", "packs created"),
+    "pack.takeback": ("pack taken back", "packs taken back"),
+    "product.delete": ("product deleted", "products deleted"),
+    "product.retire": ("product retired", "products retired"),
+    "provisioning.done": ("provisioning job done", "provisioning jobs done"),
+    "provisioning.failed": ("provisioning job failed", "provisioning jobs failed"),
+    "provisioning.pending": ("provisioning job requeued", "provisioning jobs requeued"),
+    "provisioning.sent": ("provisioning job sent", "provisioning jobs sent"),
+    "provisioning.job": ("provisioning job", "provisioning jobs"),
+    "provisioning.retry": ("provisioning retry", "provisioning retries"),
+    "reconcile.fix": ("difference fixed", "differences fixed"),
+    "reconcile.run": ("reconcile", "reconciles"),
+    "subscription.add": ("subscription added", "subscriptions added"),
+    "trunk.add": ("trunk added", "trunks added"),
+    "trunk.channels": ("trunk change", "trunk changes"),
 }
 
 

@@ -223,7 +223,9 @@ def _changes(report: DigestReport) -> list[dict[str, Any]]:
     )
     out.append(text(f"**{figure(report.changes_total)} changes**: {kinds}", spacing="Small"))
     for c in shown:
-        sentence = event_sentence(cut(c.actor, 40), c.action, cut(c.target, 80), c.before, c.after)
+        sentence = event_sentence(
+            cut(c.actor, 40), c.action, cut(c.target, 80), c.before, c.after, details=False
+        )
         out.append(text(sentence, spacing="Small"))
         out.append(
             text(f"{when(c.at)} · via {c.source}", isSubtle=True, size="Small", spacing="None")
