@@ -272,6 +272,9 @@ class Settings:
     # Nightly reconcile of every linked subscription, at this UTC time ("HH:MM"; "off": none).
     # Off whenever provisioning is off.
     reconcile_at: str = "02:00"
+    # Reconcile runs (and their differences) older than this many days are deleted by the
+    # scheduler's leader; the newest run of each subscription is always kept.
+    reconcile_keep_days: int = 30
 
     @property
     def provisioning_off_reason(self) -> str:
@@ -405,6 +408,7 @@ class Settings:
             provisioning_lease_seconds=_int(env, "FUSION_PROVISIONING_LEASE_SECONDS", 60, 6),
             provisioning_tenant_rps=_int(env, "FUSION_PROVISIONING_TENANT_RPS", 30),
             reconcile_at=_reconcile_at(env.get("FUSION_RECONCILE_AT", "02:00")),
+            reconcile_keep_days=_int(env, "FUSION_RECONCILE_KEEP_DAYS", 30, minimum=1),
         )
         settings.check()
         return settings

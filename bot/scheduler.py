@@ -43,7 +43,7 @@ from bot.domain.digests import (
     take_snapshot,
 )
 from bot.logs import configure_logging
-from bot.provisioning.nightly import nightly_reconcile
+from bot.provisioning.nightly import nightly_reconcile, prune
 from bot.teams.proactive import ProactiveSender, SendOutcome, SendResult, Target
 from bot.teams.render import render
 
@@ -76,6 +76,7 @@ class TickReport:
     approvals_expired: int = 0
     numbers_released: int = 0
     reconciled: int = 0  # subscriptions compared with their tenant by the nightly reconcile
+    reconcile_runs_pruned: int = 0  # runs older than FUSION_RECONCILE_KEEP_DAYS deleted
     deliveries: list[Delivery] = field(default_factory=list)
 
 
@@ -127,6 +128,9 @@ class Scheduler:
         )
         report.reconciled = await self._job(
             "nightly reconcile", nightly_reconcile(self.settings, now), 0
+        )
+        report.reconcile_runs_pruned = await self._job(
+            "reconcile retention", prune(self.settings, now), 0
         )
         if self.settings.digest_enabled and self.sender is not None:
             report.deliveries = await self.deliver_due(now)

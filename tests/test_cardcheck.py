@@ -581,3 +581,29 @@ def test_the_renderer_sees_broken_words_sideways_overflow_and_target_widths(
     assert "PHONE-LAYOUT" in at["400"]["text"] and "DESK-LAYOUT" not in at["400"]["text"]
     assert "DESK-LAYOUT" in at["800"]["text"] and "PHONE-LAYOUT" not in at["800"]["text"]
     assert report["responsive"]["errors"] == []
+
+
+@pytest.mark.browser
+def test_the_renderer_sees_a_cut_button_title(renderer: None) -> None:
+    """Two long titles side by side at 400 px are cut by the renderer (an ellipsis): the
+    harness names the whole title; short ones, and a long one alone at full width, pass."""
+
+    def buttons(*titles: str) -> dict[str, Any]:
+        return {
+            "type": "ActionSet",
+            "actions": [
+                {"type": "Action.Execute", "title": t, "verb": "x", "data": {}} for t in titles
+            ],
+        }
+
+    long = ("All 2: make Teams match the ledger", "All 2: make the ledger match Teams")
+    cards = {
+        "cut": _card(buttons(*long)),
+        "short": _card(buttons("Fix Teams", "Fix ledger"), buttons("Fix all 2")),
+    }
+    report = cardcheck.render_cards(cards, ARTIFACTS / "button-titles", widths=(400, 1000))
+    found = cardcheck.layout_problems(report)
+    assert "short" not in found, found
+    for title in long:
+        assert f'at 400 px: button title cut: "{title}"' in " ".join(found["cut"]), found
+    assert not [p for p in found["cut"] if p.startswith("at 1000 px")], found

@@ -6,21 +6,24 @@ official renderer in Chromium at 400 px and full width (screenshots in test-arti
 from __future__ import annotations
 
 import json
-import subprocess
+import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.commands.dispatch import run_text
-from bot.commands.reconcile import DriftReport
+from bot.commands.reconcile import DriftReport, run_view
 from bot.commands.reply import Changed
 from bot.domain import numbers
-from bot.domain.models import JobAction, ProvisioningJob
+from bot.domain.models import JobAction, ProvisioningJob, ReconcileRun
+from bot.domain.reconcile import drifts_of
 from bot.teams.card_actions import run_action
 from bot.teams.render import render
 from tests import cardcheck
+from tests.cardcheck.schema import iter_actions
 from tests.fakes import FakeGraph, FakeIdentityProvider
 from tests.support import licensing_env as env
 from tests.support.graph_env import trust_fakes
@@ -64,29 +67,40 @@ def texts(node: Any) -> list[str]:
     return []
 
 
-def screenshots(card: dict[str, Any], name: str) -> dict[str, Any]:
-    """Render at 400 px (a phone, a narrow pane) and at full width; the renderer's report."""
+def shown_cards(card: dict[str, Any], name: str) -> dict[str, Any]:
+    """The card, and the card each of its ShowCard buttons opens (rendered on their own: the
+    renderer draws them closed)."""
+    found = {name: card}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "Action.ShowCard":
+                sub = {"version": "1.5", "msteams": {"width": "Full"}, **node["card"]}
+                found[f"{name}-open-{len(found)}"] = sub
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(card.get("body"))
+    return found
+
+
+def screenshots(cards: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Render at 400 px (a phone, a narrow pane) and at full width (1000 px); screenshots
+    `<name>-400.png` and `<name>-1000.png` in test-artifacts/cards/; the renderer's report.
+    What a reader would see broken — a word across lines, anything overflowing, a button
+    title cut — fails the test."""
     reason = cardcheck.renderer_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    out = cardcheck.ARTIFACTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    report = {}
-    for width, full in ((400, 400), (450, 1000)):
-        source = out / f"{name}-{full}.json"
-        source.write_text(json.dumps(card, ensure_ascii=False), encoding="utf-8")
-        proc = subprocess.run(
-            [
-                "node", str(cardcheck.RENDER_SCRIPT), "--out", str(out),
-                "--chromium", str(cardcheck.chromium_path()),
-                "--width", str(width), "--full-width", str(full), str(source),
-            ],
-            cwd=cardcheck.RENDER_DIR, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert proc.returncode in (0, 1), proc.stderr
-        found = json.loads(proc.stdout)
-        report[full] = next(v for k, v in found.items() if k.endswith(source.name))
-        assert Path(report[full]["screenshot"]).is_file()
+    report = cardcheck.render_cards(cards, cardcheck.ARTIFACTS_DIR, widths=(400, 1000))
+    for name, entry in report.items():
+        assert entry["errors"] == [], (name, entry["errors"])
+        for width in ("400", "1000"):
+            assert Path(entry["widths"][width]["screenshot"]).is_file()
+    assert cardcheck.layout_problems(report) == {}
     return report
 
 
@@ -109,7 +123,20 @@ async def test_the_drift_card_and_its_buttons(
         assert "7 differences between Teams and the ledger" in words
         assert f"{e164(4)}: assigned to {upn(4)} in Teams, available in the ledger" in words
         assert "None" not in words and "{" not in words
+        # Moments in the project's words (bot.commands.words), never an ISO stamp.
+        assert re.search(
+            r"Read from the tenant \d{1,2} [A-Z][a-z]{2} \d\d:\d\d UTC, "
+            r"(just now|\d+ \w+ ago) \(\d+ Graph calls\)",
+            words,
+        ), words
+        assert not re.search(r"\d{4}-\d\d-\d\d", words)
         buttons = actions(card)
+        # Every title reads whole (none ends in an ellipsis that looks like a cut one).
+        titles = [b["title"] for b in buttons] + [
+            a["title"] for a in iter_actions(card) if a.get("type") == "Action.ShowCard"
+        ]
+        assert not [t for t in titles if t.endswith(("…", "..."))], titles
+        assert "Fix all 2" in titles
         missing = [d for d in reply.data["runs"][0]["differences"] if d["number"] == e164(1)][0]
         [teams_button] = [
             b for b in buttons if b["data"].get("id") == missing["id"] and b["title"] == "Fix Teams"
@@ -130,8 +157,11 @@ async def test_the_drift_card_and_its_buttons(
 
         # All of a kind: a dry run first, which offers to go ahead with exactly it.
         [all_teams] = [
-            b for b in buttons if b["title"].startswith("All ") and "Teams" in b["title"]
+            b
+            for b in buttons
+            if b["data"]["command"] == "reconcile fix-all" and b["data"]["to"] == "teams"
         ]
+        assert all_teams["title"] == "Fix Teams" and all_teams["data"]["dry_run"] is True
         assert all_teams["data"]["kind"] == "number-missing-in-teams"
         preview, _ = await run_action(all_teams["verb"], dict(all_teams["data"]), ctx)
         assert isinstance(preview, DriftReport), preview
@@ -145,6 +175,36 @@ async def test_the_drift_card_and_its_buttons(
         done, _ = await run_action(go["verb"], dict(go["data"]), ctx)
         assert done.ok and await ProvisioningJob.filter(e164=e164(8)).count() == 1
 
-    for name, shown in (("drift", card), ("drift-fix-all", preview_card)):
-        for width, found in screenshots(shown, name).items():
-            assert found["errors"] == [], (name, width, found)
+        # A difference fixed shows who and when, in the reader's time zone.
+        ctx.actor = replace(ctx.actor, timezone="America/New_York")
+        zoned = await run_text("reconcile ACME-01", ctx)
+        assert isinstance(zoned, DriftReport) and zoned.zone == "America/New_York"
+        zoned_card = dict(render(zoned))
+        zoned_words = "\n".join(texts(zoned_card))
+        assert re.search(r"from the tenant \d{1,2} [A-Z][a-z]{2} \d\d:\d\d E[SD]T, ", zoned_words)
+        # The first run again (as a card updated after its fixes would show it).
+        first_run = reply.data["runs"][0]["run"]
+        run = await ReconcileRun.get(id=first_run)
+        view = run_view(run, await drifts_of(run.id))
+        fixed_card = dict(
+            render(
+                DriftReport(
+                    title="After the fixes",
+                    sections=[view],
+                    data={"runs": [view]},
+                    zone="America/New_York",
+                )
+            )
+        )
+        fixed_words = "\n".join(texts(fixed_card))
+        assert re.search(
+            r"Fixed in Teams by .+ \(\d{1,2} [A-Z][a-z]{2} \d\d:\d\d E[SD]T, "
+            r"(just now|\d+ \w+ ago)\)\.",
+            fixed_words,
+        ), fixed_words
+
+    screenshots(
+        shown_cards(card, "drift")
+        | shown_cards(preview_card, "drift-fix-all")
+        | shown_cards(fixed_card, "drift-fixed")
+    )

@@ -135,3 +135,90 @@ async def test_graph_down_at_night_loses_nothing_and_the_run_comes_when_it_is_ba
     assert await ReconcileRun.all().count() == 0  # nothing half-written
     assert (await scheduler.tick()).reconciled == 1  # the next tick, Graph back
     assert (await scheduler.tick()).reconciled == 0
+
+
+async def test_old_reconcile_runs_are_cleaned_up_keeping_the_retention_and_each_newest(
+    fakes: tuple[FakeIdentityProvider, FakeGraph],
+) -> None:
+    """FUSION_RECONCILE_KEEP_DAYS: the scheduler's leader deletes runs (and their differences)
+    older than it, never the newest of a subscription and never one a card of the retention
+    period points at; a button on a card of a deleted run says why it finds nothing."""
+    from bot.commands.dispatch import run_text
+    from bot.commands.reply import Error
+    from bot.domain import reconcile
+    from bot.domain.change import verify_chain
+    from bot.domain.models import Drift
+    from bot.domain.reconcile import Finding
+
+    idp, graph = fakes
+    await env.seed(graph, users=6)
+    settings = replace(env.settings_for(idp, graph), reconcile_at="off", reconcile_keep_days=30)
+    now = datetime.now(UTC)
+    async with env.tenant_graph(settings) as client:
+        ctx = env.ctx_for(settings, client)
+        # Earlier runs: 40 and 31 days ago (past the retention), 29 days ago (within it);
+        # OTHER-02's only run, 90 days ago, is its newest.
+        finding = Finding(DriftKind.NUMBER_MISSING_IN_TEAMS, e164="+442071239999")
+        old: dict[str, ReconcileRun] = {}
+        for name, code, days in (
+            ("40", "ACME-01", 40),
+            ("31", "ACME-01", 31),
+            ("29", "ACME-01", 29),
+            ("other", "OTHER-02", 90),
+        ):
+            run = await reconcile.record(
+                env.OPS,
+                code,
+                env.CUSTOMER_TENANT,
+                "schedule",
+                [finding, finding],
+                started_at=now - timedelta(days=days),
+                graph_calls=3,
+            )
+            old[name] = run
+        await env.drifted(graph, client)
+        reply = await run_text("reconcile ACME-01", ctx)  # a card showing today's run
+        [shown] = reply.data["runs"]
+        gone_drift = (await Drift.filter(run_id=old["40"].id).values_list("id", flat=True))[0]
+        events = await AuditEvent.all().count()
+
+        leader = Scheduler(settings, None, clock=lambda: now, holder="a")
+        assert (await leader.tick()).reconcile_runs_pruned == 2
+        kept = set(await ReconcileRun.all().values_list("id", flat=True))
+        assert kept == {shown["run"], old["29"].id, old["other"].id}
+        assert await Drift.filter(run_id__in=[old["40"].id, old["31"].id]).count() == 0
+        assert await Drift.filter(run_id=old["29"].id).count() == 2
+        assert await Drift.filter(run_id=shown["run"]).count() == 6
+        [pruned] = await AuditEvent.filter(action="reconcile.prune")
+        assert pruned.source == "schedule"
+        assert pruned.after["runs"] == 2 and pruned.after["differences"] == 4
+        assert await AuditEvent.all().count() == events + 1
+        assert (await verify_chain())[0]
+        # Nothing more to do at the next tick.
+        assert (await leader.tick()).reconcile_runs_pruned == 0
+
+        # A button of a card within the retention still works; one of a deleted run says why.
+        [some] = [d["id"] for d in shown["differences"] if d["kind"] == "number-only-in-teams"]
+        fixed = await run_text(f"reconcile fix {some} --to ledger", ctx)
+        assert fixed.ok, fixed
+        for words in (
+            f"reconcile fix {gone_drift} --to ledger",
+            f"reconcile fix-all {old['40'].id} --kind number-missing-in-teams --to ledger",
+        ):
+            answer = await run_text(words, ctx)
+            assert isinstance(answer, Error), answer
+            assert "is not kept" in answer.text and "FUSION_RECONCILE_KEEP_DAYS" in answer.text
+
+    # A day later the run of 29 days is past the retention too; the newest ones stay.
+    later = Scheduler(settings, None, clock=lambda: now + timedelta(days=2), holder="a")
+    assert (await later.tick()).reconcile_runs_pruned == 1
+    kept = set(await ReconcileRun.all().values_list("id", flat=True))
+    assert kept == {shown["run"], old["other"].id}
+
+
+def test_the_reconcile_retention_setting() -> None:
+    assert Settings.from_env({}).reconcile_keep_days == 30
+    assert Settings.from_env({"FUSION_RECONCILE_KEEP_DAYS": "7"}).reconcile_keep_days == 7
+    for bad in ("0", "-3", "a week"):
+        with pytest.raises(ConfigError, match="FUSION_RECONCILE_KEEP_DAYS"):
+            Settings.from_env({"FUSION_RECONCILE_KEEP_DAYS": bad})

@@ -38,6 +38,8 @@ class DriftReport(Message):
     sections: list[dict[str, Any]] = field(default_factory=list)
     # A fix-all preview: the command that carries out exactly what it showed.
     go_ahead: str | None = None
+    # The reader's time zone (IANA name) for the moments the card shows; None: UTC.
+    zone: str | None = None
 
 
 def drift_view(d: Drift) -> dict[str, Any]:
@@ -138,6 +140,7 @@ async def reconcile_command(ctx: Context, args: ReconcileArgs) -> Reply:
         text=" ".join(_summary(v) for v in views),
         sections=views,
         data={"runs": views},
+        zone=ctx.actor.timezone,
     )
 
 

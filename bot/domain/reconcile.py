@@ -35,6 +35,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tortoise.functions import Max
+
 from bot.domain import licensing, numbers
 from bot.domain import provisioning as jobs
 from bot.domain.change import Origin, change
@@ -370,10 +372,22 @@ async def drifts_of(run_id: int, kind: DriftKind | None = None) -> list[Drift]:
     return list(await query.order_by("id"))
 
 
+def gone(what: str, ident: int) -> NotFound:
+    """A run or difference that is not (or no longer) kept: say why, and what to do."""
+    error = NotFound(what.lower(), str(ident))
+    error.message = (
+        f"{what} {ident} is not kept: it never existed, or its reconcile run was older than "
+        "the retention (FUSION_RECONCILE_KEEP_DAYS) and was cleaned up. Run `reconcile` again "
+        "for the differences of today."
+    )
+    error.args = (error.message,)
+    return error
+
+
 async def find_run(run_id: int) -> ReconcileRun:
     run = await ReconcileRun.filter(id=run_id).first()
     if run is None:
-        raise NotFound("reconcile run", str(run_id))
+        raise gone("Reconcile run", run_id)
     return run
 
 
@@ -403,6 +417,54 @@ async def open_differences(max_age: timedelta | None = None) -> dict[str, dict[s
             per[str(kind)] = per.get(str(kind), 0) + 1
         found[run.subscription_code] = dict(sorted(per.items()))
     return found
+
+
+# ----- keeping ---------------------------------------------------------------------------------
+
+PRUNE_BATCH = 200  # runs deleted in one transaction (their differences with them)
+
+
+async def prune_runs(origin: Origin, keep: timedelta, now: datetime | None = None) -> int:
+    """Delete the runs that started more than `keep` ago, with their differences, except the
+    newest run of each subscription (the digest, /metrics and `reconcile` speak of it).
+
+    A card's buttons name a run and its differences: every run younger than `keep` stays, so
+    a card of the retention period always finds what it shows. Audited as reconcile.prune, in
+    batches of PRUNE_BATCH runs (one transaction each); how many runs were deleted."""
+    cutoff = (now or datetime.now(UTC)) - keep
+    newest = set(
+        await ReconcileRun.annotate(newest=Max("id"))
+        .group_by("subscription_code")
+        .values_list("newest", flat=True)
+    )
+    deleted = 0
+    while True:
+        ids = [
+            i
+            for i in await ReconcileRun.filter(started_at__lt=cutoff)
+            .order_by("id")
+            .limit(PRUNE_BATCH + len(newest))
+            .values_list("id", flat=True)
+            if i not in newest
+        ][:PRUNE_BATCH]
+        if not ids:
+            return deleted
+        async with change(origin) as ch:
+            differences = await Drift.filter(run_id__in=ids).using_db(ch.conn).delete()
+            runs = await ReconcileRun.filter(id__in=ids).using_db(ch.conn).delete()
+            ch.record(
+                "reconcile.prune",
+                "reconcile runs",
+                None,
+                {
+                    "runs": runs,
+                    "differences": differences,
+                    "first": ids[0],
+                    "last": ids[-1],
+                    "started_before": cutoff.isoformat(timespec="seconds"),
+                },
+            )
+        deleted += runs
 
 
 # ----- fixing ----------------------------------------------------------------------------------
@@ -461,7 +523,7 @@ async def fix(
     async with change(origin, dry_run=dry_run) as ch:
         drift = await Drift.filter(id=drift_id).using_db(ch.conn).first()
         if drift is None:
-            raise NotFound("difference", str(drift_id))
+            raise gone("Difference", drift_id)
         marked = (
             await Drift.filter(id=drift.id, state=DriftState.OPEN)
             .using_db(ch.conn)

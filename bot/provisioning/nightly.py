@@ -63,3 +63,10 @@ async def nightly_reconcile(settings: Settings, now: datetime) -> int:
                 extra={"subscription": sub.code, "differences": run.differences},
             )
     return compared
+
+
+async def prune(settings: Settings, now: datetime) -> int:
+    """The retention of reconcile runs (FUSION_RECONCILE_KEEP_DAYS), whether provisioning is
+    on or not: runs older than it go, with their differences; each subscription's newest
+    stays. How many runs were deleted."""
+    return await reconcile.prune_runs(ORIGIN, timedelta(days=settings.reconcile_keep_days), now)

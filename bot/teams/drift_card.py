@@ -4,6 +4,10 @@ words, with its two buttons — "Fix Teams" (make Teams match the ledger: a prov
 break) — and, per kind, "all of them" buttons that first show a dry run whose card offers to go
 ahead with exactly what it showed.
 
+Moments are in the project's words ("2 Dec 04:13 UTC, 5 minutes ago", bot.commands.words), in
+the reader's time zone when the actor has one. Every button title reads whole at 400 px: a kind
+with more than one open difference has one "Fix all N" button that opens its two directions.
+
 Buttons are form submissions of `reconcile fix` / `reconcile fix-all` (bot.teams.card_actions
 runs them through the command gate, with the form id as idempotency key: a second click has no
 effect).
@@ -12,9 +16,11 @@ The card reads at 360–450 px: one difference a block, the buttons under it, sh
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from bot.commands.reconcile import SHOWN, DriftReport
+from bot.commands.words import relative, when
 from bot.domain.models import DriftKind
 from bot.domain.reconcile import KIND_WORDS
 from bot.teams.blocks import VERB_FORM_SUBMIT, execute
@@ -53,6 +59,10 @@ def _fix_buttons(drift: dict[str, Any]) -> dict[str, Any]:
 
 
 def _all_buttons(run: int, kind: str, count: int) -> dict[str, Any]:
+    """One short button, "Fix all 2", opening the two directions under it (each a dry run
+    first): a title that reads whole at 400 px, the same "Fix Teams" / "Fix ledger" words as
+    each difference's buttons."""
+
     def one(side: str, title: str) -> dict[str, Any]:
         return _submit(
             title,
@@ -61,26 +71,53 @@ def _all_buttons(run: int, kind: str, count: int) -> dict[str, Any]:
             {"run": run, "kind": kind, "to": side, "dry_run": True},
         )
 
+    words = KIND_WORDS[DriftKind(kind)]
     return {
         "type": "ActionSet",
         "spacing": "Small",
-        "actions": [one("teams", f"All {count}: Teams…"), one("ledger", f"All {count}: ledger…")],
+        "actions": [
+            {
+                "type": "Action.ShowCard",
+                "title": f"Fix all {count}",
+                "card": {
+                    "type": "AdaptiveCard",
+                    "body": [
+                        _text(
+                            f"All {count} open “{words}”, one way. Each button first shows "
+                            "a dry run; nothing changes until you go ahead.",
+                            spacing="None",
+                        )
+                    ],
+                    "actions": [one("teams", "Fix Teams"), one("ledger", "Fix ledger")],
+                },
+            }
+        ],
     }
 
 
-def _difference(drift: dict[str, Any]) -> dict[str, Any]:
+def _moment(iso: str, zone: str | None) -> str:
+    """ "2 Dec 04:13 UTC, 5 minutes ago" in the reader's time zone (UTC when unknown)."""
+    at = datetime.fromisoformat(iso)
+    ago = relative(at)
+    return f"{when(at, zone)}, {'just now' if ago == 'now' else ago}"
+
+
+def _difference(drift: dict[str, Any], zone: str | None) -> dict[str, Any]:
     items: list[dict[str, Any]] = [_text(drift["description"], spacing="None")]
     if drift["state"] == "open":
         items.append(_fix_buttons(drift))
     else:
         side = "Teams" if drift["fixed_to"] == "teams" else "the ledger"
+        at = f" ({_moment(drift['fixed_at'], zone)})" if drift.get("fixed_at") else ""
         items.append(
-            _text(f"Fixed in {side} by {drift['fixed_by']}.", isSubtle=True, spacing="None")
+            _text(f"Fixed in {side} by {drift['fixed_by']}{at}.", isSubtle=True, spacing="None")
         )
     return {"type": "Container", "spacing": "Medium", "separator": True, "items": items}
 
 
-def _section(view: dict[str, Any], budget: int) -> tuple[list[dict[str, Any]], int]:
+def _section(
+    view: dict[str, Any], budget: int, zone: str | None
+) -> tuple[list[dict[str, Any]], int]:
     diffs = view["differences"]
     total = len(diffs)
     body: list[dict[str, Any]] = [
@@ -113,7 +150,7 @@ def _section(view: dict[str, Any], budget: int) -> tuple[list[dict[str, Any]], i
         for drift in group:
             if budget <= 0:
                 break
-            body.append(_difference(drift))
+            body.append(_difference(drift, zone))
             budget -= 1
     shown = sum(1 for b in body if b.get("type") == "Container")
     if shown < total:
@@ -161,12 +198,13 @@ def _report(reply: DriftReport) -> dict[str, Any]:
         body.append(_text(LEGEND, isSubtle=True, spacing="Small"))
     budget = SHOWN
     for view in reply.sections:
-        section, budget = _section(view, budget)
+        section, budget = _section(view, budget, reply.zone)
         body.extend(section)
-        taken = view["taken_at"][:16].replace("T", " ")
+        calls = view["graph_calls"]
         body.append(
             _text(
-                f"Read from the tenant at {taken} UTC ({view['graph_calls']} Graph calls).",
+                f"Read from the tenant {_moment(view['taken_at'], reply.zone)} "
+                f"({calls} Graph call{'s' if calls != 1 else ''}).",
                 isSubtle=True,
                 size="Small",
             )

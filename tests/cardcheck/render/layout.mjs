@@ -2,7 +2,9 @@
 // Runs inside the page after a render: what a reader would see as broken. A word (a run of
 // non-space characters inside one text node) whose DOM range has line boxes on more than one
 // line is broken across lines; an element reaching past the card's right edge, or whose
-// content is wider than its box (clipped or scrolling), overflows sideways.
+// content is wider than its box (clipped or scrolling), overflows sideways. A button whose
+// title does not fit (the renderer cuts it with an ellipsis: its title element, or the button,
+// is narrower than its text) is reported as a cut title, naming the whole title.
 export function layoutProblems(card) {
   const problems = [];
   if (!card) return problems;
@@ -29,6 +31,17 @@ export function layoutProblems(card) {
     const text = (el.textContent || "").trim().replace(/\s+/g, " ").replace(/\u2060/g, "");
     return `<${el.tagName.toLowerCase()} class="${el.className}"> ${JSON.stringify(text.slice(0, 60))}`;
   };
+  for (const button of card.querySelectorAll(".ac-pushButton")) {
+    const rect = button.getBoundingClientRect();
+    if (rect.width === 0 || rect.height === 0) continue; // not shown (a closed ShowCard's)
+    const cut = [button, ...button.querySelectorAll("*")].some(
+      (el) => el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1);
+    if (cut) {
+      const title = (button.getAttribute("aria-label") || button.textContent || "").trim();
+      problems.push(`button title cut: ${JSON.stringify(title.replace(/\u2060/g, ""))} ` +
+                    `(${Math.round(rect.width)} px wide)`);
+    }
+  }
   const seen = new Set();
   for (const el of card.querySelectorAll("*")) {
     const rect = el.getBoundingClientRect();
