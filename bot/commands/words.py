@@ -49,6 +49,7 @@ _DID = {
     "provisioning.job": "queued provisioning job {name}",
     "provisioning.retry": "retried provisioning job {name}",
     "reconcile.fix": "fixed difference {name}",
+    "reconcile.prune": "deleted reconcile runs older than their retention",
     "reconcile.run": "compared {name} with its Microsoft 365 tenant",
     "subscription.add": "added subscription {name}",
     "trunk.add": "added trunk {name}",
@@ -123,6 +124,12 @@ def event_sentence(
         reason = after.get("reason")
         did = _DID.get(action, action).format(name=name)
         return f"{actor} {did}" + (f": “{reason}”" if reason else "")
+    if action == "reconcile.prune" and isinstance(after, dict):
+        runs, differences = value(after.get("runs")), value(after.get("differences"))
+        return (
+            f"{actor} deleted {runs} reconcile runs older than their retention, with their "
+            f"{differences} differences"
+        )
     template = _DID.get(action)
     did = (
         template.format(name=name)
@@ -182,6 +189,7 @@ _NOUNS = {
     "provisioning.job": ("provisioning job", "provisioning jobs"),
     "provisioning.retry": ("provisioning retry", "provisioning retries"),
     "reconcile.fix": ("difference fixed", "differences fixed"),
+    "reconcile.prune": ("reconcile clean-up", "reconcile clean-ups"),
     "reconcile.run": ("reconcile", "reconciles"),
     "subscription.add": ("subscription added", "subscriptions added"),
     "trunk.add": ("trunk added", "trunks added"),
