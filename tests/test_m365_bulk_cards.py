@@ -187,10 +187,12 @@ async def test_a_bulk_card_is_drawn_again_by_another_instance_after_a_restart(
     folder = artifacts / "m365-bulk"
     cardcheck.check_cards(sequence, out_dir=folder, conventions=True)
     if cardcheck.renderer_available():
-        narrow = cardcheck.render_cards(
-            {f"{k}-400px": v for k, v in sequence.items()}, folder, width=400
-        )
-        assert all(not r["errors"] for r in narrow.values()), narrow
+        # Every card at 400 px (phone) and 800 px: no word broken, nothing overflowing.
+        report = cardcheck.render_cards(sequence, folder, widths=(400, 800))
+        for name, found in report.items():
+            assert not found["errors"], (name, found["errors"])
+            for width, seen in found["widths"].items():
+                assert not seen["layout"], (name, width, seen["layout"])
 
 
 async def test_two_instances_the_card_follows_whichever_ends_the_last_job(world: World) -> None:
