@@ -253,7 +253,7 @@ async def test_where_a_worker_runs_the_bulk_answer_shows_microsoft_365s_answer_p
                 await running
     assert isinstance(single, Progress) and not single.ok
     [(who, why)] = single.failed
-    assert who == upn(0) and "invalid usage location" in why and "kept in the ledger" in why
+    assert who == upn(0) and "invalid usage location" in why and "Kept in the ledger" in why
     assert single.succeeded == [f"{upn(2)} (set up in Microsoft 365)"]
     assert single.data["microsoft_365"][upn(0)]["state"] == "failed"
     assert isinstance(pack, Progress)

@@ -27,12 +27,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.harness import REPO, Child  # noqa: E402
-from bot.domain import db, directory, ledger, numbers  # noqa: E402
+from bot.domain import db, directory, ledger, licensing, numbers  # noqa: E402
 from bot.domain import provisioning as jobs  # noqa: E402
 from bot.domain.change import Origin, verify_chain  # noqa: E402
 from bot.domain.models import (  # noqa: E402
     AuditEvent,
+    JobAction,
     JobState,
+    LicenseAssignment,
     NumberState,
     PhoneNumber,
     ProductKind,
@@ -43,7 +45,16 @@ from tests.support import dbutil  # noqa: E402
 
 APP_ID = "7b3f0c1e-2a4d-4e5f-8a9b-0c1d2e3f4a5b"
 APP_SECRET = "provisioning-drill-secret"
-ROLES = ["TeamsTelephoneNumber.ReadWrite.All", "User.Read.All", "GroupMember.Read.All"]
+ROLES = [
+    "TeamsTelephoneNumber.ReadWrite.All",
+    "User.Read.All",
+    "GroupMember.Read.All",
+    "LicenseAssignment.ReadWrite.All",
+]
+# Real SKU ids of Microsoft's catalogue: Teams Phone Standard, Domestic Calling Plan.
+MCOEV = "e43b5b99-8dfb-405f-9987-dc307f34bcbd"
+MCOPSTN1 = "0dab259f-bf13-4952-b7f8-7db8f131b28d"
+SKUS = {"TEAMS-PHONE": MCOEV, "CALLING-PLAN": MCOPSTN1}
 TENANT = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
 FIRST = 442071230000
 OPS = Origin(actor_id="drill", actor_name="Drill", source="cli", correlation_id="drill")
@@ -150,6 +161,91 @@ async def seed(graph: FakeGraph, users: int) -> None:
         graph.add_user(oid(upn(i)), upn(i), f"User {i}")
 
 
+async def seed_licenses(graph: FakeGraph, users: int) -> None:
+    """Licenses TEAMS-PHONE (MCOEV), CALLING-PLAN (MCOPSTN1) and VOICEMAIL (no SKU), pack VOICE
+    of the three; the tenant bought enough units of each SKU."""
+    for name, sku in (("TEAMS-PHONE", "MCOEV"), ("CALLING-PLAN", "MCOPSTN1"), ("VOICEMAIL", None)):
+        await ledger.add_product(OPS, name, ProductKind.LICENSE, users * 2, sku=sku)
+        await ledger.allocate(OPS, users * 2, name, "ACME-01")
+    await licensing.create_pack(OPS, "VOICE", ["TEAMS-PHONE", "CALLING-PLAN", "VOICEMAIL"])
+    graph.add_sku(TENANT, MCOEV, "MCOEV", users * 2)
+    graph.add_sku(TENANT, MCOPSTN1, "MCOPSTN1", users * 2)
+
+
+async def license_work(first: int, last: int) -> int:
+    """License jobs for users first..last-1, through the ledger: every third user gets pack
+    VOICE (one license-add of two SKUs), the others TEAMS-PHONE; every sixth user (from the
+    second) has it taken away again at once (a license-remove after its license-add). Returns
+    how many jobs were written."""
+    written = 0
+    for i in range(first, last):
+        if i % 3 == 0:
+            await licensing.assign_pack(OPS, "VOICE", [upn(i)], rules=RULES)
+        else:
+            await licensing.assign_license(OPS, "TEAMS-PHONE", [upn(i)], rules=RULES)
+        written += 1
+        if i % 6 == 1:
+            await licensing.unassign_license(OPS, "TEAMS-PHONE", upn(i), rules=RULES)
+            written += 1
+    return written
+
+
+async def license_open() -> int:
+    return await ProvisioningJob.filter(
+        action__in=(JobAction.LICENSE_ADD, JobAction.LICENSE_REMOVE),
+        state__in=(JobState.PENDING, JobState.SENT),
+    ).count()
+
+
+async def license_checks(graph: FakeGraph, r: Reading) -> None:
+    """Every license job done, each add and each remove took effect in Microsoft 365 exactly
+    once (one accepted assignLicense per user and SKU each way), and Microsoft 365 holds what
+    the ledger says."""
+    lic = await ProvisioningJob.filter(
+        action__in=(JobAction.LICENSE_ADD, JobAction.LICENSE_REMOVE)
+    ).values_list("state", flat=True)
+    r.figures["license jobs"] = dict(Counter(str(s) for s in lic))
+    r.checks["every license job done"] = all(str(s) == "done" for s in lic)
+    adds: Counter[tuple[str, str]] = Counter()
+    removes: Counter[tuple[str, str]] = Counter()
+    for x in graph.requests:
+        if x.info.get("kind") != "assignLicense" or x.status != 200 or not isinstance(x.json, dict):
+            continue
+        user = x.path.split("/users/", 1)[1].split("/", 1)[0]
+        for item in x.json.get("addLicenses", []):
+            adds[(user, str(item["skuId"]).lower())] += 1
+        for sku in x.json.get("removeLicenses", []):
+            removes[(user, str(sku).lower())] += 1
+    r.figures["assignLicense accepted"] = sum(
+        1 for x in graph.requests if x.info.get("kind") == "assignLicense" and x.status == 200
+    )
+    r.figures["license effects more than once"] = sum(
+        1 for c in [*adds.values(), *removes.values()] if c > 1
+    )
+    wanted_adds: Counter[tuple[str, str]] = Counter()
+    wanted_removes: Counter[tuple[str, str]] = Counter()
+    for job in await ProvisioningJob.filter(
+        action__in=(JobAction.LICENSE_ADD, JobAction.LICENSE_REMOVE), state=JobState.DONE
+    ):
+        for entry in job.licenses or []:
+            sku = SKUS.get(str(entry.get("product")))
+            if sku is None:
+                continue
+            target = wanted_adds if job.action is JobAction.LICENSE_ADD else wanted_removes
+            target[(oid(job.upn), sku)] += 1
+    r.checks["each license add and remove took effect once"] = (
+        adds == wanted_adds and removes == wanted_removes
+    )
+    held = await LicenseAssignment.all().values_list("account__upn", "product__name")
+    ledger_view: dict[str, set[str]] = {}
+    for who, name in held:
+        if str(name) in SKUS:
+            ledger_view.setdefault(oid(str(who)), set()).add(SKUS[str(name)])
+    graph_view = {user: set(skus) for (tenant, user), skus in graph.user_licenses.items() if skus}
+    r.checks["Microsoft 365 and the ledger agree"] = graph_view == ledger_view
+    r.figures["users holding licenses"] = len(ledger_view)
+
+
 async def assign(first: int, last: int) -> None:
     """Assign numbers first..last-1 (each to its user), through the ledger, jobs and all."""
     for i in range(first, last):
@@ -192,7 +288,9 @@ async def read_back(graph: FakeGraph, failures: dict[str, str]) -> Reading:
     r.figures["assignNumber accepted more than once"] = len(twice)
     r.checks["each assignment sent to Teams once"] = not twice and all(
         accepted.get(n, 0) == 1
-        for n in await ProvisioningJob.filter(state=JobState.DONE).values_list("e164", flat=True)
+        for n in await ProvisioningJob.filter(
+            state=JobState.DONE, action=JobAction.ASSIGN
+        ).values_list("e164", flat=True)
     )
     ends = Counter(
         str(t)

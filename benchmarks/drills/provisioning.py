@@ -14,6 +14,12 @@ Teams tenant (Graph with operations that take 0.5 s), and does one unkind thing:
 - two: two bot instances from the start, on one database, both working the same jobs;
 - failed: a few numbers' operations fail in Teams (statusDetail scripted).
 
+The outage and kill9 drills carry Microsoft 365 license jobs too, made with the numbers (one
+per user: pack VOICE for every third, TEAMS-PHONE for the others, and for every sixth a
+license-remove right after), so the outage and the kill find license jobs pending or on their
+way; afterwards each add and each remove has taken effect once in the fake Microsoft 365 (one
+accepted assignLicense per user and SKU each way) and Microsoft 365 holds what the ledger says.
+
 Checks afterwards (from the database and the fake tenant): every job ended; each assignment
 was accepted by Teams exactly once; each job has exactly one end in the audit; Teams and the
 ledger agree; the failed jobs are exactly the scripted ones, left Teams alone and say why; the
@@ -39,6 +45,9 @@ from bot.domain import db  # noqa: E402
 from bot.domain.naming import set_naming_rule  # noqa: E402
 
 DRILLS = ("outage", "kill9", "two", "failed")
+# Drills that carry Microsoft 365 license jobs (license-add, license-remove, a pack) beside the
+# numbers.
+LICENSE_DRILLS = ("outage", "kill9")
 
 
 async def drill(name: str, kind: str, url: str, quick: bool, work: Path) -> dict[str, Any]:
@@ -52,6 +61,10 @@ async def drill(name: str, kind: str, url: str, quick: bool, work: Path) -> dict
         bots = []
         try:
             await p.seed(graph, total)
+            licenses = name in LICENSE_DRILLS
+            if licenses:
+                await p.seed_licenses(graph, total)
+            jobs_total = total
             if name == "failed":
                 for i in range(0, total, max(total // 5, 1)):
                     failures[p.e164(i)] = f"Number {p.e164(i)} is not in the tenant's inventory."
@@ -64,29 +77,41 @@ async def drill(name: str, kind: str, url: str, quick: bool, work: Path) -> dict
             started = time.monotonic()
             third = total // 3
             await p.assign(0, third * 2)
+            if licenses:
+                jobs_total += await p.license_work(0, third * 2)
             await p.wait_ended(third, 120)
             if name == "outage":
                 graph.down("refuse")
                 result["outage_seconds"] = outage
                 await p.assign(third * 2, total)
+                if licenses:
+                    result["license_jobs_open_at_outage"] = await p.license_open()
+                    jobs_total += await p.license_work(third * 2, total)
                 await asyncio.sleep(outage)
                 graph.up()
                 back = time.monotonic()
-                await p.wait_ended(total, 300)
+                await p.wait_ended(jobs_total, 300)
                 result["drained_after_outage_s"] = round(time.monotonic() - back, 1)
             elif name == "kill9":
                 bots[0].kill9()
                 result["killed_at_ended"] = await p.ended()
+                if licenses:
+                    result["license_jobs_open_at_kill"] = await p.license_open()
                 await p.assign(third * 2, total)
+                if licenses:
+                    jobs_total += await p.license_work(third * 2, total)
                 bots[0] = p.start_bot(work, f"{name}-{kind}-bot1b", env)
                 back = time.monotonic()
-                await p.wait_ended(total, 300)
+                await p.wait_ended(jobs_total, 300)
                 result["drained_after_restart_s"] = round(time.monotonic() - back, 1)
             else:
                 await p.assign(third * 2, total)
                 await p.wait_ended(total, 300)
             result["wall_s"] = round(time.monotonic() - started, 1)
+            result["jobs"] = jobs_total
             reading = await p.read_back(graph, failures)
+            if licenses:
+                await p.license_checks(graph, reading)
             result["checks"] = reading.checks
             result["figures"] = reading.figures
         finally:

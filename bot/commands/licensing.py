@@ -106,14 +106,16 @@ def progress_reply(
         m365[upn] = {"state": job.state.value, "reason": job.reason}
         if job.state is JobState.FAILED:
             succeeded.remove(upn)
-            kept = "" if job.pack else " (kept in the ledger: `reconcile` shows it)"
-            failed.append((upn, f"{job.reason}{kept}"))
+            failed.append((upn, _why(job)))
         elif job.state is JobState.DONE:
             notes[upn] = "set up in Microsoft 365"
         else:
             notes[upn] = "being set up in Microsoft 365"
     if m365:
         data["microsoft_365"] = m365
+    if outcome.jobs and not outcome.dry_run:
+        # The card is drawn again when the last of these ends (bot.teams.provisioning).
+        data["provisioning"] = {"jobs": sorted(outcome.jobs.values())}
     title = ("Dry run — nothing changed: " if outcome.dry_run else "") + outcome.message
     return Progress(
         title=title,
@@ -126,6 +128,45 @@ def progress_reply(
         text=f"Licenses: {', '.join(outcome.licenses)}." + _in_m365(outcome, jobs),
         data=data,
     )
+
+
+_FOR_WHOM = re.compile(r"^Microsoft 365 did not (?:add|remove) .*? for \S+: ")
+_PACK_BACK = re.compile(r" The rest of service pack .* \(a pack is all or nothing\)\.$")
+_GRAPH = re.compile(r"^Microsoft Graph refused the request \(HTTP (\d+) [A-Za-z_]+: (.*)\)\.$")
+
+
+def _why(job: ProvisioningJob) -> str:
+    """A failed job's reason on one line of a bulk answer (which names the account already):
+    Graph's own words, and what the ledger did about it."""
+    reason = _PACK_BACK.sub("", _FOR_WHOM.sub("", job.reason or "no reason given"))
+    found = _GRAPH.match(reason)
+    if found:
+        reason = f"{found.group(2).rstrip('.')} (HTTP {found.group(1)})."
+    if job.pack:
+        return f"{reason} Service pack {job.pack} taken back in the ledger (all or nothing)."
+    return f"{reason} Kept in the ledger (`reconcile` shows it)."
+
+
+_NOT_LEDGER = ("microsoft_365", "provisioning")
+
+
+def bulk_of(reply: Reply) -> tuple[list[int], dict[str, Any]] | None:
+    """A bulk license answer with jobs → (its job ids, the ledger's outcome as_json), else
+    None: what its card needs to be drawn again when the jobs end (`bulk_card_reply`)."""
+    if not isinstance(reply, Progress) or not isinstance(reply.data, dict):
+        return None
+    found = reply.data.get("provisioning")
+    ids = found.get("jobs") if isinstance(found, dict) else None
+    if not isinstance(ids, list) or not ids:
+        return None
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return None
+    return list(ids), {k: v for k, v in reply.data.items() if k not in _NOT_LEDGER}
+
+
+def bulk_card_reply(outcome: dict[str, Any], jobs: Sequence[ProvisioningJob]) -> Progress:
+    """A bulk license answer drawn again from what the ledger did and its jobs as they stand."""
+    return progress_reply(BulkOutcome.from_json(outcome), {j.id: j for j in jobs})
 
 
 def _in_m365(outcome: BulkOutcome, jobs: dict[int, ProvisioningJob] | None) -> str:

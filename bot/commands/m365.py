@@ -21,8 +21,9 @@ from bot.provisioning.tenant_graph import TenantGraph
 
 # How long a bulk license command waits for Microsoft 365's per-user answers before it answers
 # with what it has (Services.m365_wait_seconds), where the process runs the provisioning worker
-# (the bot); the CLI does not wait (`provisioning` shows how each job ended).
-WAIT_SECONDS = 8.0
+# (the bot): quick answers make the first card; the card is drawn again when the last job ends
+# (bot.teams.provisioning). The CLI does not wait (`provisioning` shows how each job ended).
+WAIT_SECONDS = 2.0
 POLL_SECONDS = 0.25
 
 

@@ -25,6 +25,7 @@ from bot.domain.errors import Conflict, DomainError
 from bot.domain.ledger import Outcome
 from bot.domain.models import (
     Account,
+    BulkCard,
     Customer,
     JobAction,
     JobState,
@@ -108,6 +109,53 @@ async def enqueue(
         },
     )
     return job
+
+
+# ----- the card of a bulk answer ----------------------------------------------------------
+
+
+async def set_bulk_card(
+    job_ids: Sequence[int], conversation_id: str, activity_id: str, outcome: dict[str, Any]
+) -> tuple[BulkCard, list[ProvisioningJob]]:
+    """Remember where the answer card of a bulk license command is and what the ledger did
+    (`outcome`: BulkOutcome.as_json()), on its jobs, so whichever worker ends the last of them
+    can draw the card again. The same jobs shown again (a redelivered activity) move their one
+    card to the new place. Returns the card and its jobs as they stand after the write."""
+    wanted = sorted(set(job_ids))
+    async with change(jobs.ORIGIN) as ch:
+        rows = await ProvisioningJob.filter(id__in=wanted).using_db(ch.conn).order_by("id")
+        known = next((r.bulk_card_id for r in rows if r.bulk_card_id is not None), None)
+        card = await BulkCard.filter(id=known).using_db(ch.conn).first() if known else None
+        if card is None:
+            card = await BulkCard.create(
+                using_db=ch.conn,
+                conversation_id=conversation_id[:512],
+                activity_id=activity_id[:255],
+                outcome=outcome,
+            )
+        else:
+            await (
+                BulkCard.filter(id=card.id)
+                .using_db(ch.conn)
+                .update(conversation_id=conversation_id[:512], activity_id=activity_id[:255])
+            )
+        await (
+            ProvisioningJob.filter(id__in=[r.id for r in rows])
+            .using_db(ch.conn)
+            .update(
+                bulk_card_id=card.id,
+                conversation_id=conversation_id[:512],
+                card_activity_id=activity_id[:255],
+            )
+        )
+    # Read after the commit: a job ended meanwhile is seen ended here, or its worker saw the
+    # card (one of the two draws the card when the last job ends).
+    return await bulk_card(card.id)
+
+
+async def bulk_card(card_id: int) -> tuple[BulkCard, list[ProvisioningJob]]:
+    card = await BulkCard.get(id=card_id)
+    return card, list(await ProvisioningJob.filter(bulk_card_id=card_id).order_by("id"))
 
 
 # ----- free units before assigning ----------------------------------------------------------

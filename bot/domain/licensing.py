@@ -115,6 +115,31 @@ class BulkOutcome:
             "failed": [{"upn": u, "reason": why} for u, why in self.failed],
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BulkOutcome:
+        """The outcome `as_json` gave (kept with a bulk answer's card, to draw it again)."""
+        succeeded = [r for r in data.get("succeeded", []) if isinstance(r, dict)]
+        return cls(
+            action=str(data.get("action", "")),
+            target=str(data.get("target", "")),
+            licenses=[str(n) for n in data.get("licenses", [])],
+            total=int(data.get("total", 0)),
+            dry_run=bool(data.get("dry_run", False)),
+            succeeded=[str(r["upn"]) for r in succeeded],
+            failed=[
+                (str(r["upn"]), str(r.get("reason", "")))
+                for r in data.get("failed", [])
+                if isinstance(r, dict)
+            ],
+            added={str(r["upn"]): list(r.get("added") or []) for r in succeeded},
+            notes={str(r["upn"]): str(r["note"]) for r in succeeded if r.get("note")},
+            jobs={
+                str(r["upn"]): int(r["provisioning_job"])
+                for r in succeeded
+                if isinstance(r.get("provisioning_job"), int)
+            },
+        )
+
 
 # ----- look-ups --------------------------------------------------------------------------
 
@@ -278,9 +303,7 @@ async def unassign_license(
             raise Conflict(f"{account.upn} does not hold {product.name}.")
         after = [n for n in before if n != product.name]
         recorded: dict[str, Any] = {"licenses": after}
-        job = await license_jobs.enqueue(
-            ch, rules, JobAction.LICENSE_REMOVE, account, [product]
-        )
+        job = await license_jobs.enqueue(ch, rules, JobAction.LICENSE_REMOVE, account, [product])
         if job is not None:
             recorded["provisioning_job"] = job.id
         ch.record("license.unassign", f"account:{account.upn}", {"licenses": before}, recorded)

@@ -452,6 +452,9 @@ class ProvisioningJob(Model):
     # Where the answer card is, to update it when the job ends.
     conversation_id = fields.CharField(max_length=512, null=True)
     card_activity_id = fields.CharField(max_length=255, null=True)
+    # A bulk license answer's job: the card it shares with the other accounts' jobs (updated
+    # when the last of them ends).
+    bulk_card_id = fields.BigIntField(null=True, db_index=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
     finished_at = fields.DatetimeField(null=True)
@@ -459,6 +462,22 @@ class ProvisioningJob(Model):
     class Meta:
         table = "provisioning_job"
         indexes = (("state", "due_at"),)
+
+
+class BulkCard(Model):
+    """The answer card of a bulk license command (`license assign … to A,B,…`, `pack assign`)
+    whose accounts' licenses go on into Microsoft 365: where it is, and what the ledger did per
+    account, so whichever instance ends the last of its jobs (`ProvisioningJob.bulk_card_id`)
+    can draw it again with Microsoft 365's answer per account, after a restart too."""
+
+    id = fields.BigIntField(primary_key=True)
+    conversation_id = fields.CharField(max_length=512)
+    activity_id = fields.CharField(max_length=255)
+    outcome: Any = fields.JSONField()  # bot.domain.licensing.BulkOutcome.as_json()
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "bulk_card"
 
 
 class DriftKind(StrEnum):

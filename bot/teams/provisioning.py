@@ -1,9 +1,15 @@
-"""The answer card of a number change provisioned into Teams, kept up to date (SPEC §9).
+"""The answer card of a change provisioned into the customer's tenant, kept up to date (SPEC §9).
 
-The card posted for `number assign` / `number release` says the number is in the ledger and
-being set up in Teams; its message id is remembered on the job (`remember`), and when the job
-ends the worker calls `JobCards.__call__`, which updates that card in place through the
-proactive sender: done, or failed with Graph's reason and a Retry button.
+The card posted for `number assign` / `number release` / `license unassign` says the change is
+in the ledger and being set up in Teams; its message id is remembered on the job (`remember`),
+and when the job ends the worker calls `JobCards.__call__`, which updates that card in place
+through the proactive sender: done, or failed with Graph's reason and a Retry button.
+
+A bulk license answer (`license assign L to A,B,…`, `pack assign`) has one job per account
+and one card: where it is and what the ledger did are stored with its jobs (a `BulkCard`), and
+whichever instance's worker ends the last of them draws the card again with Microsoft 365's
+answer per account. (Each ending worker commits the job's end and then reads its siblings, so
+the one that ends last sees them all ended; two ending at once may both draw it, the same.)
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ from typing import Any
 from botbuilder.core import TurnContext
 from botbuilder.schema import Activity, ActivityTypes, Attachment
 
+from bot.commands.licensing import bulk_card_reply, bulk_of
 from bot.commands.provisioned import job_reply
 from bot.commands.reply import Reply
-from bot.domain import conversations
+from bot.domain import conversations, license_jobs
 from bot.domain import provisioning as jobs
 from bot.domain.models import JobState, ProvisioningJob
 from bot.teams.proactive import ProactiveSender, SendOutcome, Target, card_activity
@@ -25,6 +32,7 @@ from bot.teams.render import CONTENT_TYPE, execute, render
 log = logging.getLogger("bot.teams.provisioning")
 
 VERB_RETRY = "provisioning.retry"  # data: job_id
+ENDED = (JobState.DONE, JobState.FAILED)
 
 
 async def job_card(job: ProvisioningJob) -> dict[str, Any]:
@@ -49,12 +57,29 @@ def job_id_of(reply: Reply) -> int | None:
 async def remember(turn_context: TurnContext, reply: Reply, activity_id: str | None) -> None:
     """After posting `reply` as message `activity_id`: if it started a job, remember where
     its card is; a job that already ended meanwhile gets its card updated now."""
-    job_id = job_id_of(reply)
-    if job_id is None or not activity_id:
+    if not activity_id:
         return
     conversation = turn_context.activity.conversation
+    bulk = bulk_of(reply)
+    if bulk is not None and conversation is not None and conversation.id:
+        card, siblings = await license_jobs.set_bulk_card(
+            bulk[0], conversation.id, activity_id, bulk[1]
+        )
+        if siblings and all(j.state in ENDED for j in siblings):
+            redrawn = bulk_card_reply(card.outcome, siblings)
+            await turn_context.update_activity(
+                Activity(
+                    type=ActivityTypes.message,
+                    id=activity_id,
+                    attachments=[Attachment(content_type=CONTENT_TYPE, content=render(redrawn))],
+                )
+            )
+        return
+    job_id = job_id_of(reply)
+    if job_id is None:
+        return
     job = await jobs.set_card(job_id, conversation.id if conversation else None, activity_id)
-    if job.state in (JobState.DONE, JobState.FAILED):
+    if job.state in ENDED:
         await turn_context.update_activity(
             Activity(
                 type=ActivityTypes.message,
@@ -71,19 +96,40 @@ class JobCards:
         self._sender = sender
 
     async def __call__(self, job: ProvisioningJob) -> None:
-        if not job.card_activity_id or not job.conversation_id:
+        # The worker's copy may predate `remember`: where the card is is read again.
+        row = await ProvisioningJob.filter(id=job.id).first()
+        if row is None:
             return
-        ref = await conversations.find(job.conversation_id)
+        if row.bulk_card_id is not None:
+            await self._bulk(row.bulk_card_id, job.id)
+            return
+        if not row.card_activity_id or not row.conversation_id:
+            return
+        await self._update(
+            row.conversation_id,
+            row.card_activity_id,
+            card_activity(await job_card(job), job_reply(job).title),
+            f"provisioning job {job.id}",
+        )
+
+    async def _bulk(self, card_id: int, job_id: int) -> None:
+        card, siblings = await license_jobs.bulk_card(card_id)
+        if any(j.state not in ENDED for j in siblings):
+            return  # the last of them to end draws the card
+        reply = bulk_card_reply(card.outcome, siblings)
+        await self._update(
+            card.conversation_id,
+            card.activity_id,
+            card_activity(render(reply), reply.title),
+            f"the bulk card of provisioning job {job_id}",
+        )
+
+    async def _update(
+        self, conversation_id: str, activity_id: str, activity: dict[str, Any], what: str
+    ) -> None:
+        ref = await conversations.find(conversation_id)
         if ref is None or not ref.active:
             return
-        result = await self._sender.update(
-            Target.of(ref),
-            job.card_activity_id,
-            card_activity(await job_card(job), job_reply(job).title),
-        )
+        result = await self._sender.update(Target.of(ref), activity_id, activity)
         if result.outcome is not SendOutcome.SENT:
-            log.warning(
-                "the card of provisioning job %s was not updated: %s",
-                job.id,
-                result.error or result.outcome,
-            )
+            log.warning("%s was not updated: %s", what, result.error or result.outcome)

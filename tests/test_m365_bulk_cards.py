@@ -1,0 +1,236 @@
+"""A bulk license answer in Teams (the public door) kept up to date: `license assign L to A,B,C`
+and `pack assign P to A,B` typed in a chat, the one answer card saying the licenses are in the
+ledger and being set up in Microsoft 365, and that same card drawn again — through the
+process's one proactive sender — when the last of its jobs ends, with Microsoft 365's answer
+per account. Where the card is lives with the jobs in the database: the instance that posted
+it may be gone (stopped, restarted) and another instance's worker ends the jobs and updates
+it. The bots run for real (app on 127.0.0.1, auth on) against the fake Bot Connector, Entra ID
+and Graph, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from app import create_app
+from bot.config import Settings
+from bot.domain.change import verify_chain
+from bot.domain.models import BulkCard, JobState, LicenseAssignment, ProvisioningJob
+from bot.domain.naming import set_naming_rule
+from tests import cardcheck
+from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity
+from tests.support import licensing_env as env
+from tests.support.licensing_env import CUSTOMER_TENANT, MCOEV, MCOPSTN1, SPE_E5, oid, upn
+from tests.support.teams_env import (
+    ADMIN_GROUP,
+    ADMIN_OID,
+    APP_ID,
+    APP_SECRET,
+    RunningBot,
+    auth_settings,
+    message,
+    texts,
+    the_card,
+    trust_fakes,
+)
+
+
+@dataclass
+class World:
+    idp: FakeIdentityProvider
+    graph: FakeGraph
+    connector: FakeBotConnector
+    settings: Settings
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch, empty_db_url: str) -> Iterator[World]:
+    trust_fakes(monkeypatch)
+    with FakeIdentityProvider() as idp:
+        idp.add_tenant(CUSTOMER_TENANT)
+        idp.register_app(APP_ID, APP_SECRET, roles=env.ROLES)
+        with FakeGraph(idp) as graph, FakeBotConnector(idp, expected_app_id=APP_ID) as connector:
+            graph.add_user(ADMIN_OID, "alice@provider.example", "Alice Admin")
+            graph.add_group(ADMIN_GROUP, [ADMIN_OID], display_name="Fusion admins")
+            settings = auth_settings(
+                empty_db_url,
+                idp,
+                graph,
+                connector,
+                provisioning=True,
+                provisioning_idle_seconds=0.05,
+            )
+            yield World(idp, graph, connector, settings)
+
+
+@asynccontextmanager
+async def bot(settings: Settings, *, worker: bool) -> AsyncIterator[RunningBot]:
+    set_naming_rule(settings.naming_rule)
+    server = TestServer(create_app(settings, provision=worker), host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield RunningBot(server, http)
+    finally:
+        await server.close()
+
+
+async def say(w: World, running: RunningBot, text: str) -> SentActivity:
+    """Type `text`; the bot's first post of its answer (a bulk card may be updated after)."""
+    before = len(w.connector.activities)
+    token = w.idp.channel_token(APP_ID, w.connector.service_url)
+    activity = message(text, w.connector.service_url, tenant=w.idp.tenant_id)
+    assert (await running.post(activity, token)).status == 201
+    posts = [
+        s for s in (await w.connector.wait_for_async(before + 1))[before:] if s.kind != "update"
+    ]
+    return posts[0]
+
+
+def card_now(w: World, sent: SentActivity) -> dict[str, Any]:
+    """The card as Teams shows it now: the last update of that activity, or the post."""
+    updates = [
+        s
+        for s in w.connector.activities
+        if s.kind == "update" and s.activity_id == sent.activity_id
+    ]
+    return the_card(updates[-1] if updates else sent)
+
+
+def updates_of(w: World, sent: SentActivity) -> list[dict[str, Any]]:
+    return [
+        the_card(s)
+        for s in w.connector.activities
+        if s.kind == "update" and s.activity_id == sent.activity_id
+    ]
+
+
+def words(card: dict[str, Any]) -> str:
+    return " ".join(texts(card))
+
+
+async def wait_for(predicate: Any, what: str, wait: float = 30) -> None:
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+async def holds(i: int) -> list[str]:
+    rows = await LicenseAssignment.filter(account__upn=upn(i)).values_list(
+        "product__name", flat=True
+    )
+    return sorted(str(r) for r in rows)
+
+
+async def test_a_bulk_card_is_drawn_again_by_another_instance_after_a_restart(
+    world: World, artifacts: Any
+) -> None:
+    w = world
+    # Instance A runs no worker: it answers, stores where the card is, and is stopped before
+    # any job has ended. Instance B, started afterwards, ends the jobs and updates the card.
+    async with bot(w.settings, worker=False) as a:
+        await env.seed(w.graph, users=4)
+        w.graph.set_usage_location(oid(upn(0)), None)
+        w.graph.fail_license(oid(upn(2)), "License assignment failed: MCOPSTN1 is not sold in XX.")
+        single = await say(w, a, f"license assign M365-E5 to {upn(0)},{upn(1)},{upn(3)}")
+        pack = await say(w, a, f"pack assign VOICE to {upn(2)},{upn(3)}")
+        first_single, first_pack = the_card(single), the_card(pack)
+        assert "being set up in Microsoft 365" in words(first_single)
+        assert "being set up in Microsoft 365" in words(first_pack)
+        assert await ProvisioningJob.filter(state=JobState.PENDING).count() == 5
+        assert await BulkCard.all().count() == 2
+    assert updates_of(w, single) == [] and updates_of(w, pack) == []
+
+    async with bot(w.settings, worker=True):
+        await wait_for(
+            lambda: updates_of(w, single) and updates_of(w, pack), "the bulk cards were updated"
+        )
+        assert (
+            await ProvisioningJob.filter(state__in=(JobState.PENDING, JobState.SENT)).count() == 0
+        )
+        # Drawn only once the last job had ended: no update shows a job still on its way.
+        for drawn in [*updates_of(w, single), *updates_of(w, pack)]:
+            assert "being set up in Microsoft 365" not in words(drawn), words(drawn)
+        done_single, done_pack = card_now(w, single), card_now(w, pack)
+        shown = words(done_single)
+        assert "Microsoft 365 answered for every account." in shown
+        assert f"{upn(1)} (set up in Microsoft 365)" in shown
+        assert f"{upn(3)} (set up in Microsoft 365)" in shown
+        assert upn(0) in shown and "invalid usage location" in shown
+        assert "Kept in the ledger" in shown
+        shown = words(done_pack)
+        assert f"{upn(3)} (set up in Microsoft 365)" in shown
+        assert upn(2) in shown and "not sold in XX" in shown and "taken back" in shown
+        assert await holds(2) == [] and await holds(0) == ["M365-E5"]
+        assert (await verify_chain())[0]
+    assert w.graph.licenses(CUSTOMER_TENANT, oid(upn(1))) == {SPE_E5}
+    assert w.graph.licenses(CUSTOMER_TENANT, oid(upn(3))) == {SPE_E5, MCOEV, MCOPSTN1}
+    assert w.graph.licenses(CUSTOMER_TENANT, oid(upn(2))) == set()
+
+    sequence = {
+        "bulk-1-license-pending": first_single,
+        "bulk-2-license-ended": done_single,
+        "bulk-3-pack-pending": first_pack,
+        "bulk-4-pack-ended": done_pack,
+    }
+    folder = artifacts / "m365-bulk"
+    cardcheck.check_cards(sequence, out_dir=folder, conventions=True)
+    if cardcheck.renderer_available():
+        # Every card at 400 px (phone) and 800 px: no word broken, nothing overflowing.
+        report = cardcheck.render_cards(sequence, folder, widths=(400, 800))
+        for name, found in report.items():
+            assert not found["errors"], (name, found["errors"])
+            for width, seen in found["widths"].items():
+                assert not seen["layout"], (name, width, seen["layout"])
+
+
+async def test_two_instances_the_card_follows_whichever_ends_the_last_job(world: World) -> None:
+    w = world
+    # Both instances run workers: either may end any job, and the last to end draws the card.
+    async with bot(w.settings, worker=True) as a, bot(w.settings, worker=True):
+        await env.seed(w.graph, users=6)
+        w.graph.set_usage_location(oid(upn(4)), None)
+        users = ",".join(upn(i) for i in range(6))
+        sent = await say(w, a, f"license assign TEAMS-PHONE to {users}")
+        await wait_for(lambda: updates_of(w, sent), "the bulk card was updated")
+        assert (
+            await ProvisioningJob.filter(state__in=(JobState.PENDING, JobState.SENT)).count() == 0
+        )
+        await asyncio.sleep(0.5)  # a second drawing (two ending at once) would be the same
+        drawn = updates_of(w, sent)
+        assert all(words(d) == words(drawn[-1]) for d in drawn)
+        shown = words(card_now(w, sent))
+        for i in (0, 1, 2, 3, 5):
+            assert f"{upn(i)} (set up in Microsoft 365)" in shown, shown
+        assert upn(4) in shown and "invalid usage location" in shown
+    assert w.graph.consumed(CUSTOMER_TENANT, MCOEV) == 5
+
+
+async def test_a_retried_job_draws_the_bulk_card_again(world: World) -> None:
+    w = world
+    async with bot(w.settings, worker=True) as a:
+        await env.seed(w.graph, users=2)
+        w.graph.set_usage_location(oid(upn(0)), None)
+        sent = await say(w, a, f"license assign TEAMS-PHONE to {upn(0)},{upn(1)}")
+        await wait_for(lambda: "invalid usage location" in words(card_now(w, sent)), "shown failed")
+        job = await ProvisioningJob.get(upn=upn(0))
+        assert job.state is JobState.FAILED
+        w.graph.set_usage_location(oid(upn(0)), "GB")
+        seen = len(updates_of(w, sent))
+        await say(w, a, f"provisioning retry {job.id}")
+        await wait_for(lambda: len(updates_of(w, sent)) > seen, "drawn again after the retry")
+        shown = words(card_now(w, sent))
+        assert f"{upn(0)} (set up in Microsoft 365)" in shown
+        assert "invalid usage location" not in shown
+    assert w.graph.licenses(CUSTOMER_TENANT, oid(upn(0))) == {MCOEV}
