@@ -176,8 +176,8 @@ def _in_m365(outcome: BulkOutcome, jobs: dict[int, ProvisioningJob] | None) -> s
         return " Microsoft 365 answered for every account."
     count = len(outcome.jobs)
     return (
-        f" Recorded in the ledger; being set up in Microsoft 365 for {count} account(s) now "
-        "(`provisioning` shows how each one ends)."
+        f" Recorded in the ledger; being set up in Microsoft 365 for {count} account(s) now. "
+        "`provisioning` shows how each one ends; in Teams this card is updated when all have."
     )
 
 

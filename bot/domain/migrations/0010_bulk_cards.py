@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
     """Bulk license answer cards kept up to date: where the card is and what the ledger did
     (bulk_card), and the card each license job belongs to."""
 
-    dependencies = [('models', '0008_licenses_reconcile')]
+    dependencies = [('models', '0009_holder_and_account_indexes')]
 
     initial = False
 
