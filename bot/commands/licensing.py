@@ -9,6 +9,7 @@ once every PROGRESS_INTERVAL_SECONDS — Teams uses it to update the card as the
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import re
@@ -116,7 +117,12 @@ def progress_reply(
     if outcome.jobs and not outcome.dry_run:
         # The card is drawn again when the last of these ends (bot.teams.provisioning).
         data["provisioning"] = {"jobs": sorted(outcome.jobs.values())}
-    title = ("Dry run — nothing changed: " if outcome.dry_run else "") + outcome.message
+    # The title counts what Microsoft 365 refused too, not only what the ledger did.
+    message = dataclasses.replace(outcome, succeeded=succeeded).message
+    refused = len(failed) - len(outcome.failed)
+    if refused:
+        message = f"{message[:-1]}; Microsoft 365 refused {refused}."
+    title = ("Dry run — nothing changed: " if outcome.dry_run else "") + message
     return Progress(
         title=title,
         done=len(succeeded) + len(failed),
