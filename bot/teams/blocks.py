@@ -56,9 +56,6 @@ WORD_JOINER = "\u2060"
 _INNER_HYPHEN = re.compile(r"(?<=[-/?)\]}+|!])(?=[^\s\u2060])")
 #: Figures and their unit stay on one line: "67 %", "5 days".
 NBSP = "\u00a0"
-_ARROW = f"{NBSP}→{NBSP}"
-#: " → " between two figures (not between names or numbers, which may be long).
-_FIGURE_CHANGE = re.compile(r"(?<=\d) → (?=\*{0,2}\d)")
 
 
 # ----- the template binder -------------------------------------------------------------
@@ -132,10 +129,7 @@ def cut(text: str, limit: int) -> str:
 
 def unbreakable(text: str) -> str:
     """`text` with a word joiner after every hyphen inside a word, so no line break falls
-    inside TEAMS-SEATS or --dry-run (markdown list dashes are left alone), and a change
-    of one figure into another ("0 → 960") kept on one line."""
-    if "→" in text:
-        text = _FIGURE_CHANGE.sub(_ARROW, text)
+    inside TEAMS-SEATS or --dry-run (markdown list dashes are left alone)."""
     return _INNER_HYPHEN.sub(WORD_JOINER, text)
 
 
