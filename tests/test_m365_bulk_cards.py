@@ -11,76 +11,35 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from app import create_app
-from bot.config import Settings
 from bot.domain.change import verify_chain
 from bot.domain.models import BulkCard, JobState, LicenseAssignment, ProvisioningJob
-from bot.domain.naming import set_naming_rule
 from tests import cardcheck
-from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity
+from tests.fakes import SentActivity
 from tests.support import licensing_env as env
 from tests.support.licensing_env import CUSTOMER_TENANT, MCOEV, MCOPSTN1, SPE_E5, oid, upn
 from tests.support.teams_env import (
-    ADMIN_GROUP,
-    ADMIN_OID,
     APP_ID,
-    APP_SECRET,
+    ProvisionedWorld,
     RunningBot,
-    auth_settings,
     message,
+    provisioned_world,
+    running_bot,
     texts,
     the_card,
-    trust_fakes,
 )
 
-
-@dataclass
-class World:
-    idp: FakeIdentityProvider
-    graph: FakeGraph
-    connector: FakeBotConnector
-    settings: Settings
+World = ProvisionedWorld
 
 
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch, empty_db_url: str) -> Iterator[World]:
-    trust_fakes(monkeypatch)
-    with FakeIdentityProvider() as idp:
-        idp.add_tenant(CUSTOMER_TENANT)
-        idp.register_app(APP_ID, APP_SECRET, roles=env.ROLES)
-        with FakeGraph(idp) as graph, FakeBotConnector(idp, expected_app_id=APP_ID) as connector:
-            graph.add_user(ADMIN_OID, "alice@provider.example", "Alice Admin")
-            graph.add_group(ADMIN_GROUP, [ADMIN_OID], display_name="Fusion admins")
-            settings = auth_settings(
-                empty_db_url,
-                idp,
-                graph,
-                connector,
-                provisioning=True,
-                provisioning_idle_seconds=0.05,
-            )
-            yield World(idp, graph, connector, settings)
-
-
-@asynccontextmanager
-async def bot(settings: Settings, *, worker: bool) -> AsyncIterator[RunningBot]:
-    set_naming_rule(settings.naming_rule)
-    server = TestServer(create_app(settings, provision=worker), host="127.0.0.1", port=0)
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as http:
-            yield RunningBot(server, http)
-    finally:
-        await server.close()
+    with provisioned_world(monkeypatch, empty_db_url, CUSTOMER_TENANT, env.ROLES) as made:
+        yield made
 
 
 async def say(w: World, running: RunningBot, text: str) -> SentActivity:
@@ -139,7 +98,7 @@ async def test_a_bulk_card_is_drawn_again_by_another_instance_after_a_restart(
     w = world
     # Instance A runs no worker: it answers, stores where the card is, and is stopped before
     # any job has ended. Instance B, started afterwards, ends the jobs and updates the card.
-    async with bot(w.settings, worker=False) as a:
+    async with running_bot(w.settings, provision=False) as a:
         await env.seed(w.graph, users=4)
         w.graph.set_usage_location(oid(upn(0)), None)
         w.graph.fail_license(oid(upn(2)), "License assignment failed: MCOPSTN1 is not sold in XX.")
@@ -152,7 +111,7 @@ async def test_a_bulk_card_is_drawn_again_by_another_instance_after_a_restart(
         assert await BulkCard.all().count() == 2
     assert updates_of(w, single) == [] and updates_of(w, pack) == []
 
-    async with bot(w.settings, worker=True):
+    async with running_bot(w.settings, provision=True):
         await wait_for(
             lambda: updates_of(w, single) and updates_of(w, pack), "the bulk cards were updated"
         )
@@ -200,7 +159,10 @@ async def test_a_bulk_card_is_drawn_again_by_another_instance_after_a_restart(
 async def test_two_instances_the_card_follows_whichever_ends_the_last_job(world: World) -> None:
     w = world
     # Both instances run workers: either may end any job, and the last to end draws the card.
-    async with bot(w.settings, worker=True) as a, bot(w.settings, worker=True):
+    async with (
+        running_bot(w.settings, provision=True) as a,
+        running_bot(w.settings, provision=True),
+    ):
         await env.seed(w.graph, users=6)
         w.graph.set_usage_location(oid(upn(4)), None)
         users = ",".join(upn(i) for i in range(6))
@@ -221,7 +183,7 @@ async def test_two_instances_the_card_follows_whichever_ends_the_last_job(world:
 
 async def test_a_retried_job_draws_the_bulk_card_again(world: World) -> None:
     w = world
-    async with bot(w.settings, worker=True) as a:
+    async with running_bot(w.settings, provision=True) as a:
         await env.seed(w.graph, users=2)
         w.graph.set_usage_location(oid(upn(0)), None)
         sent = await say(w, a, f"license assign TEAMS-PHONE to {upn(0)},{upn(1)}")

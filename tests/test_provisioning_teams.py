@@ -8,77 +8,38 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from app import create_app
-from bot.config import Settings
 from bot.domain.models import JobState, ProvisioningJob
-from bot.domain.naming import set_naming_rule
 from tests import cardcheck
-from tests.fakes import FakeBotConnector, FakeGraph, FakeIdentityProvider, SentActivity
+from tests.fakes import SentActivity
 from tests.support import provisioning_env as env
 from tests.support.provisioning_env import CUSTOMER_TENANT, e164, oid, upn
 from tests.support.teams_env import (
-    ADMIN_GROUP,
     ADMIN_OID,
     APP_ID,
-    APP_SECRET,
     OUTSIDER_OID,
+    ProvisionedWorld,
     RunningBot,
-    auth_settings,
     message,
+    provisioned_world,
+    running_bot,
     texts,
     the_card,
-    trust_fakes,
 )
 
-
-@dataclass
-class World:
-    idp: FakeIdentityProvider
-    graph: FakeGraph
-    connector: FakeBotConnector
-    settings: Settings
+World = ProvisionedWorld
 
 
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch, empty_db_url: str) -> Iterator[World]:
-    trust_fakes(monkeypatch)
-    with FakeIdentityProvider() as idp:
-        idp.add_tenant(CUSTOMER_TENANT)
-        idp.register_app(APP_ID, APP_SECRET, roles=env.ROLES)
-        with FakeGraph(idp) as graph, FakeBotConnector(idp, expected_app_id=APP_ID) as connector:
-            graph.operation_delay = 0.3
-            graph.add_user(ADMIN_OID, "alice@provider.example", "Alice Admin")
-            graph.add_group(ADMIN_GROUP, [ADMIN_OID], display_name="Fusion admins")
-            settings = auth_settings(
-                empty_db_url,
-                idp,
-                graph,
-                connector,
-                provisioning=True,
-                provisioning_idle_seconds=0.05,
-            )
-            yield World(idp, graph, connector, settings)
-
-
-@asynccontextmanager
-async def bot_with_worker(settings: Settings) -> AsyncIterator[RunningBot]:
-    set_naming_rule(settings.naming_rule)
-    server = TestServer(create_app(settings, provision=True), host="127.0.0.1", port=0)
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as http:
-            yield RunningBot(server, http)
-    finally:
-        await server.close()
+    with provisioned_world(
+        monkeypatch, empty_db_url, CUSTOMER_TENANT, env.ROLES, operation_delay=0.3
+    ) as made:
+        yield made
 
 
 async def say(w: World, bot: RunningBot, text: str) -> SentActivity:
@@ -114,7 +75,7 @@ def buttons(card: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def test_the_answer_card_follows_the_job_to_its_end(world: World, artifacts: Any) -> None:
     w = world
-    async with bot_with_worker(w.settings) as bot:
+    async with running_bot(w.settings, provision=True) as bot:
         await env.seed(w.graph, users=2)
         reply = await say(w, bot, f"number assign {e164(1)} to {upn(0)}")
         first = the_card(reply)
@@ -180,7 +141,7 @@ async def test_the_answer_card_follows_the_job_to_its_end(world: World, artifact
 
 async def test_provisioning_lists_jobs_in_teams(world: World) -> None:
     w = world
-    async with bot_with_worker(w.settings) as bot:
+    async with running_bot(w.settings, provision=True) as bot:
         await env.seed(w.graph, users=1)
         reply = await say(w, bot, f"number assign {e164(3)} to {upn(0)}")
         await update_of(w, reply.activity_id, 0)
@@ -205,7 +166,7 @@ def retry_invoke(w: World, job_id: Any, sender: str = ADMIN_OID) -> dict[str, An
 
 async def test_the_retry_button_is_checked_like_any_command(world: World) -> None:
     w = world
-    async with bot_with_worker(w.settings) as bot:
+    async with running_bot(w.settings, provision=True) as bot:
         await env.seed(w.graph, users=1)
         w.graph.fail_number(e164(4), "scripted refusal")
         reply = await say(w, bot, f"number assign {e164(4)} to {upn(0)}")

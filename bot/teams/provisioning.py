@@ -15,6 +15,7 @@ the one that ends last sees them all ended; two ending at once may both draw it,
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from botbuilder.core import TurnContext
@@ -66,27 +67,26 @@ async def remember(turn_context: TurnContext, reply: Reply, activity_id: str | N
             bulk[0], conversation.id, activity_id, bulk[1]
         )
         if siblings and all(j.state in ENDED for j in siblings):
-            redrawn = bulk_card_reply(card.outcome, siblings)
-            await turn_context.update_activity(
-                Activity(
-                    type=ActivityTypes.message,
-                    id=activity_id,
-                    attachments=[Attachment(content_type=CONTENT_TYPE, content=render(redrawn))],
-                )
-            )
+            redrawn = render(bulk_card_reply(card.outcome, siblings))
+            await _redraw(turn_context, activity_id, redrawn)
         return
     job_id = job_id_of(reply)
     if job_id is None:
         return
     job = await jobs.set_card(job_id, conversation.id if conversation else None, activity_id)
     if job.state in ENDED:
-        await turn_context.update_activity(
-            Activity(
-                type=ActivityTypes.message,
-                id=activity_id,
-                attachments=[Attachment(content_type=CONTENT_TYPE, content=await job_card(job))],
-            )
+        await _redraw(turn_context, activity_id, await job_card(job))
+
+
+async def _redraw(turn_context: TurnContext, activity_id: str, card: Mapping[str, Any]) -> None:
+    """The card just posted as `activity_id`, drawn again in this turn: its jobs had ended."""
+    await turn_context.update_activity(
+        Activity(
+            type=ActivityTypes.message,
+            id=activity_id,
+            attachments=[Attachment(content_type=CONTENT_TYPE, content=card)],
         )
+    )
 
 
 class JobCards:

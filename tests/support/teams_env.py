@@ -12,8 +12,8 @@ import itertools
 import json
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -109,6 +109,48 @@ def auth_settings(
     return replace(settings, **overrides)
 
 
+@dataclass
+class ProvisionedWorld:
+    """Entra ID, Microsoft Graph (the provider's directory and the customer's tenant) and the
+    Bot Connector, faked, and the bot's production-mode settings with provisioning on."""
+
+    idp: FakeIdentityProvider
+    graph: FakeGraph
+    connector: FakeBotConnector
+    settings: Settings
+
+
+@contextmanager
+def provisioned_world(
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    customer_tenant: str,
+    roles: Sequence[str],
+    *,
+    operation_delay: float | None = None,
+) -> Iterator[ProvisionedWorld]:
+    """The fakes started, the bot's app registered in the customer's tenant with `roles`, Alice
+    an admin; `operation_delay` slows Graph's long-running operations."""
+    trust_fakes(monkeypatch)
+    with FakeIdentityProvider() as idp:
+        idp.add_tenant(customer_tenant)
+        idp.register_app(APP_ID, APP_SECRET, roles=list(roles))
+        with FakeGraph(idp) as graph, FakeBotConnector(idp, expected_app_id=APP_ID) as connector:
+            if operation_delay is not None:
+                graph.operation_delay = operation_delay
+            graph.add_user(ADMIN_OID, "alice@provider.example", "Alice Admin")
+            graph.add_group(ADMIN_GROUP, [ADMIN_OID], display_name="Fusion admins")
+            settings = auth_settings(
+                database_url,
+                idp,
+                graph,
+                connector,
+                provisioning=True,
+                provisioning_idle_seconds=0.05,
+            )
+            yield ProvisionedWorld(idp, graph, connector, settings)
+
+
 @dataclass(frozen=True)
 class Posted:
     status: int
@@ -148,10 +190,14 @@ class RunningBot:
 
 
 @asynccontextmanager
-async def running_bot(settings: Settings) -> AsyncIterator[RunningBot]:
+async def running_bot(
+    settings: Settings, *, provision: bool | None = None
+) -> AsyncIterator[RunningBot]:
+    """The app served on 127.0.0.1; `provision` as `create_app` takes it (whether this
+    instance runs the provisioning workers; None: as the settings say)."""
     if settings.edge == "botbuilder":  # the default: the edge under test instead
         settings = replace(settings, edge=edge_under_test)
-    server = TestServer(create_app(settings), host="127.0.0.1", port=0)
+    server = TestServer(create_app(settings, provision=provision), host="127.0.0.1", port=0)
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as http:
