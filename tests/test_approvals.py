@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -432,6 +433,10 @@ async def test_a_decided_request_is_not_decided_again() -> None:
         assert buttons(card) == []
     typed = await run_text(f"approve {request.request_id}", context("carol"))
     assert isinstance(typed, Error) and "already rejected" in typed.text
+    # By its short id and with the moment in words, never an ISO date.
+    said = r"request A-\d+ was already rejected by Bob, \d{1,2} [A-Z][a-z]{2} \d\d:\d\d UTC;"
+    assert re.search(said, typed.text), typed.text
+    assert not re.search(r"\d{4}-\d\d-\d\d", typed.text), typed.text
     assert await state() == before
 
 

@@ -6,6 +6,8 @@ effect, a fix racing an admin keeps every invariant, and Graph unavailable chang
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,6 +133,14 @@ async def test_fixing_twice_has_one_effect_and_the_other_button_says_so(
         for side in ("ledger", "teams"):
             reply = await run_text(f"reconcile fix {drift} --to {side}", ctx)
             assert isinstance(reply, Error) and "already fixed (ledger side" in reply.text
+            # When, as people read it (UTC for a reader whose zone Teams did not send).
+            assert re.search(r", \d{1,2} [A-Z][a-z]{2} \d\d:\d\d UTC\)", reply.text), reply.text
+        # In the reader's own time zone when Teams sent one.
+        reader = dataclasses.replace(ctx.actor, timezone="Europe/Berlin")
+        berlin = dataclasses.replace(ctx, actor=reader)
+        reply = await run_text(f"reconcile fix {drift} --to ledger", berlin)
+        assert isinstance(reply, Error)
+        assert re.search(r", \d{1,2} [A-Z][a-z]{2} \d\d:\d\d CES?T\)", reply.text), reply.text
         assert await AuditEvent.all().count() == events
         # Two at once: one of them does it.
         other = found["license-missing-in-teams"]["id"]

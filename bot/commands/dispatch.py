@@ -17,6 +17,7 @@ from bot.commands.args import describe_errors
 from bot.commands.grammar import Parsed, UsageError, check_words, match, tokenize
 from bot.commands.registry import REGISTRY, Access, CommandSpec, Context, find
 from bot.commands.reply import Changed, Error, Form, Message, Reply
+from bot.commands.words import when as moment_said
 from bot.domain.change import OUTAGE
 from bot.domain.db import is_outage
 from bot.domain.errors import (
@@ -170,7 +171,8 @@ async def _run(
     except Unconfirmed as exc:
         return Error(title="Not sure it was saved", text=exc.message, code=exc.code)
     except DomainError as exc:
-        return Error(title="Refused", text=exc.message, code=exc.code)
+        text = exc.said(lambda at: moment_said(at, ctx.actor.timezone))
+        return Error(title="Refused", text=text, code=exc.code)
     except Exception as exc:
         return failed(exc, "command", f"command {spec.name}", ctx.actor)
 

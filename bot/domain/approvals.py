@@ -27,6 +27,7 @@ from tortoise.exceptions import IntegrityError
 from bot.domain import ledger
 from bot.domain.change import Origin, change, request_outcome
 from bot.domain.errors import (
+    AT,
     Conflict,
     DomainError,
     Duplicate,
@@ -406,20 +407,20 @@ def _already(request: ApprovalRequest) -> Conflict:
     status = request.status
     if status is ApprovalStatus.EXPIRED:
         return Conflict(
-            f"Approval request {request.id} expired; nothing was changed. "
+            f"Approval request {short_id(request)} expired; nothing was changed. "
             "Ask for the change again if it is still needed."
         )
     who = request.decided_by_name or request.decided_by_id or "someone"
-    at = request.decided_at
-    when = at.astimezone(UTC).strftime("on %Y-%m-%d at %H:%M UTC") if at else ""
     verb = {
         ApprovalStatus.APPROVED: "approved",
         ApprovalStatus.REJECTED: "rejected",
         ApprovalStatus.FAILED: "approved (but could not be carried out)",
     }.get(status, status.value)
+    when = f", {AT}" if request.decided_at else ""
     return Conflict(
-        f"Approval request {request.id} was already {verb} by {who} {when}; "
-        "nothing was changed again.".replace("  ", " ")
+        f"Approval request {short_id(request)} was already {verb} by {who}{when}; "
+        "nothing was changed again.",
+        at=request.decided_at,
     )
 
 

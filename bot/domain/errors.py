@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+#: Where a message says its moment (a control character: no name or input can contain it).
+AT = "\x00at\x00"
 
 
 class DomainError(Exception):
-    """A refused request. Nothing was changed."""
+    """A refused request. Nothing was changed.
+
+    A message may name one moment, written `AT` and given as `at`: each door says it in its
+    reader's time zone through `said`; `message` says it in UTC.
+    """
 
     code = "refused"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, *, at: datetime | None = None) -> None:
+        self.template = message
+        self.at = at
+        self.message = self.said(_in_utc)
+        super().__init__(self.message)
+
+    def said(self, moment: Callable[[datetime], str]) -> str:
+        """The message with its moment written by `moment` (e.g. in the reader's zone)."""
+        if self.at is None:
+            return self.template
+        return self.template.replace(AT, moment(self.at))
+
+
+def _in_utc(at: datetime) -> str:
+    at = at.astimezone(UTC)
+    return f"{at.day} {at:%b %Y %H:%M} UTC"
 
 
 class InvalidInput(DomainError):

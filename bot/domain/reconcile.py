@@ -41,7 +41,7 @@ from bot.domain import licensing, numbers
 from bot.domain import provisioning as jobs
 from bot.domain.change import Origin, change
 from bot.domain.directory import find_account
-from bot.domain.errors import Conflict, DomainError, InvalidInput, NotFound
+from bot.domain.errors import AT, Conflict, DomainError, InvalidInput, NotFound
 from bot.domain.ledger import Outcome, find_subscription
 from bot.domain.license_jobs import LICENSE_ACTIONS
 from bot.domain.license_jobs import enqueue as enqueue_licenses
@@ -536,10 +536,11 @@ async def fix(
         )
         if not marked:
             fresh = await Drift.filter(id=drift.id).using_db(ch.conn).get()
-            when = f"{fresh.fixed_at:%Y-%m-%d %H:%M} UTC" if fresh.fixed_at else "earlier"
             raise Conflict(
                 f"Difference {drift.id} was already fixed ({fresh.fixed_to} side, by "
-                f"{fresh.fixed_by}, {when}); nothing was changed again."
+                f"{fresh.fixed_by}, {AT if fresh.fixed_at else 'earlier'}); "
+                "nothing was changed again.",
+                at=fresh.fixed_at,
             )
         what = describe(drift)
         if side == "teams":
