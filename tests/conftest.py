@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
-from collections.abc import AsyncIterator, Iterator
+import sys
+import threading
+import time
+import traceback
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +34,57 @@ for _name in list(os.environ):
         del os.environ[_name]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+#: How long the interpreter may take to exit once the session is over, before every thread's
+#: stack is printed and the run ends with status 1 (a hang must not eat CI's time silently).
+EXIT_GRACE_SECONDS = 180
+
+
+def _lingering(before: set[threading.Thread]) -> list[threading.Thread]:
+    """Non-daemon threads started since `before` that are still alive: Python waits for each
+    at exit, so one that never ends (an unclosed aiosqlite connection's) hangs the run."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t not in before and not t.daemon and t is not threading.main_thread()
+    ]
+
+
+_THREADS_BEFORE = pytest.StashKey[set[threading.Thread]]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_THREADS_BEFORE] = set(threading.enumerate())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    """A test may not leave a thread behind that would keep the process from exiting: its
+    teardown fails, naming the thread and where it waits."""
+    yield
+    left = _lingering(item.stash.get(_THREADS_BEFORE, set()))
+    deadline = time.monotonic() + 5
+    for thread in left:  # a connection being closed ends its thread a moment later
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = [t for t in left if t.is_alive()]
+    if left:
+        frames = sys._current_frames()
+        where = "\n".join(
+            f"{t.name}:\n" + "".join(traceback.format_stack(frames[t.ident])[-3:])
+            for t in left
+            if t.ident in frames
+        )
+        pytest.fail(
+            f"left {len(left)} non-daemon thread(s) running, which would keep the process "
+            f"from exiting:\n{where}",
+            pytrace=False,
+        )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    faulthandler.dump_traceback_later(EXIT_GRACE_SECONDS, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,3 +166,34 @@ async def test_migration_0005_keeps_old_activity_keys_apart_and_form_keys_as_the
 async def test_migration_0005_on_postgres(fresh_postgres: list[str]) -> None:
     keys = await _keys_after_migrating(fresh_postgres[0])
     assert sorted(keys) == sorted(OLD_KEYS.values())
+
+
+# ----- two openers in one process ---------------------------------------------------------------
+
+
+def _connection_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+
+
+async def test_two_openers_in_one_process_share_the_connections_until_the_last_closes(
+    empty_db_url: str,
+) -> None:
+    """Two apps in one process (the tests run two instances so) open the same database: the
+    first to close leaves the other's connections working, and the last close closes them.
+    Closed by the first, they were reopened by the other's workers and never closed again: an
+    aiosqlite thread then kept the test run from exiting (CI ran out of time)."""
+    url = empty_db_url
+    before = set(_connection_threads())
+    await db.open_database(url, migrate=False)
+    await db.open_database(url, migrate=False)
+    shared = db.connection()
+    await db.close_database()
+    assert db.connection() is shared
+    await shared.execute_query("SELECT count(*) FROM audit_head")
+    await db.close_database()
+    left = [t for t in _connection_threads() if t not in before]
+    for thread in left:
+        thread.join(5)
+    assert not [t for t in left if t.is_alive()], "a connection was left open"
+    with pytest.raises(Exception):  # noqa: B017 - Tortoise's "not initialised" error
+        db.connection()

@@ -141,9 +141,25 @@ async def advisory_lock(conn: BaseDBAsyncClient, space: int, key: int) -> None:
         await conn.execute_query(sql("SELECT pg_advisory_xact_lock(?, ?)"), [space, key])
 
 
+#: The database this process has open, on which event loop, and how many openers share it.
+_opened: tuple[str, asyncio.AbstractEventLoop] | None = None
+_openers = 0
+
+
 async def open_database(database_url: str, *, migrate: bool = True) -> None:
-    """Connect (and bring the schema up to date). Call `close_database` when done."""
-    global _current
+    """Connect (and bring the schema up to date). Call `close_database` when done.
+
+    Tortoise's connections are one set per process. A second open of the same database on
+    the same event loop (a second app in one process, as the tests run two instances) shares
+    them, and they close with the last `close_database`: closed by the first, they would be
+    reopened by the other's workers and then never closed (aiosqlite's threads would keep the
+    process from exiting).
+    """
+    global _current, _opened, _openers
+    loop = asyncio.get_running_loop()
+    if _openers and _opened == (database_url, loop):
+        _openers += 1
+        return
     config = tortoise_config(database_url)
     _current = _DIALECTS[connection_name(database_url)]
     if migrate:
@@ -151,6 +167,7 @@ async def open_database(database_url: str, *, migrate: bool = True) -> None:
             await run_migrations(config=config)
             await Tortoise.close_connections()
     await Tortoise.init(config=config, _enable_global_fallback=True)
+    _opened, _openers = (database_url, loop), 1
 
 
 #: PostgreSQL advisory lock key of the migration run (any constant; this one spells "fusion").
@@ -201,6 +218,12 @@ async def migration_lock(database_url: str) -> AsyncIterator[None]:
 
 
 async def close_database() -> None:
+    """Close what `open_database` opened (when no other opener still shares it)."""
+    global _opened, _openers
+    if _openers > 1:
+        _openers -= 1
+        return
+    _opened, _openers = None, 0
     await Tortoise.close_connections()
 
 
