@@ -5,8 +5,8 @@ PostgreSQL `FOR UPDATE SKIP LOCKED`, a lease so a dead instance's jobs come back
 one step of each at once (up to `concurrency`):
 
 - pending → the assign/unassign request; 202 → sent, with the operation to poll;
-- sent → poll the operation (backoff 1, 2, 4 … 30 s); succeeded → done; failed → failed with
-  Graph's `statusDetail`;
+- sent → poll the operation (backoff 1, 2, 4 … 30 s, each ±20 %); succeeded → done; failed →
+  failed with Graph's `statusDetail`;
 - throttled (429) → due again after its Retry-After, and the tenant is held that long, so the
   other jobs of that tenant wait too instead of spending calls on more 429s; Graph down, 5xx,
   timeouts → the tenant is held for a jittered backoff (1 s doubling to 15 s, per tenant), and
@@ -76,7 +76,10 @@ class Worker:
         self.steps = 0
 
     async def run(self) -> None:
-        """Rounds until cancelled; idle rounds sleep `idle_seconds`."""
+        """Rounds until cancelled. A round that claimed as many jobs as it may goes on at once;
+        one that found fewer due sleeps `idle_seconds` (±20 %) first, so that the rounds of
+        several instances take turns at the jobs that come due instead of the busiest taking
+        them all (the polls of one batch are jittered the same way, so they come due apart)."""
         while True:
             try:
                 taken = await self.run_once()
@@ -85,15 +88,20 @@ class Worker:
             except Exception as exc:  # the database is down: nothing was claimed; later
                 log.warning("provisioning round failed: %r", exc)
                 taken = 0
-            if not taken:
+            if taken < self.claim_limit:
                 await asyncio.sleep(self.idle_seconds * random.uniform(0.8, 1.2))
+
+    @property
+    def claim_limit(self) -> int:
+        """How many jobs one round claims at most."""
+        return self.concurrency * 4
 
     async def run_once(self) -> int:
         """One round: claim due jobs, take one step of each. Returns how many were taken."""
         now = time.monotonic()
         held = tuple(t for t, until in self._held.items() if until > now)
         claimed = await jobs.claim(
-            self.name, self.concurrency * 4, self.lease_seconds, skip_tenants=held
+            self.name, self.claim_limit, self.lease_seconds, skip_tenants=held
         )
         if not claimed:
             return 0
@@ -163,7 +171,7 @@ class Worker:
                     await self._end(job, jobs.mark_done(job, self.name, "found assigned in Teams"))
                     return
                 if current.activation_state in ("assignmentPending", "updatePending"):
-                    await jobs.mark_sent(job, self.name, None, self.first_poll)
+                    await jobs.mark_sent(job, self.name, None, _jittered(self.first_poll))
                     return
             if job.action is JobAction.UNASSIGN and (current is None or not current.target_id):
                 await self._end(job, jobs.mark_done(job, self.name, "found unassigned in Teams"))
@@ -179,7 +187,7 @@ class Worker:
         else:
             url = await numbers.unassign(tenant, job.e164, job.number_type)
         self._sending.discard(job.id)
-        await jobs.mark_sent(job, self.name, url, self.first_poll)
+        await jobs.mark_sent(job, self.name, url, _jittered(self.first_poll))
 
     async def _follow(self, job: ProvisioningJob) -> None:
         numbers, tenant = self.numbers, job.tenant_id
@@ -251,9 +259,15 @@ class Worker:
     def _poll_delay(self, job: ProvisioningJob) -> float:
         n = self._polls.get(job.id, 0)
         self._polls[job.id] = n + 1
-        return float(min(self.first_poll * 2**n, self.poll_cap))
+        return _jittered(min(self.first_poll * 2**n, self.poll_cap))
 
     def _backoff(self, tenant: str) -> float:
         n = self._failing.get(tenant, 0)
         self._failing[tenant] = n + 1
         return float(min(2**n, self.backoff_cap)) * random.uniform(0.5, 1.0)
+
+
+def _jittered(seconds: float) -> float:
+    """`seconds` ±20 %: jobs sent together are polled apart (and by whichever instance's round
+    comes first), not as one batch that one instance claims whole."""
+    return float(seconds) * random.uniform(0.8, 1.2)
