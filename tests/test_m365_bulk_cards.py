@@ -23,14 +23,11 @@ from tests.fakes import SentActivity
 from tests.support import licensing_env as env
 from tests.support.licensing_env import CUSTOMER_TENANT, MCOEV, MCOPSTN1, SPE_E5, oid, upn
 from tests.support.teams_env import (
-    APP_ID,
     ProvisionedWorld,
-    RunningBot,
-    message,
     provisioned_world,
     running_bot,
-    texts,
     the_card,
+    words,
 )
 
 World = ProvisionedWorld
@@ -40,18 +37,6 @@ World = ProvisionedWorld
 def world(monkeypatch: pytest.MonkeyPatch, empty_db_url: str) -> Iterator[World]:
     with provisioned_world(monkeypatch, empty_db_url, CUSTOMER_TENANT, env.ROLES) as made:
         yield made
-
-
-async def say(w: World, running: RunningBot, text: str) -> SentActivity:
-    """Type `text`; the bot's first post of its answer (a bulk card may be updated after)."""
-    before = len(w.connector.activities)
-    token = w.idp.channel_token(APP_ID, w.connector.service_url)
-    activity = message(text, w.connector.service_url, tenant=w.idp.tenant_id)
-    assert (await running.post(activity, token)).status == 201
-    posts = [
-        s for s in (await w.connector.wait_for_async(before + 1))[before:] if s.kind != "update"
-    ]
-    return posts[0]
 
 
 def card_now(w: World, sent: SentActivity) -> dict[str, Any]:
@@ -70,10 +55,6 @@ def updates_of(w: World, sent: SentActivity) -> list[dict[str, Any]]:
         for s in w.connector.activities
         if s.kind == "update" and s.activity_id == sent.activity_id
     ]
-
-
-def words(card: dict[str, Any]) -> str:
-    return " ".join(texts(card))
 
 
 async def wait_for(predicate: Any, what: str, wait: float = 30) -> None:
@@ -102,8 +83,8 @@ async def test_a_bulk_card_is_drawn_again_by_another_instance_after_a_restart(
         await env.seed(w.graph, users=4)
         w.graph.set_usage_location(oid(upn(0)), None)
         w.graph.fail_license(oid(upn(2)), "License assignment failed: MCOPSTN1 is not sold in XX.")
-        single = await say(w, a, f"license assign M365-E5 to {upn(0)},{upn(1)},{upn(3)}")
-        pack = await say(w, a, f"pack assign VOICE to {upn(2)},{upn(3)}")
+        single = await w.say(a, f"license assign M365-E5 to {upn(0)},{upn(1)},{upn(3)}")
+        pack = await w.say(a, f"pack assign VOICE to {upn(2)},{upn(3)}")
         first_single, first_pack = the_card(single), the_card(pack)
         assert "being set up in Microsoft 365" in words(first_single)
         assert "being set up in Microsoft 365" in words(first_pack)
@@ -166,7 +147,7 @@ async def test_two_instances_the_card_follows_whichever_ends_the_last_job(world:
         await env.seed(w.graph, users=6)
         w.graph.set_usage_location(oid(upn(4)), None)
         users = ",".join(upn(i) for i in range(6))
-        sent = await say(w, a, f"license assign TEAMS-PHONE to {users}")
+        sent = await w.say(a, f"license assign TEAMS-PHONE to {users}")
         await wait_for(lambda: updates_of(w, sent), "the bulk card was updated")
         assert (
             await ProvisioningJob.filter(state__in=(JobState.PENDING, JobState.SENT)).count() == 0
@@ -186,13 +167,13 @@ async def test_a_retried_job_draws_the_bulk_card_again(world: World) -> None:
     async with running_bot(w.settings, provision=True) as a:
         await env.seed(w.graph, users=2)
         w.graph.set_usage_location(oid(upn(0)), None)
-        sent = await say(w, a, f"license assign TEAMS-PHONE to {upn(0)},{upn(1)}")
+        sent = await w.say(a, f"license assign TEAMS-PHONE to {upn(0)},{upn(1)}")
         await wait_for(lambda: "invalid usage location" in words(card_now(w, sent)), "shown failed")
         job = await ProvisioningJob.get(upn=upn(0))
         assert job.state is JobState.FAILED
         w.graph.set_usage_location(oid(upn(0)), "GB")
         seen = len(updates_of(w, sent))
-        await say(w, a, f"provisioning retry {job.id}")
+        await w.say(a, f"provisioning retry {job.id}")
         await wait_for(lambda: len(updates_of(w, sent)) > seen, "drawn again after the retry")
         shown = words(card_now(w, sent))
         assert f"{upn(0)} (set up in Microsoft 365)" in shown

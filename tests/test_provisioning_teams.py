@@ -23,12 +23,12 @@ from tests.support.teams_env import (
     APP_ID,
     OUTSIDER_OID,
     ProvisionedWorld,
-    RunningBot,
     message,
     provisioned_world,
     running_bot,
     texts,
     the_card,
+    words,
 )
 
 World = ProvisionedWorld
@@ -40,15 +40,6 @@ def world(monkeypatch: pytest.MonkeyPatch, empty_db_url: str) -> Iterator[World]
         monkeypatch, empty_db_url, CUSTOMER_TENANT, env.ROLES, operation_delay=0.3
     ) as made:
         yield made
-
-
-async def say(w: World, bot: RunningBot, text: str) -> SentActivity:
-    before = len(w.connector.activities)
-    token = w.idp.channel_token(APP_ID, w.connector.service_url)
-    activity = message(text, w.connector.service_url, tenant=w.idp.tenant_id)
-    assert (await bot.post(activity, token)).status == 201
-    [reply] = (await w.connector.wait_for_async(before + 1))[before:]
-    return reply
 
 
 async def update_of(w: World, activity_id: str, after: int, wait: float = 20) -> SentActivity:
@@ -65,10 +56,6 @@ async def update_of(w: World, activity_id: str, after: int, wait: float = 20) ->
     raise AssertionError(f"the card {activity_id} was not updated")
 
 
-def words(card: dict[str, Any]) -> str:
-    return " ".join(texts(card))
-
-
 def buttons(card: dict[str, Any]) -> list[dict[str, Any]]:
     return [a for a in card.get("actions", []) if a.get("type") == "Action.Execute"]
 
@@ -77,7 +64,7 @@ async def test_the_answer_card_follows_the_job_to_its_end(world: World, artifact
     w = world
     async with running_bot(w.settings, provision=True) as bot:
         await env.seed(w.graph, users=2)
-        reply = await say(w, bot, f"number assign {e164(1)} to {upn(0)}")
+        reply = await w.say(bot, f"number assign {e164(1)} to {upn(0)}")
         first = the_card(reply)
         assert "being set up in Teams" in words(first)
         seen = len(w.connector.activities)
@@ -89,7 +76,7 @@ async def test_the_answer_card_follows_the_job_to_its_end(world: World, artifact
 
         # A failure: Graph's reason on the card, and a Retry button that works.
         w.graph.fail_number(e164(2), "The number is not in the tenant's telephone inventory.")
-        reply = await say(w, bot, f"number assign {e164(2)} to {upn(1)}")
+        reply = await w.say(bot, f"number assign {e164(2)} to {upn(1)}")
         failed = the_card(await update_of(w, reply.activity_id, seen))
         assert "in the ledger, but not in Teams" in words(failed)
         assert "not in the tenant's telephone inventory" in words(failed)
@@ -143,9 +130,9 @@ async def test_provisioning_lists_jobs_in_teams(world: World) -> None:
     w = world
     async with running_bot(w.settings, provision=True) as bot:
         await env.seed(w.graph, users=1)
-        reply = await say(w, bot, f"number assign {e164(3)} to {upn(0)}")
+        reply = await w.say(bot, f"number assign {e164(3)} to {upn(0)}")
         await update_of(w, reply.activity_id, 0)
-        listing = the_card(await say(w, bot, "provisioning ACME-01 --state done"))
+        listing = the_card(await w.say(bot, "provisioning ACME-01 --state done"))
         assert e164(3) in words(listing) and "done" in words(listing)
 
 
@@ -169,7 +156,7 @@ async def test_the_retry_button_is_checked_like_any_command(world: World) -> Non
     async with running_bot(w.settings, provision=True) as bot:
         await env.seed(w.graph, users=1)
         w.graph.fail_number(e164(4), "scripted refusal")
-        reply = await say(w, bot, f"number assign {e164(4)} to {upn(0)}")
+        reply = await w.say(bot, f"number assign {e164(4)} to {upn(0)}")
         await update_of(w, reply.activity_id, 0)
         job = await ProvisioningJob.get(e164=e164(4))
         assert job.state is JobState.FAILED

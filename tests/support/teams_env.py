@@ -119,6 +119,16 @@ class ProvisionedWorld:
     connector: FakeBotConnector
     settings: Settings
 
+    async def say(self, running: RunningBot, text: str) -> SentActivity:
+        """Type `text` as Alice; the bot's first post of its answer (updates of a card that
+        follows its jobs may come after)."""
+        before = len(self.connector.activities)
+        token = self.idp.channel_token(APP_ID, self.connector.service_url)
+        activity = message(text, self.connector.service_url, tenant=self.idp.tenant_id)
+        assert (await running.post(activity, token)).status == 201
+        answers = (await self.connector.wait_for_async(before + 1))[before:]
+        return [s for s in answers if s.kind != "update"][0]
+
 
 @contextmanager
 def provisioned_world(
@@ -262,6 +272,11 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
     elif isinstance(node, list):
         for item in node:
             yield from _walk(item)
+
+
+def words(card: dict[str, Any]) -> str:
+    """The card's text in one string, as `texts` gives it."""
+    return " ".join(texts(card))
 
 
 def texts(card: dict[str, Any]) -> list[str]:
