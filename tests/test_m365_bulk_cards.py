@@ -18,6 +18,8 @@ import pytest
 
 from bot.domain.change import verify_chain
 from bot.domain.models import BulkCard, JobState, LicenseAssignment, ProvisioningJob
+from bot.teams.proactive import SendOutcome, SendResult
+from bot.teams.provisioning import JobCards
 from tests import cardcheck
 from tests.fakes import SentActivity
 from tests.support import licensing_env as env
@@ -179,3 +181,44 @@ async def test_a_retried_job_draws_the_bulk_card_again(world: World) -> None:
         assert f"{upn(0)} (set up in Microsoft 365)" in shown
         assert "invalid usage location" not in shown
     assert w.graph.licenses(CUSTOMER_TENANT, oid(upn(0))) == {MCOEV}
+
+
+class _Overtaken:
+    """The card's updates, as the Bot Connector would take them; while the first is on its
+    way, another instance ends the failed job of the card (a hand retry that went through)."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.drawn: list[dict[str, Any]] = []
+
+    async def update(self, target: Any, activity_id: str, activity: dict[str, Any]) -> Any:
+        if not self.drawn:
+            await ProvisioningJob.filter(id=self.job_id).update(state=JobState.DONE, reason=None)
+        self.drawn.append(activity["attachments"][0]["content"])
+        return SendResult(SendOutcome.SENT)
+
+
+async def test_a_bulk_card_whose_jobs_moved_while_it_was_drawn_is_drawn_again(
+    world: World,
+) -> None:
+    """Two instances' drawings of one card can arrive in either order: the worker reads the
+    jobs again after drawing, and draws once more when they moved, so the card ends as the
+    jobs end."""
+    w = world
+    async with running_bot(w.settings, provision=True) as a:
+        await env.seed(w.graph, users=2)
+        w.graph.set_usage_location(oid(upn(0)), None)
+        sent = await w.say(a, f"license assign TEAMS-PHONE to {upn(0)},{upn(1)}")
+        await wait_for(lambda: "invalid usage location" in words(card_now(w, sent)), "shown failed")
+        failed = await ProvisioningJob.get(upn=upn(0))
+        ended = await ProvisioningJob.get(upn=upn(1))
+        sender = _Overtaken(failed.id)
+        await JobCards(sender)(ended)  # type: ignore[arg-type]
+        assert len(sender.drawn) == 2, "drawn again after its jobs moved"
+        assert "invalid usage location" in words(sender.drawn[0])
+        assert "invalid usage location" not in words(sender.drawn[1])
+        assert f"{upn(0)} (set up in Microsoft 365)" in words(sender.drawn[1])
+        # Nothing moved since: one drawing.
+        again = _Overtaken(failed.id)
+        await JobCards(again)(ended)  # type: ignore[arg-type]
+        assert len(again.drawn) == 1

@@ -9,7 +9,9 @@ A bulk license answer (`license assign L to A,B,…`, `pack assign`) has one job
 and one card: where it is and what the ledger did are stored with its jobs (a `BulkCard`), and
 whichever instance's worker ends the last of them draws the card again with Microsoft 365's
 answer per account. (Each ending worker commits the job's end and then reads its siblings, so
-the one that ends last sees them all ended; two ending at once may both draw it, the same.)
+the one that ends last sees them all ended; two ending at once may both draw it, the same.
+After drawing it, a worker reads the jobs again and draws once more if they moved meanwhile —
+a retried job ended by another instance, whose drawing may have arrived first.)
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ log = logging.getLogger("bot.teams.provisioning")
 
 VERB_RETRY = "provisioning.retry"  # data: job_id
 ENDED = (JobState.DONE, JobState.FAILED)
+#: How many times at most one worker draws a bulk card whose jobs moved while it drew.
+REDRAWS = 3
+
+
+def _ends(siblings: list[ProvisioningJob]) -> list[tuple[int, str, str | None]]:
+    """What a bulk card shows of its jobs: each one's state and reason."""
+    return [(j.id, j.state.value, j.reason) for j in siblings]
 
 
 async def job_card(job: ProvisioningJob) -> dict[str, Any]:
@@ -114,15 +123,22 @@ class JobCards:
 
     async def _bulk(self, card_id: int, job_id: int) -> None:
         card, siblings = await license_jobs.bulk_card(card_id)
-        if any(j.state not in ENDED for j in siblings):
-            return  # the last of them to end draws the card
-        reply = bulk_card_reply(card.outcome, siblings)
-        await self._update(
-            card.conversation_id,
-            card.activity_id,
-            card_activity(render(reply), reply.title),
-            f"the bulk card of provisioning job {job_id}",
-        )
+        for _ in range(REDRAWS):
+            if any(j.state not in ENDED for j in siblings):
+                return  # the last of them to end draws the card
+            reply = bulk_card_reply(card.outcome, siblings)
+            await self._update(
+                card.conversation_id,
+                card.activity_id,
+                card_activity(render(reply), reply.title),
+                f"the bulk card of provisioning job {job_id}",
+            )
+            # Another instance may have ended a retried job meanwhile and drawn the card, and
+            # its drawing may have arrived before this one: read again, draw again if it moved.
+            drawn = _ends(siblings)
+            card, siblings = await license_jobs.bulk_card(card_id)
+            if _ends(siblings) == drawn:
+                return
 
     async def _update(
         self, conversation_id: str, activity_id: str, activity: dict[str, Any], what: str
