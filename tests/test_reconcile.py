@@ -288,3 +288,45 @@ async def test_every_linked_subscription_is_compared_reading_each_tenant_once(
     assert reply.title == "Teams and the ledger agree"
     calls = [graph.count(k) for k in ("numberAssignments", "users", "subscribedSkus")]
     assert calls == [1, 1, 1]
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_fix_of_a_difference_cleaned_up_under_it_says_it_is_not_kept(
+    fakes: tuple[FakeIdentityProvider, FakeGraph], db_url: str
+) -> None:
+    """A difference is deleted as `reconcile.prune` deletes it (in a transaction of its own, on
+    another connection) while a fix of it waits for the row: committed once the fix is blocked,
+    the fix finds nothing to mark and answers "not kept", changing nothing. It answered
+    "Something went wrong" (the fix read the row again with .get())."""
+    import asyncpg
+
+    idp, graph = fakes
+    await env.seed(graph, users=6)
+    settings = env.settings_for(idp, graph)
+    async with env.tenant_graph(settings) as client:
+        ctx = env.ctx_for(settings, client)
+        await env.drifted(graph, client)
+        drift = (await report(ctx))["number-only-in-teams"]["id"]
+        events = await AuditEvent.all().count()
+        other = await asyncpg.connect(db_url.replace("postgres://", "postgresql://", 1))
+        try:
+            deleting = other.transaction()
+            await deleting.start()
+            await other.execute("DELETE FROM drift WHERE id = $1", drift)
+            fixing = asyncio.create_task(run_text(f"reconcile fix {drift} --to ledger", ctx))
+            for _ in range(200):  # until the fix waits for the row the other holds
+                waiting = await other.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting, "the fix never waited for the row"
+            await deleting.commit()
+            reply = await fixing
+        finally:
+            await other.close()
+        assert isinstance(reply, Error), reply
+        assert f"Difference {drift} is not kept" in reply.text, reply.text
+        assert await AuditEvent.all().count() == events

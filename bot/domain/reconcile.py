@@ -535,7 +535,9 @@ async def fix(
             )
         )
         if not marked:
-            fresh = await Drift.filter(id=drift.id).using_db(ch.conn).get()
+            fresh = await Drift.filter(id=drift.id).using_db(ch.conn).first()
+            if fresh is None:  # cleaned up (reconcile.prune) since it was read
+                raise gone("Difference", drift_id)
             raise Conflict(
                 f"Difference {drift.id} was already fixed ({fresh.fixed_to} side, by "
                 f"{fresh.fixed_by}, {AT if fresh.fixed_at else 'earlier'}); "
