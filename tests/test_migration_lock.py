@@ -197,3 +197,55 @@ async def test_two_openers_in_one_process_share_the_connections_until_the_last_c
     assert not [t for t in left if t.is_alive()], "a connection was left open"
     with pytest.raises(Exception):  # noqa: B017 - Tortoise's "not initialised" error
         db.connection()
+
+
+# ----- migration 0009: data that already broke one number per account -----------------------
+
+
+async def _shared_numbers_then_migrate(url: str) -> str:
+    """At 0008, an account given two numbers behind the ledger's back; then the rest of the
+    migrations, as `python app.py` runs them at start. What stopped them."""
+    from tortoise.migrations.api import migrate
+
+    from bot.domain import directory, ledger, numbers
+    from bot.domain.change import Origin
+    from bot.domain.models import NumberState, PhoneNumber, ProductKind
+
+    await migrate(config=db.tortoise_config(url), target="models.0008_licenses_reconcile")
+    await Tortoise.close_connections()
+    origin = Origin(actor_id="t", actor_name="T", source="cli")
+    await db.open_database(url, migrate=False)
+    try:
+        await ledger.add_customer(origin, "Contoso Ltd")
+        await ledger.add_subscription(origin, "ACME-01", "Contoso Ltd")
+        await ledger.add_product(origin, "NUMBERS-GB-GEO", ProductKind.NUMBERS, 10, country="GB")
+        await ledger.add_product(origin, "TEAMS-SEATS", ProductKind.TEAMS_SEATS, 10)
+        await ledger.allocate(origin, 10, "NUMBERS-GB-GEO", "ACME-01")
+        await ledger.allocate(origin, 10, "TEAMS-SEATS", "ACME-01")
+        await numbers.add_numbers(origin, "+442071230000-+442071230002")
+        await directory.add_account(origin, "user0@contoso.com", "ACME-01")
+        await numbers.assign_number(origin, "+442071230000", "user0@contoso.com")
+        holder = (await PhoneNumber.get(e164="+442071230000")).holder_id
+        await PhoneNumber.filter(e164="+442071230002").update(
+            state=NumberState.ASSIGNED, holder_id=holder
+        )
+    finally:
+        await db.close_database()
+    with pytest.raises(Exception) as stopped:  # noqa: B017 - the migration's own error
+        await db.open_database(url, migrate=True)
+    await Tortoise.close_connections()
+    recorded = [name for _, name in await recorded_migrations(url)]
+    assert recorded[-1] == "0008_licenses_reconcile", recorded  # 0009 and after: not applied
+    return str(stopped.value)
+
+
+async def test_migration_0009_names_the_accounts_that_hold_two_numbers(tmp_path: Path) -> None:
+    said = await _shared_numbers_then_migrate(fresh_sqlite(tmp_path, 98))
+    assert "Migration 0009 stopped, nothing changed: 1 account(s)" in said, said
+    assert "user0@contoso.com: +442071230000, +442071230002" in said, said
+
+
+@pytest.mark.postgres
+async def test_migration_0009_on_postgres(fresh_postgres: list[str]) -> None:
+    said = await _shared_numbers_then_migrate(fresh_postgres[0])
+    assert "user0@contoso.com: +442071230000, +442071230002" in said, said

@@ -1,5 +1,42 @@
+from typing import Any
+
 from tortoise import migrations
 from tortoise.migrations import operations as ops
+
+#: The accounts that hold more than one number, with their numbers.
+_SHARED_HOLDERS = """
+SELECT a.upn, p.e164 FROM phone_number p JOIN account a ON a.id = p.holder_id
+WHERE p.holder_id IN (
+    SELECT holder_id FROM phone_number WHERE holder_id IS NOT NULL
+    GROUP BY holder_id HAVING count(*) > 1
+)
+ORDER BY a.upn, p.e164
+"""
+
+
+async def _nothing_to_undo(apps: Any, schema_editor: Any) -> None:
+    """Going back past 0009: the check changed nothing."""
+
+
+class SharedNumbers(Exception):
+    """The database breaks one number per account: the unique index cannot be made."""
+
+
+async def _one_number_per_account(apps: Any, schema_editor: Any) -> None:
+    """Stop, naming them, where an account already holds several numbers (data that broke
+    SPEC §2.4 before the schema held it): the index would fail with a bare integrity error."""
+    _, rows = await schema_editor.client.execute_query(_SHARED_HOLDERS)
+    if not rows:
+        return
+    held: dict[str, list[str]] = {}
+    for row in rows:
+        held.setdefault(row["upn"], []).append(row["e164"])
+    listed = "; ".join(f"{upn}: {', '.join(numbers)}" for upn, numbers in held.items())
+    raise SharedNumbers(
+        f"Migration 0009 stopped, nothing changed: {len(held)} account(s) hold more than one "
+        f"number, which the ledger forbids ({listed}). Release all but one number of each "
+        "(with the bot of the version before, or in the database), then start again."
+    )
 
 
 class Migration(migrations.Migration):
@@ -24,6 +61,7 @@ class Migration(migrations.Migration):
     initial = False
 
     operations = [
+        ops.RunPython(_one_number_per_account, _nothing_to_undo),
         ops.RunSQL(
             "CREATE UNIQUE INDEX phone_number_holder_uniq ON phone_number (holder_id)",
             reverse_sql="DROP INDEX phone_number_holder_uniq",
