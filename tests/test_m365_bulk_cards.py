@@ -26,6 +26,7 @@ from tests.support import licensing_env as env
 from tests.support.licensing_env import CUSTOMER_TENANT, MCOEV, MCOPSTN1, SPE_E5, oid, upn
 from tests.support.teams_env import (
     ProvisionedWorld,
+    RunningBot,
     provisioned_world,
     running_bot,
     the_card,
@@ -164,13 +165,20 @@ async def test_two_instances_the_card_follows_whichever_ends_the_last_job(world:
     assert w.graph.consumed(CUSTOMER_TENANT, MCOEV) == 5
 
 
+async def a_failed_bulk_card(w: World, running: RunningBot) -> SentActivity:
+    """TEAMS-PHONE for users 0 and 1; Microsoft 365 refuses user 0 (no usage location). The
+    card once it shows that."""
+    await env.seed(w.graph, users=2)
+    w.graph.set_usage_location(oid(upn(0)), None)
+    sent = await w.say(running, f"license assign TEAMS-PHONE to {upn(0)},{upn(1)}")
+    await wait_for(lambda: "invalid usage location" in words(card_now(w, sent)), "shown failed")
+    return sent
+
+
 async def test_a_retried_job_draws_the_bulk_card_again(world: World) -> None:
     w = world
     async with running_bot(w.settings, provision=True) as a:
-        await env.seed(w.graph, users=2)
-        w.graph.set_usage_location(oid(upn(0)), None)
-        sent = await w.say(a, f"license assign TEAMS-PHONE to {upn(0)},{upn(1)}")
-        await wait_for(lambda: "invalid usage location" in words(card_now(w, sent)), "shown failed")
+        sent = await a_failed_bulk_card(w, a)
         job = await ProvisioningJob.get(upn=upn(0))
         assert job.state is JobState.FAILED
         w.graph.set_usage_location(oid(upn(0)), "GB")
@@ -206,10 +214,7 @@ async def test_a_bulk_card_whose_jobs_moved_while_it_was_drawn_is_drawn_again(
     jobs end."""
     w = world
     async with running_bot(w.settings, provision=True) as a:
-        await env.seed(w.graph, users=2)
-        w.graph.set_usage_location(oid(upn(0)), None)
-        sent = await w.say(a, f"license assign TEAMS-PHONE to {upn(0)},{upn(1)}")
-        await wait_for(lambda: "invalid usage location" in words(card_now(w, sent)), "shown failed")
+        await a_failed_bulk_card(w, a)
         failed = await ProvisioningJob.get(upn=upn(0))
         ended = await ProvisioningJob.get(upn=upn(1))
         sender = _Overtaken(failed.id)

@@ -207,25 +207,16 @@ async def _shared_numbers_then_migrate(url: str) -> str:
     migrations, as `python app.py` runs them at start. What stopped them."""
     from tortoise.migrations.api import migrate
 
-    from bot.domain import directory, ledger, numbers
     from bot.domain.change import Origin
-    from bot.domain.models import NumberState, PhoneNumber, ProductKind
+    from bot.domain.models import NumberState, PhoneNumber
+    from tests.support.ledger_state import one_user_with_a_number
 
     await migrate(config=db.tortoise_config(url), target="models.0008_licenses_reconcile")
     await Tortoise.close_connections()
     origin = Origin(actor_id="t", actor_name="T", source="cli")
     await db.open_database(url, migrate=False)
     try:
-        await ledger.add_customer(origin, "Contoso Ltd")
-        await ledger.add_subscription(origin, "ACME-01", "Contoso Ltd")
-        await ledger.add_product(origin, "NUMBERS-GB-GEO", ProductKind.NUMBERS, 10, country="GB")
-        await ledger.add_product(origin, "TEAMS-SEATS", ProductKind.TEAMS_SEATS, 10)
-        await ledger.allocate(origin, 10, "NUMBERS-GB-GEO", "ACME-01")
-        await ledger.allocate(origin, 10, "TEAMS-SEATS", "ACME-01")
-        await numbers.add_numbers(origin, "+442071230000-+442071230002")
-        await directory.add_account(origin, "user0@contoso.com", "ACME-01")
-        await numbers.assign_number(origin, "+442071230000", "user0@contoso.com")
-        holder = (await PhoneNumber.get(e164="+442071230000")).holder_id
+        holder = await one_user_with_a_number(origin, spare=2)
         await PhoneNumber.filter(e164="+442071230002").update(
             state=NumberState.ASSIGNED, holder_id=holder
         )

@@ -133,3 +133,23 @@ async def refused(
         assert word in info.value.message, info.value.message
     assert await state() == before
     return info.value
+
+
+async def one_user_with_a_number(actor: Origin, spare: int = 1) -> int:
+    """Contoso with ACME-01 (10 GB numbers and seats), numbers +442071230000 and `spare` after
+    it, user0@contoso.com holding +442071230000; the user's account id."""
+    from bot.domain import directory, ledger, numbers
+    from bot.domain.models import PhoneNumber, ProductKind
+
+    await ledger.add_customer(actor, "Contoso Ltd")
+    await ledger.add_subscription(actor, "ACME-01", "Contoso Ltd")
+    await ledger.add_product(actor, "NUMBERS-GB-GEO", ProductKind.NUMBERS, 10, country="GB")
+    await ledger.add_product(actor, "TEAMS-SEATS", ProductKind.TEAMS_SEATS, 10)
+    await ledger.allocate(actor, 10, "NUMBERS-GB-GEO", "ACME-01")
+    await ledger.allocate(actor, 10, "TEAMS-SEATS", "ACME-01")
+    await numbers.add_numbers(actor, f"+442071230000-+44207123{spare:04d}")
+    await directory.add_account(actor, "user0@contoso.com", "ACME-01")
+    await numbers.assign_number(actor, "+442071230000", "user0@contoso.com")
+    holder = (await PhoneNumber.get(e164="+442071230000")).holder_id
+    assert holder is not None
+    return holder
