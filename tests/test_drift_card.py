@@ -108,11 +108,7 @@ async def test_the_drift_card_and_its_buttons(
     fakes: tuple[FakeIdentityProvider, FakeGraph],
 ) -> None:
     idp, graph = fakes
-    await env.seed(graph, users=6)
-    settings = env.settings_for(idp, graph)
-    async with env.tenant_graph(settings) as client:
-        ctx = env.ctx_for(settings, client)
-        await env.drifted(graph, client)
+    async with env.drifted_tenant(idp, graph) as (ctx, client):
         await numbers.assign_number(OPS, e164(8), upn(4))  # a second one missing in Teams
         reply = await run_text("reconcile ACME-01", ctx)
         assert isinstance(reply, DriftReport)

@@ -64,11 +64,7 @@ async def test_every_kind_of_difference_is_found_and_each_fix_works_and_is_audit
     fakes: tuple[FakeIdentityProvider, FakeGraph],
 ) -> None:
     idp, graph = fakes
-    await env.seed(graph, users=6)
-    settings = env.settings_for(idp, graph)
-    async with env.tenant_graph(settings) as client:
-        ctx = env.ctx_for(settings, client)
-        await env.drifted(graph, client)
+    async with env.drifted_tenant(idp, graph) as (ctx, client):
         found = await report(ctx)
         run = found.pop("_run")
         assert set(found) == ALL_KINDS and len(run["differences"]) == 6
@@ -121,11 +117,7 @@ async def test_fixing_twice_has_one_effect_and_the_other_button_says_so(
     fakes: tuple[FakeIdentityProvider, FakeGraph],
 ) -> None:
     idp, graph = fakes
-    await env.seed(graph, users=6)
-    settings = env.settings_for(idp, graph)
-    async with env.tenant_graph(settings) as client:
-        ctx = env.ctx_for(settings, client)
-        await env.drifted(graph, client)
+    async with env.drifted_tenant(idp, graph) as (ctx, client):
         found = await report(ctx)
         drift = found["number-only-in-teams"]["id"]
         assert (await run_text(f"reconcile fix {drift} --to ledger", ctx)).ok
@@ -301,11 +293,7 @@ async def test_a_fix_of_a_difference_cleaned_up_under_it_says_it_is_not_kept(
     import asyncpg
 
     idp, graph = fakes
-    await env.seed(graph, users=6)
-    settings = env.settings_for(idp, graph)
-    async with env.tenant_graph(settings) as client:
-        ctx = env.ctx_for(settings, client)
-        await env.drifted(graph, client)
+    async with env.drifted_tenant(idp, graph) as (ctx, client):
         drift = (await report(ctx))["number-only-in-teams"]["id"]
         events = await AuditEvent.all().count()
         other = await asyncpg.connect(db_url.replace("postgres://", "postgresql://", 1))

@@ -22,13 +22,13 @@ class DomainError(Exception):
     def __init__(self, message: str, *, at: datetime | None = None) -> None:
         self.template = message
         self.at = at
-        self.message = self.said(_in_utc)
+        self.message = message if at is None else message.replace(AT, _in_utc(at))
         super().__init__(self.message)
 
     def said(self, moment: Callable[[datetime], str]) -> str:
         """The message with its moment written by `moment` (e.g. in the reader's zone)."""
         if self.at is None:
-            return self.template
+            return self.message  # as set, even if changed after (reconcile.gone)
         return self.template.replace(AT, moment(self.at))
 
 

@@ -88,6 +88,20 @@ async def add_user(graph: FakeGraph, i: int) -> None:
     graph.add_user(oid(upn(i)), upn(i), f"User {i}")
 
 
+@asynccontextmanager
+async def drifted_tenant(
+    idp: FakeIdentityProvider, graph: FakeGraph
+) -> AsyncIterator[tuple[Any, TenantGraph]]:
+    """Six users seeded and one difference of every kind (`drifted`): the admin's context,
+    holding the customer tenant's Graph, and that Graph."""
+    await seed(graph, users=6)
+    settings = settings_for(idp, graph)
+    async with tenant_graph(settings) as client:
+        ctx = ctx_for(settings, client)
+        await drifted(graph, client)
+        yield ctx, client
+
+
 async def drifted(graph: FakeGraph, client: TenantGraph) -> None:
     """Teams and the ledger agreeing on user 0's number and license, then one difference of
     every kind, made by hand on one side or the other."""
